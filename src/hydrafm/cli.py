@@ -1,0 +1,145 @@
+"""The ``hydrafm`` command line.
+
+``hydrafm info PATH...`` prints one JSON object per stack (one PATH = one stack:
+a file, or a folder holding one stack). Bad input ends with a one-line
+``hydrafm: error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .io import AFMFileError, ChannelNotFoundError, load_stack
+
+EXIT_BAD_INPUT = 2
+
+
+def _scan_size(text: str) -> tuple[float, float]:
+    """``25`` (Å), ``2.5nm``, ``25x30`` or ``2.5x3nm`` → ``(height_y, width_x)`` in Å."""
+    m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(?:[x,]\s*([0-9.eE+-]+))?\s*(nm|a|å|angstrom)?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad scan size {text!r}; use e.g. 25 (Å), 2.5nm or 25x30")
+    f = 10.0 if m.group(3) == "nm" else 1.0
+    a = float(m.group(1)) * f
+    b = float(m.group(2)) * f if m.group(2) else a
+    return (a, b)
+
+
+def _heights(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad heights {text!r}; use e.g. 0,0.1,0.2 (Å)") from None
+
+
+def _add_stack_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channel", help="channel name or index (default: frequency shift Δf)")
+    p.add_argument("--direction", default="forward", choices=["forward", "backward"])
+    p.add_argument("--scan-size", type=_scan_size, help="scan size for files without one: 25 (Å), 2.5nm, 25x30")
+    p.add_argument("--heights", type=_heights, help="comma-separated heights in Å (3ds: slices to cut)")
+    p.add_argument(
+        "--z-order", default="auto", choices=["auto", "closest_first", "closest_last"],
+        help="frame order for files without heights (default: inferred from contrast)",
+    )
+
+
+def _channel_arg(value: str | None) -> str | int | None:
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for the docs and tests)."""
+    parser = argparse.ArgumentParser(prog="hydrafm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hydrafm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="describe AFM stacks as JSON (one line per PATH)")
+    info.add_argument("paths", nargs="*", metavar="PATH", help="a file, or a folder holding one stack")
+    info.add_argument("--sample", action="store_true", help="describe the bundled sample stack")
+    _add_stack_options(info)
+
+    view = sub.add_parser("view", help="open napari with stacks (or the bundled sample) loaded")
+    view.add_argument("paths", nargs="*", metavar="PATH")
+    view.add_argument("--sample", action="store_true", help="open the bundled sample stack")
+    return parser
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print one JSON object per PATH."""
+    from ._sample_data import sample_path
+
+    paths: list[str | Path] = list(args.paths)
+    if args.sample:
+        paths.append(sample_path())
+    if not paths:
+        raise AFMFileError(None, "give at least one PATH (or --sample)")
+    channel = _channel_arg(args.channel)
+    for path in paths:
+        kwargs = dict(direction=args.direction, scan_size=args.scan_size, heights=args.heights, z_order=args.z_order)
+        try:
+            stack = load_stack(path, channel, **kwargs)
+        except ChannelNotFoundError as exc:
+            if channel is not None:
+                raise
+            # No Δf channel: describe the file through its first channel, and say so.
+            stack = load_stack(path, 0, **kwargs)
+            print(f"hydrafm: note: {exc.path}: no Δf channel; described through channel "
+                  f"{stack.channel!r}", file=sys.stderr)
+        print(json.dumps(stack.summary()), flush=True)
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a window
+    """Open napari with the Load widget and the given stacks."""
+    import napari
+
+    from ._sample_data import sample_path
+
+    viewer = napari.Viewer(title="HydrAFM")
+    viewer.window.add_plugin_dock_widget("hydrafm", "Load AFM stack")
+    paths = [str(p) for p in args.paths]
+    if args.sample:
+        paths.append(str(sample_path()))
+    for p in paths:
+        viewer.open(p, plugin="hydrafm")
+    napari.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hydrafm`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"info": cmd_info, "view": cmd_view}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _one_line_warning
+            return handlers[args.command](args)
+    except (AFMFileError, ValueError, FileExistsError) as exc:
+        print(f"hydrafm: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("hydrafm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"hydrafm: warning: {_one_line(str(message))}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
