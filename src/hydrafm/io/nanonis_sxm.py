@@ -192,8 +192,11 @@ def read_sxm(path: str | Path, channel: str | int | None = None, direction: str 
         raise CorruptFileError(path, f"implausible Z-Controller>Z value {z_m} m")
     controller_on = _controller_on(header)
 
-    offset_xy = _float_or_none(header.get("SCAN_OFFSET"))
-    offs = header.get("SCAN_OFFSET", "").split()
+    try:
+        ox, oy = (float(v) * M_TO_A for v in header.get("SCAN_OFFSET", "").split()[:2])
+        center: list[float] | None = [oy, ox]
+    except ValueError:
+        center = None
     metadata: dict[str, Any] = {
         "format": "Nanonis SXM",
         "channel": names[idx],
@@ -202,9 +205,7 @@ def read_sxm(path: str | Path, channel: str | int | None = None, direction: str 
         "scan_direction": scan_dir,
         "scan_angle_deg": float(angle),
         "scan_range_angstrom": [height, width],
-        "scan_center_angstrom": [float(offs[1]) * M_TO_A, float(offs[0]) * M_TO_A]
-        if len(offs) >= 2 and offset_xy is not None
-        else None,
+        "scan_center_angstrom": center,
         "z_m": z_m,
         "constant_height": None if controller_on is None else not controller_on,
         "bias_v": _float_or_none(header.get("BIAS")),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +74,8 @@ def read_npz(path: str | Path, z_order: str = "auto") -> AFMStack:
             extra = json.loads(str(f["metadata_json"])) if "metadata_json" in files else {}
     except CorruptFileError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, TypeError, IndexError) as exc:
-        raise CorruptFileError(path, f"unreadable .npz ({exc})") from None
+    except Exception as exc:  # numpy's header parser raises SyntaxError, TokenError, zlib errors…
+        raise CorruptFileError(path, f"unreadable .npz ({type(exc).__name__}: {exc})") from None
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim == 4 and data.shape[0] == 1:  # (batch, x, y, z)
