@@ -20,9 +20,10 @@ def ramp(ny: int, nx: int) -> np.ndarray:
 def test_up_scan_keeps_rows_and_non_square_geometry(tmp_path):
     a = ramp(6, 10)
     p = write_sxm(tmp_path / "a.sxm", {"Z": (a * 0, a * 0), "Frequency_Shift": (a, a[:, ::-1])},
-                  width_m=4e-9, height_m=2e-9)
+                  width_m=4e-9, height_m=2e-9, angle=59.0)
     s = load_stack(p)
     assert s.shape == (1, 6, 10)
+    assert s.scan_angle == 59.0  # kept, not applied
     np.testing.assert_array_equal(s.data[0], a)
     assert s.pixel_size == pytest.approx((2e-9 / 6 * 1e10, 4e-9 / 10 * 1e10))
     assert s.extent == pytest.approx((20.0, 40.0))

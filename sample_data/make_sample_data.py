@@ -8,7 +8,7 @@ extended XYZ with a per-atom ``label`` (O, H_up, H_flat, H_down).
 
 Needs the ``sim`` extra and an OpenCL device (apt ``pocl-opencl-icd`` on a CPU)::
 
-    python scripts/make_sample_data.py
+    python sample_data/make_sample_data.py
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "hydrafm" / "sample_data"
+OUT = Path(__file__).resolve().parents[1] / "src" / "hydrafm" / "sample_data"  # shipped in the wheel
 WINDOW = 25.0  # Å
 N_PIX = 128
 N_HEIGHTS = 10
