@@ -31,11 +31,6 @@ def main() -> None:
     viewer.reset_view()
     app.processEvents()
     viewer.screenshot(str(OUT / "load_widget.png"), canvas_only=False)
-    viewer.dims.ndisplay = 3
-    viewer.camera.angles = (0, 35, 60)
-    viewer.layers[0].rendering = "attenuated_mip"
-    app.processEvents()
-    viewer.screenshot(str(OUT / "stack_3d.png"), canvas_only=True)
     viewer.close()
 
 

@@ -139,7 +139,7 @@ def read_sxm(path: str | Path, channel: str | int | None = None, direction: str 
     dtype = ">f4" if "LSBFIRST" not in (s.upper() for s in scanit) else "<f4"
 
     channels = _table(header["DATA_INFO"])
-    if not channels or "Name" not in channels[0]:
+    if not channels or any("Name" not in c for c in channels):
         raise CorruptFileError(path, "DATA_INFO table is empty or malformed")
     names = [c["Name"] for c in channels]
     idx = choose_channel(names, channel, path)
