@@ -72,3 +72,10 @@ def test_console_script_runs(testdata):
     r = subprocess.run([sys.executable, "-m", "hydrafm.cli", "info", str(testdata / "gwyfile_test.gwy")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "gwyfile_test.gwy" in r.stderr and r.stdout == ""
+
+
+def test_reader_warnings_are_one_line_on_stderr(testdata, capsys):
+    assert main(["info", str(testdata / "SpmGrids_Grid_Spectroscopy006_Zsweep_df.3ds")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [line for line in err if line.startswith("hydrafm: warning:")]
+    assert any("sweep samples" in line and "Zsweep_df.3ds" in line for line in err)

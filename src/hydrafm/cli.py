@@ -122,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"info": cmd_info, "view": cmd_view}
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("default")
+            # Show HydrAFM's own warnings (incomplete scans, guessed channels) as one line each;
+            # keep third-party deprecation noise out of the terminal.
+            warnings.simplefilter("ignore")
+            warnings.filterwarnings("default", category=UserWarning, module=r"hydrafm(\..*)?$")
             warnings.showwarning = _one_line_warning
             return handlers[args.command](args)
     except (AFMFileError, ValueError, FileExistsError) as exc:
