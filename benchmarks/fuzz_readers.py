@@ -18,15 +18,8 @@ import numpy as np
 from hydrafm import load_stack
 from hydrafm.io import AFMFileError
 
-FILES = [
-    "pynxtools_A151216.123306-02602_ncAFM.sxm",
-    "SpmGrids_Grid_Spectroscopy006_Zsweep_df.3ds",
-    "ProbeFlow_createc_afm.dat",
-    "py_createc_A200621.161352.dat",
-    "gwyfile_test.gwy",
-    "jiang_lab_water_Au111/L1_20_L2_1Ying_Jiang_1.npz",
-    "jiang_lab_water_Au111/H2O_Au111-20210107-059.sxm.png",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_fuzz import FILES  # noqa: E402  (the same files CI fuzzes)
 
 
 def main() -> None:

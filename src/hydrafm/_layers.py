@@ -38,7 +38,7 @@ def stack_layer_data(stack: AFMStack, name: str | None = None) -> tuple[np.ndarr
     sources = stack.metadata.get("sources") or []
     if name is None:
         name = _name_from_sources(sources)
-    meta = {k: v for k, v in stack.metadata.items()}
+    meta = dict(stack.metadata)
     meta[STACK_KEY] = {
         "pixel_size": list(stack.pixel_size),
         "origin": list(stack.origin),
