@@ -40,6 +40,16 @@ class Frame:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def number_or_none(value: str | None) -> float | None:
+    """The first number in a header value (quotes ignored), or ``None`` when there is none."""
+    if value is None:
+        return None
+    try:
+        return float(value.strip().strip('"').split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
 def normalise_name(name: str) -> str:
     """Lower-case a channel name and reduce punctuation to single spaces."""
     return re.sub(r"[^a-z0-9]+", " ", name.lower()).strip()

@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Frame, check_direction, check_pixels, check_scan_size, choose_channel, read_bytes
+from ._common import (
+    Frame,
+    check_direction,
+    check_pixels,
+    check_scan_size,
+    choose_channel,
+    number_or_none,
+    read_bytes,
+)
 from .errors import ChannelNotFoundError, CorruptFileError, UnsupportedFormatError
 
 MAGIC_COMPRESSED = b"[Paramco32]"
@@ -72,10 +80,7 @@ def _get(header: dict[str, str], keys: tuple[str, ...], path: Path, cast=float):
 
 
 def _opt(header: dict[str, str], key: str) -> float | None:
-    try:
-        return float(header[key].split()[0])
-    except (KeyError, ValueError, IndexError):
-        return None
+    return number_or_none(header.get(key))
 
 
 def channel_names(select: int, n_per_direction: int) -> list[str]:

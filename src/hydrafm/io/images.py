@@ -17,7 +17,7 @@ import numpy as np
 
 from ..stack import AFMStack
 from ._common import check_pixels, check_scan_size, read_bytes
-from .errors import CorruptFileError, StackMismatchError, UnsupportedFormatError
+from .errors import CorruptFileError, StackMismatchError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

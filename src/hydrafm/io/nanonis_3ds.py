@@ -19,7 +19,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..stack import AFMStack
-from ._common import check_direction, check_pixels, check_scan_size, choose_channel, read_bytes
+from ._common import (
+    check_direction,
+    check_pixels,
+    check_scan_size,
+    choose_channel,
+    number_or_none,
+    read_bytes,
+)
 from .errors import CorruptFileError, UnsupportedFormatError
 
 END = b":HEADER_END:"
@@ -211,16 +218,9 @@ def read_3ds(
         "grid_points": nx * ny,
         "dropped_sweep_samples": n_dropped,
         "software": header.get("NanonisMain>SW Version", "").strip('"'),
-        "f0_hz": _float(header.get("Oscillation Control>Center Frequency (Hz)")),
-        "amplitude_m": _float(header.get("Oscillation Control>Amplitude Setpoint (m)")),
+        "f0_hz": number_or_none(header.get("Oscillation Control>Center Frequency (Hz)")),
+        "amplitude_m": number_or_none(header.get("Oscillation Control>Amplitude Setpoint (m)")),
         "sources": [str(path)],
         "available_channels": sub,
     }
     return AFMStack(data=cube, pixel_size=(height / ny, width / nx), heights=rel, metadata=metadata)
-
-
-def _float(v: str | None) -> float | None:
-    try:
-        return None if v is None else float(v.strip('"'))
-    except ValueError:
-        return None

@@ -29,6 +29,7 @@ from ._common import (
     check_scan_size,
     choose_channel,
     clean_frame,
+    number_or_none,
     read_bytes,
 )
 from .errors import CorruptFileError, UnsupportedFormatError
@@ -71,15 +72,6 @@ def _table(value: str) -> list[dict[str, str]]:
         return []
     head = rows[0]
     return [dict(zip(head, r)) for r in rows[1:]]
-
-
-def _float_or_none(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value.split()[0])
-    except (ValueError, IndexError):
-        return None
 
 
 def read_header(path: Path, raw: bytes | None = None) -> tuple[dict[str, str], int]:
@@ -127,7 +119,7 @@ def read_sxm(path: str | Path, channel: str | int | None = None, direction: str 
     check_pixels(nx, ny, path)
     width, height = (v * M_TO_A for v in _floats(header.get("SCAN_RANGE", ""), 2, "SCAN_RANGE", path))
     check_scan_size(width, height, path)
-    angle = _float_or_none(header.get("SCAN_ANGLE")) or 0.0
+    angle = number_or_none(header.get("SCAN_ANGLE")) or 0.0
     if not np.isfinite(angle) or abs(angle) > 360:
         raise CorruptFileError(path, f"implausible SCAN_ANGLE {angle}")
     scan_dir = header.get("SCAN_DIR", "up").strip().lower()
@@ -180,7 +172,7 @@ def read_sxm(path: str | Path, channel: str | int | None = None, direction: str 
     else:
         origin_y = 0.0
 
-    z_m = _float_or_none(header.get("Z-Controller>Z (m)"))
+    z_m = number_or_none(header.get("Z-Controller>Z (m)"))
     if z_m is None:  # fall back to the mean of the Z channel, when there is one
         z_names = [i for i, n in enumerate(names) if n.strip().lower() == "z"]
         if z_names:
@@ -208,12 +200,12 @@ def read_sxm(path: str | Path, channel: str | int | None = None, direction: str 
         "scan_center_angstrom": center,
         "z_m": z_m,
         "constant_height": None if controller_on is None else not controller_on,
-        "bias_v": _float_or_none(header.get("BIAS")),
+        "bias_v": number_or_none(header.get("BIAS")),
         "rec_time": f"{header.get('REC_DATE', '').strip()} {header.get('REC_TIME', '').strip()}".strip(),
         "comment": header.get("COMMENT", "").strip(),
         "software": header.get("NanonisMain>SW Version", "").strip(),
-        "f0_hz": _float_or_none(header.get("Oscillation Control>Center Frequency (Hz)")),
-        "amplitude_m": _float_or_none(header.get("Oscillation Control>Amplitude Setpoint (m)")),
+        "f0_hz": number_or_none(header.get("Oscillation Control>Center Frequency (Hz)")),
+        "amplitude_m": number_or_none(header.get("Oscillation Control>Amplitude Setpoint (m)")),
         "available_channels": names,
         "cropped_lines": n_cropped,
     }
