@@ -17,6 +17,7 @@ from typing import Sequence
 
 from . import __version__
 from .io import AFMFileError, ChannelNotFoundError, load_stack
+from .simulate.afm import SimulationError
 
 EXIT_BAD_INPUT = 2
 
@@ -70,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     view = sub.add_parser("view", help="open napari with stacks (or the bundled sample) loaded")
     view.add_argument("paths", nargs="*", metavar="PATH")
     view.add_argument("--sample", action="store_true", help="open the bundled sample stack")
+
+    pool = sub.add_parser("pool", help="(re)make a structure pool: MD water windows or relaxed hydrates")
+    pool.add_argument("kind", choices=["water", "hydrates"])
+    pool.add_argument("--out", type=Path, help="output .npz (default: the pool shipped in the package)")
+    pool.add_argument("--cache", type=Path, help="cache for MD frames (default: the HydrAFM cache dir)")
+    pool.add_argument("--seed", type=int, default=0)
+    pool.add_argument("--scale", type=float, default=1.0, help="fraction of the full MD length / pool size")
+    pool.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    sim = sub.add_parser("simulate", help="simulate a training dataset of AFM stacks + atoms (resumable)")
+    sim.add_argument("kind", choices=["water", "hydrates"], help="which structures")
+    sim.add_argument("-n", "--n", type=int, required=True, help="number of stacks")
+    sim.add_argument("--out", type=Path, help="dataset folder (default: <cache>/datasets/KIND-sSEED)")
+    sim.add_argument("--pool", type=Path, help="structure pool .npz (default: the shipped pool)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--shard-size", type=int, default=64)
+    sim.add_argument("--pixels", type=int, default=128, help="pixels per side (default 128)")
+    sim.add_argument("--scan-size", type=float, default=25.0, help="scan size in Å (default 25)")
+    sim.add_argument("--pix-per-angstrom", type=int, default=5, help="force-field grid density")
     return parser
 
 
@@ -115,11 +135,55 @@ def cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a win
     return 0
 
 
+def cmd_pool(args: argparse.Namespace) -> int:
+    """Make a structure pool (resumable: finished MD runs are cached)."""
+    from .paths import cache_dir, pool_path
+    from .progress import drive
+
+    out = args.out or pool_path(args.kind)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.kind == "water":
+        from .structures.water_pool import default_runs, make_water_pool
+
+        cache = args.cache or cache_dir("md")
+        pool = drive(make_water_pool(out, cache, default_runs(args.seed, args.scale), seed=args.seed,
+                                     overwrite=args.overwrite))
+    else:
+        from .structures.hydrates import make_hydrate_pool
+
+        pool = drive(make_hydrate_pool(out, n=max(1, round(2400 * args.scale)), seed=args.seed,
+                                       overwrite=args.overwrite))
+    print(json.dumps({"pool": str(out), "structures": len(pool), "bytes": out.stat().st_size}))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate (or resume) a dataset; prints its folder and size as JSON."""
+    from .paths import cache_dir, pool_path
+    from .progress import drive
+    from .simulate.afm import SimulationSettings
+    from .simulate.dataset import make_dataset
+    from .structures.pool import StructurePool
+
+    pool_file = args.pool or pool_path(args.kind)
+    if not pool_file.exists():
+        raise AFMFileError(pool_file, "structure pool not found (make it with `hydrafm pool`)")
+    pool = StructurePool.load(pool_file)
+    settings = SimulationSettings(n_pixels=args.pixels, scan_size=args.scan_size,
+                                  pix_per_angstrom=args.pix_per_angstrom)
+    out = args.out or cache_dir("datasets", f"{args.kind}-s{args.seed}")
+    drive(make_dataset(out, args.n, args.kind, pool, settings, seed=args.seed, shard_size=args.shard_size,
+                       pool_name=pool_file.name))
+    print(json.dumps({"dataset": str(out), "stacks": args.n}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hydrafm`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"info": cmd_info, "view": cmd_view}
+    handlers = {"info": cmd_info, "view": cmd_view, "pool": cmd_pool, "simulate": cmd_simulate}
     try:
         with warnings.catch_warnings():
             # Show HydrAFM's own warnings (incomplete scans, guessed channels) as one line each;
@@ -128,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("default", category=UserWarning, module=r"hydrafm(\..*)?$")
             warnings.showwarning = _one_line_warning
             return handlers[args.command](args)
-    except (AFMFileError, ValueError, FileExistsError) as exc:
+    except (AFMFileError, ValueError, FileExistsError, FileNotFoundError, SimulationError) as exc:
         print(f"hydrafm: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -1,0 +1,55 @@
+"""Progress records yielded by long-running generators, and a driver for the CLI.
+
+Long work in HydrAFM is a generator that yields :class:`Progress` records and
+returns its result. The CLI drives it with :func:`drive` (a tqdm bar on stderr);
+the napari widgets run the same generator in a ``thread_worker``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Generator, TypeVar
+
+__all__ = ["Progress", "drive"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` units of ``stage`` are finished."""
+
+    stage: str
+    done: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+def drive(gen: Generator[Progress, None, T], *, show: bool = True) -> T:
+    """Run a progress generator to completion, drawing a bar per stage; return its result."""
+    from tqdm import tqdm
+
+    bar = None
+    stage = None
+    try:
+        while True:
+            try:
+                rec = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if not show or not isinstance(rec, Progress):
+                continue
+            if rec.stage != stage or bar is None:
+                if bar is not None:
+                    bar.close()
+                stage = rec.stage
+                bar = tqdm(total=rec.total, desc=rec.stage, file=sys.stderr, leave=False, dynamic_ncols=True)
+            bar.n = rec.done
+            bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,271 @@
+"""Training data on disk: shards of simulated stacks with their atoms, and a loader.
+
+A dataset is a folder::
+
+    dataset.json          what made it (kind, pool, settings, seed, shard size, n)
+    shard_00000.npz       `shard_size` samples each
+    shard_00001.npz
+    ...
+
+Each shard holds ``stacks`` float16 ``(k, n_heights, ny, nx)`` (frame 0 closest,
+AFMStack convention, Δf in Hz) and the atoms of every sample (``positions`` Å in the
+scan frame, ``labels`` indices into :data:`~hydrafm.io.xyz.LABELS`, ``offsets``),
+plus the random draws (``distance``, ``tilt``, ``source``). Label maps are rendered
+by the loader, so their width can change without re-simulating.
+
+:func:`make_dataset` is resumable and deterministic: shard ``i`` is drawn from
+``SeedSequence([seed, i])`` alone, finished shards are skipped, and each shard is
+written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generator, Iterator
+
+import numpy as np
+
+from ..io.xyz import LABELS
+from ..progress import Progress
+from ..structures.pool import BadStructureError, StructurePool
+from .afm import AFMSimulator, SampledTip, SimulationSettings
+from .labels import atom_labels, label_index, label_maps
+
+__all__ = ["make_dataset", "AFMDataset", "Sample", "draw_structure", "KINDS"]
+
+KINDS = ("water", "hydrates")
+MANIFEST = "dataset.json"
+
+
+def _d4(positions: np.ndarray, size: float, k: int) -> np.ndarray:
+    """Apply one of the 8 symmetries of the square window (k in 0..7) to x, y."""
+    p = positions.copy()
+    x, y = p[:, 0].copy(), p[:, 1].copy()
+    for _ in range(k % 4):  # rotate by 90° about the window centre
+        x, y = size - y, x
+    if k >= 4:
+        x = size - x
+    p[:, 0], p[:, 1] = x, y
+    return p
+
+
+def draw_structure(
+    kind: str, pool: StructurePool, rng: np.random.Generator, window: float = 25.0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One structure to simulate: ``(positions Å, atomic numbers, pool index or -1)``.
+
+    ``water``: a pool window under a random symmetry of the square. ``hydrates``:
+    1–3 pool hydrates placed at random in the window.
+    """
+    if kind == "water":
+        i = int(rng.integers(len(pool)))
+        pos, numbers = pool.arrays(i)
+        scale = window / pool.window[0] if pool.window[0] > 0 else 1.0
+        if abs(scale - 1.0) > 1e-6:
+            raise ValueError(f"the pool's window is {pool.window[0]:g} Å but the scan is {window:g} Å")
+        return _d4(pos, window, int(rng.integers(8))), numbers, i
+    if kind == "hydrates":
+        from ..structures.hydrates import compose_hydrate_window
+
+        pos, numbers, used = compose_hydrate_window(pool, rng, (window, window))
+        return pos, numbers, used[0] if len(used) == 1 else -1
+    raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _shard_ok(path: Path, k: int) -> bool:
+    try:
+        with np.load(path) as z:
+            return z["stacks"].shape[0] == k and len(z["offsets"]) == k + 1
+    except Exception:  # noqa: BLE001 - unreadable shard: redo it
+        return False
+
+
+def make_dataset(
+    out: str | os.PathLike,
+    n: int,
+    kind: str,
+    pool: StructurePool,
+    settings: SimulationSettings = SimulationSettings(),
+    seed: int = 0,
+    shard_size: int = 64,
+    pool_name: str = "",
+) -> Generator[Progress, None, Path]:
+    """Simulate ``n`` stacks of ``kind`` structures from ``pool`` into the folder ``out``.
+
+    Yields :class:`Progress` per stack; returns the folder. Re-running with the
+    same arguments resumes; different arguments in an existing folder raise
+    ``ValueError`` instead of mixing two datasets.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
+    if n < 1 or shard_size < 1:
+        raise ValueError("n and shard_size must be positive")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "kind": kind,
+        "n": int(n),
+        "seed": int(seed),
+        "shard_size": int(shard_size),
+        "settings": settings.to_dict(),
+        "pool": {"name": pool_name, "structures": len(pool), "atoms": int(pool.offsets[-1])},
+        "labels": list(LABELS),
+        "format": 1,
+    }
+    mpath = out / MANIFEST
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        if old != json.loads(json.dumps(manifest)):
+            raise ValueError(
+                f"{out} already holds a different dataset ({mpath.name} differs); choose another folder"
+            )
+    else:
+        mpath.write_text(json.dumps(manifest, indent=1))
+
+    n_shards = (n + shard_size - 1) // shard_size
+    sim: AFMSimulator | None = None
+    done = 0
+    for s in range(n_shards):
+        k = min(shard_size, n - s * shard_size)
+        path = out / f"shard_{s:05d}.npz"
+        if path.exists() and _shard_ok(path, k):
+            done += k
+            yield Progress("simulating stacks", done, n)
+            continue
+        if sim is None:
+            sim = AFMSimulator(settings)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, s]))
+        stacks, pos_l, lab_l, offsets, dist, tilt, source = [], [], [], [0], [], [], []
+        rejected = 0
+        while len(stacks) < k:
+            pos, numbers, src = draw_structure(kind, pool, rng, settings.scan_size)
+            tip = SampledTip.draw(settings, rng)
+            try:
+                stack = sim.simulate(pos, numbers, tip, name=f"shard {s} sample {len(stacks)}")
+                labels = label_index(atom_labels(pos, numbers))
+            except (BadStructureError, ValueError):
+                rejected += 1
+                if rejected > 10 * k + 10:
+                    raise
+                continue
+            stacks.append(stack.data.astype(np.float16))
+            pos_l.append(pos.astype(np.float32))
+            lab_l.append(labels)
+            offsets.append(offsets[-1] + len(pos))
+            dist.append(tip.distance)
+            tilt.append(tip.tilt_xy)
+            source.append(src)
+            done += 1
+            yield Progress("simulating stacks", done, n)
+        _write_npz(
+            path,
+            {
+                "stacks": np.stack(stacks),
+                "positions": np.concatenate(pos_l),
+                "labels": np.concatenate(lab_l),
+                "offsets": np.asarray(offsets, dtype=np.int64),
+                "distance": np.asarray(dist, dtype=np.float32),
+                "tilt": np.asarray(tilt, dtype=np.float32),
+                "source": np.asarray(source, dtype=np.int64),
+                "rejected": np.asarray(rejected),
+            },
+        )
+    return out
+
+
+@dataclass
+class Sample:
+    """One training sample: the stack, its label maps and its atoms."""
+
+    stack: np.ndarray  # (n_heights, ny, nx) float32, Δf Hz, frame 0 closest
+    maps: np.ndarray  # (len(LABELS), ny, nx) float32
+    positions: np.ndarray  # (n_atoms, 3) Å, scan frame
+    labels: np.ndarray  # (n_atoms,) indices into LABELS
+
+
+class AFMDataset:
+    """Indexable view of a dataset folder made by :func:`make_dataset`.
+
+    ``ds[i]`` is a :class:`Sample`; label maps are rendered with ``sigma`` Å
+    Gaussians. Shards are loaded whole and the most recent ones kept in memory;
+    :meth:`batches` walks shards in random order for fast epochs.
+    """
+
+    def __init__(self, folder: str | os.PathLike, sigma: float = 0.35, cache_shards: int = 2) -> None:
+        self.folder = Path(folder)
+        mpath = self.folder / MANIFEST
+        if not mpath.exists():
+            raise FileNotFoundError(f"{self.folder}: no {MANIFEST}; not a HydrAFM dataset (make one with "
+                                    "`hydrafm simulate`)")
+        self.manifest = json.loads(mpath.read_text())
+        self.settings = SimulationSettings.from_dict(self.manifest["settings"])
+        self.sigma = float(sigma)
+        self.shards = sorted(self.folder.glob("shard_*.npz"))
+        self._sizes = []
+        for p in self.shards:
+            with np.load(p) as z:
+                self._sizes.append(int(z["offsets"].shape[0] - 1))
+        self._starts = np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64)
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._cache_shards = max(1, cache_shards)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def complete(self) -> bool:
+        """True when every shard the manifest asks for is on disk."""
+        return len(self) == int(self.manifest["n"])
+
+    def _shard(self, s: int) -> dict[str, np.ndarray]:
+        if s not in self._cache:
+            if len(self._cache) >= self._cache_shards:
+                self._cache.pop(next(iter(self._cache)))
+            with np.load(self.shards[s]) as z:
+                self._cache[s] = {k: z[k] for k in z.files}
+        return self._cache[s]
+
+    def __getitem__(self, i: int) -> Sample:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} out of range for a dataset of {len(self)}")
+        i %= len(self)
+        s = int(np.searchsorted(self._starts, i, side="right") - 1)
+        j = i - int(self._starts[s])
+        z = self._shard(s)
+        a, b = z["offsets"][j], z["offsets"][j + 1]
+        stack = z["stacks"][j].astype(np.float32)
+        pos, lab = z["positions"][a:b], z["labels"][a:b]
+        st = self.settings
+        maps = label_maps(pos, lab, stack.shape[1:], st.pixel_size, (st.pixel_size / 2, st.pixel_size / 2),
+                          self.sigma)
+        return Sample(stack, maps, pos, lab)
+
+    def batches(
+        self, batch_size: int, rng: np.random.Generator | None = None, indices: np.ndarray | None = None
+    ) -> Iterator[list[Sample]]:
+        """Batches of samples, shard by shard in random order (shuffled within each shard)."""
+        rng = rng or np.random.default_rng()
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices)
+        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        order = []
+        for s in rng.permutation(len(self.shards)):
+            members = idx[shard_of == s]
+            order.extend(rng.permutation(members).tolist())
+        for k in range(0, len(order), batch_size):
+            yield [self[i] for i in order[k : k + batch_size]]
