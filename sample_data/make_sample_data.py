@@ -1,9 +1,10 @@
 """Regenerate the bundled sample stack ``src/hydrafm/sample_data/water_bilayer.npz``.
 
 A small hexagonal water bilayer island (H-up and flat molecules) is built with
-ase and its constant-height Δf stack is simulated with ppafm's OpenCL AFMulator
-(CO-like tip: monopole Q = −0.05 e, lateral stiffness 0.5 N/m; 10 heights,
-0.1 Å apart; 128 × 128 pixels over 25 Å). The structure is written next to it as
+ase and its constant-height Δf stack is simulated with the same simulator as the
+training data (``hydrafm.simulate.afm``: ppafm's OpenCL AFMulator, CO-like tip,
+monopole Q = −0.05 e, lateral stiffness 0.5 N/m; 10 heights, 0.1 Å apart;
+128 × 128 pixels over 25 Å; probe 2.4 Å above the top atom at the closest height). The structure is written next to it as
 extended XYZ with a per-atom ``label`` (O, H_up, H_flat, H_down).
 
 Needs the ``sim`` extra and an OpenCL device (apt ``pocl-opencl-icd`` on a CPU)::
@@ -26,6 +27,7 @@ N_HEIGHTS = 10
 DZ = 0.1  # Å between heights
 Q_O, Q_H = -0.8476, 0.4238  # SPC/E
 OH = 0.96  # Å
+CLOSEST = 2.4  # Å, probe above the top atom at the closest height
 
 
 def water_bilayer_island(seed: int = 7) -> Atoms:
@@ -75,34 +77,12 @@ def water_bilayer_island(seed: int = 7) -> Atoms:
     return atoms
 
 
-def simulate(atoms: Atoms) -> np.ndarray:
-    """Δf stack (n_heights, ny, nx), closest first, in Hz."""
-    from ppafm.ocl import oclUtils
-    from ppafm.ocl.AFMulator import AFMulator
+def simulate(atoms: Atoms):
+    """The Δf stack as an AFMStack (frame 0 closest), from HydrAFM's training-data simulator."""
+    from hydrafm.simulate.afm import AFMSimulator, SampledTip, SimulationSettings
 
-    oclUtils.init_env(i_platform=0)
-    top = atoms.positions[:, 2].max()
-    tip_r0 = 3.0
-    z_close = top + tip_r0 + 2.4  # closest tip position: probe ~2.4 Å above the top atom
-    nz = N_HEIGHTS + 9  # df_steps = 10 → N_HEIGHTS outputs
-    afm = AFMulator(
-        pixPerAngstrome=5,
-        scan_dim=(N_PIX, N_PIX, nz),
-        scan_window=((0.0, 0.0, z_close), (WINDOW, WINDOW, z_close + nz * DZ)),
-        iZPP=8,
-        Qs=[-0.05, 0, 0, 0],
-        QZs=[0, 0, 0, 0],
-        tipR0=[0.0, 0.0, tip_r0],
-        tipStiffness=[0.5, 0.5, 0.0, 20.0],
-        df_steps=10,
-        npbc=(1, 1, 0),
-    )
-    xyz = atoms.positions.astype(np.float64)
-    zs = atoms.numbers.astype(np.int32)
-    qs = atoms.get_initial_charges().astype(np.float64)
-    X = afm(xyz, zs, qs, sample_lvec=np.array([[0, 0, 0], [WINDOW, 0, 0], [0, WINDOW, 0], [0, 0, 20.0]]))
-    # (x, y, z) with the last z index closest → (z, y, x), closest first
-    return np.ascontiguousarray(np.asarray(X).transpose(2, 1, 0)[::-1], dtype=np.float32)
+    sim = AFMSimulator(SimulationSettings(n_pixels=N_PIX, scan_size=WINDOW, n_heights=N_HEIGHTS, dz=DZ))
+    return sim.simulate(atoms.positions, atoms.numbers, SampledTip(CLOSEST), atoms.get_initial_charges())
 
 
 def main() -> None:
@@ -115,24 +95,18 @@ def main() -> None:
     from hydrafm.stack import AFMStack
 
     atoms = water_bilayer_island()
-    data = simulate(atoms)
+    sim = simulate(atoms)
     stack = AFMStack(
-        data=data,
-        pixel_size=(WINDOW / N_PIX, WINDOW / N_PIX),
-        heights=np.arange(N_HEIGHTS) * DZ,
+        data=sim.data,
+        pixel_size=sim.pixel_size,
+        heights=sim.heights,
+        origin=sim.origin,
         metadata={
             "format": "ml-spm npz",
             "channel": "df",
             "units": "Hz",
             "description": "ppafm-simulated water bilayer island (HydrAFM sample data)",
-            "simulation": {
-                "tool": "ppafm AFMulator (OpenCL)",
-                "tip": "O probe, Q=-0.05 e monopole, k_lat=0.5 N/m, k_rad=20 N/m, tipR0=3 Å",
-                "closest_probe_above_top_atom_angstrom": 2.4,
-                "f0_hz": 30300,
-                "k_cantilever_n_per_m": 1800,
-                "amplitude_angstrom": 1.0,
-            },
+            "simulation": sim.metadata["simulation"],
         },
     )
     OUT.mkdir(parents=True, exist_ok=True)
