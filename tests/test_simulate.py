@@ -240,3 +240,20 @@ def test_cli_pool_refuses_to_overwrite(tmp_path, capsys):
     target.write_bytes(b"x")
     assert main(["pool", "hydrates", "--out", str(target)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_hydrate_pool_resumes_from_its_checkpoint(tmp_path):
+    pytest.importorskip("openmm")
+    from hydrafm.progress import drive
+    from hydrafm.structures.hydrates import make_hydrate_pool
+
+    whole = drive(make_hydrate_pool(None, n=4, seed=2), show=False)
+    gen = make_hydrate_pool(None, n=4, seed=2, checkpoint=tmp_path / "part.npz", checkpoint_every=2)
+    for rec in gen:  # interrupt after the first checkpoint
+        if rec.done >= 2:
+            break
+    gen.close()
+    assert (tmp_path / "part.npz").exists()
+    resumed = drive(make_hydrate_pool(None, n=4, seed=2, checkpoint=tmp_path / "part.npz"), show=False)
+    assert len(resumed) == 4
+    np.testing.assert_allclose(resumed.positions, whole.positions, atol=2)  # int16 0.01 Å steps

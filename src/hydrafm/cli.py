@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     pool = sub.add_parser("pool", help="(re)make a structure pool: MD water windows or relaxed hydrates")
     pool.add_argument("kind", choices=["water", "hydrates"])
     pool.add_argument("--out", type=Path, help="output .npz (default: the pool shipped in the package)")
-    pool.add_argument("--cache", type=Path, help="cache for MD frames (default: the HydrAFM cache dir)")
+    pool.add_argument("--cache", type=Path, help="cache for MD frames / partial pools (default: the HydrAFM cache dir)")
     pool.add_argument("--seed", type=int, default=0)
     pool.add_argument("--scale", type=float, default=1.0, help="fraction of the full MD length / pool size")
     pool.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -152,8 +152,10 @@ def cmd_pool(args: argparse.Namespace) -> int:
     else:
         from .structures.hydrates import make_hydrate_pool
 
+        cache = args.cache or cache_dir("hydrates")
         pool = drive(make_hydrate_pool(out, n=max(1, round(2400 * args.scale)), seed=args.seed,
-                                       overwrite=args.overwrite))
+                                       overwrite=args.overwrite,
+                                       checkpoint=cache / f"partial_s{args.seed}_n{round(2400 * args.scale)}.npz"))
     print(json.dumps({"pool": str(out), "structures": len(pool), "bytes": out.stat().st_size}))
     return 0
 

@@ -4,7 +4,7 @@ Each hydrate starts as an ion 2.4–2.8 Å above the surface with n randomly ori
 SPC/E waters on its first shell (n ≤ 5) and, for larger n, in a second shell by the
 surface; it is energy-minimised with OpenMM (SPC/E water, Joung–Cheatham 2008 ion
 parameters for SPC/E, a rigid two-layer NaCl(001) slab of ±1 e point charges), warmed
-briefly at 60 K and minimised again. Structures whose ion loses its water or whose
+briefly (2 ps from 60 K velocities) and minimised again. Structures whose ion loses its water or whose
 waters fly off are rejected. The substrate is not kept: as in Tang et al., AFM images
 are simulated from the hydrate alone.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generator, Sequence
 
 import numpy as np
@@ -97,7 +98,8 @@ class _Relaxer:
                 system.addConstraint(a, b, r / 10)
                 nb.addException(a, b, 0.0, 0.1, 0.0)
         system.addForce(nb)
-        self.integrator = openmm.LangevinMiddleIntegrator(60.0, 5.0, 0.001)
+        # Verlet, not Langevin: the warm-up must depend only on the seed given to relax() (resumable pools)
+        self.integrator = openmm.VerletIntegrator(0.001)
         platform = openmm.Platform.getPlatformByName("CPU")
         self.context = openmm.Context(system, self.integrator, platform, {"Threads": str(self.threads)})
 
@@ -108,7 +110,6 @@ class _Relaxer:
         self.context.setPositions(np.concatenate([self.sub_xyz, xyz]) / 10)
         self.context.applyConstraints(1e-6)
         openmm.LocalEnergyMinimizer.minimize(self.context, 5.0, 2000)
-        self.integrator.setRandomNumberSeed(int(seed % 2**31) + 1)
         self.context.setVelocitiesToTemperature(60.0, int(seed % 2**31) + 1)
         self.integrator.step(2000)
         openmm.LocalEnergyMinimizer.minimize(self.context, 1.0, 5000)
@@ -181,10 +182,15 @@ def make_hydrate(
     ion: str, n_waters: int, rng: np.random.Generator, relaxer: "_Relaxer | None" = None
 ) -> np.ndarray | None:
     """One relaxed ion + n waters (positions Å, ion first, then O H H); ``None`` if rejected."""
+    import openmm
+
     relaxer = relaxer or _Relaxer(ion, n_waters)
     start = _initial(ion, n_waters, rng)
-    pos = relaxer.relax(start, int(rng.integers(2**31)))
-    if not _acceptable(pos, n_waters):
+    try:
+        pos = relaxer.relax(start, int(rng.integers(2**31)))
+    except openmm.OpenMMException:  # blew up (NaN): reject; the next setPositions resets the context
+        return None
+    if not np.all(np.isfinite(pos)) or not _acceptable(pos, n_waters):
         return None
     pos = pos.copy()
     pos[:, :2] -= pos[0, :2]
@@ -198,18 +204,37 @@ def _sizes(rng: np.random.Generator) -> tuple[str, int]:
     return ion, n
 
 
+def _save_checkpoint(path: Path, items: list, rng: np.random.Generator, tries: int) -> None:
+    pool = StructurePool.from_structures(items, (0.0, 0.0, 8.0), {
+        "rng_state": rng.bit_generator.state, "tries": tries})
+    pool.save(path, overwrite=True)
+
+
 def make_hydrate_pool(
     out: str | os.PathLike | None,
     n: int = 2400,
     seed: int = 0,
     overwrite: bool = False,
     threads: int = 1,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
 ) -> Generator[Progress, None, StructurePool]:
-    """Relax ``n`` hydrates (70 % Na+, 30 % K+; n_water 3, 4 or 5–9) and write the pool."""
+    """Relax ``n`` hydrates (70 % Na+, 30 % K+; n_water 3, 4 or 5–9) and write the pool.
+
+    With ``checkpoint`` (a ``.npz`` path), progress is saved every
+    ``checkpoint_every`` hydrates together with the random state, and a re-run
+    resumes from it with the same result as an uninterrupted run.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
     relaxers: dict[tuple[str, int], _Relaxer] = {}
-    items = []
+    items: list = []
     tries = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        part = StructurePool.load(ckpt)
+        items = [(*part.arrays(i), {k: v[i] for k, v in part.info.items()}) for i in range(len(part))]
+        rng.bit_generator.state = part.attrs["rng_state"]
+        tries = int(part.attrs["tries"])
     while len(items) < n:
         ion, k = _sizes(rng)
         key = (ion, k)
@@ -222,6 +247,8 @@ def make_hydrate_pool(
             items.append((pos, numbers, {"ion": IONS[ion][3], "n_waters": k, "surface": 2}))
         if tries > 3 * n + 50:
             raise RuntimeError(f"only {len(items)} of {n} hydrates passed the checks after {tries} tries")
+        if ckpt is not None and pos is not None and len(items) % checkpoint_every == 0:
+            _save_checkpoint(ckpt, items, rng, tries)
         yield Progress("relaxing hydrates", len(items), n)
     attrs = {
         "kind": "hydrates",
