@@ -29,9 +29,9 @@ def main() -> None:
     ap.add_argument("--kind", default="water", choices=["water", "hydrates"])
     ap.add_argument("--pix-per-angstrom", type=int, default=5)
     args = ap.parse_args()
-    import pyopencl as cl
+    from hydrafm.simulate.afm import opencl_platform
 
-    device = [d.name for p in cl.get_platforms() for d in p.get_devices()][0]
+    device = opencl_platform()[1]
     pool = StructurePool.load(pool_path(args.kind))
     settings = SimulationSettings(pix_per_angstrom=args.pix_per_angstrom)
     with tempfile.TemporaryDirectory() as tmp:

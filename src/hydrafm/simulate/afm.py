@@ -87,6 +87,23 @@ class SampledTip:
         return cls(distance, (r * math.cos(phi), r * math.sin(phi)))
 
 
+def opencl_platform() -> tuple[int, str]:
+    """Index and device name of the OpenCL platform to use: a GPU if there is one, else the first."""
+    import pyopencl as cl
+
+    platforms = cl.get_platforms()
+    best = None
+    for i, p in enumerate(platforms):
+        for d in p.get_devices():
+            if d.type & cl.device_type.GPU:
+                return i, d.name
+            if best is None:
+                best = (i, d.name)
+    if best is None:
+        raise SimulationError("no OpenCL device found")
+    return best
+
+
 def opencl_available() -> bool:
     """True when pyopencl finds at least one OpenCL device."""
     try:
@@ -120,7 +137,8 @@ class AFMSimulator:
             raise SimulationError(
                 "no OpenCL device found; on a CPU install apt's pocl-opencl-icd (the PyPI pocl does not work)"
             )
-        oclUtils.init_env(i_platform=0)
+        i_platform, self.device = opencl_platform()
+        oclUtils.init_env(i_platform=i_platform)
         half = s.pixel_size / 2
         self.nz = s.n_heights + s.df_steps - 1
         z_hi = self.Z_TOP
