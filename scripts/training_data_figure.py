@@ -1,7 +1,7 @@
 """Figure for docs/training-data.md: simulated stacks next to their labels.
 
-Usage: python scripts/training_data_figure.py DATASET [DATASET ...] --out docs/images/training_data.png
-Each dataset contributes its first two samples: closest, middle and farthest Δf
+Usage: python scripts/training_data_figure.py DATASET[@i,j] [DATASET ...] --out docs/images/training_data.png
+Each dataset contributes its first two samples (or samples i, j): closest, middle and farthest Δf
 frames, the a-vdW sphere picture, and the sum of the label maps.
 """
 
@@ -28,8 +28,10 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for d in args.datasets:
+        d, _, picks = d.partition("@")
         ds = AFMDataset(d)
-        for i in range(args.start, args.start + args.per_dataset):
+        chosen = [int(v) for v in picks.split(",")] if picks else range(args.start, args.start + args.per_dataset)
+        for i in chosen:
             rows.append((ds.manifest["kind"], ds, ds[i]))
     fig, axes = plt.subplots(len(rows), 5, figsize=(15, 3.1 * len(rows)), squeeze=False)
     for r, (kind, ds, s) in enumerate(rows):
