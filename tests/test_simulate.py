@@ -257,3 +257,14 @@ def test_hydrate_pool_resumes_from_its_checkpoint(tmp_path):
     resumed = drive(make_hydrate_pool(None, n=4, seed=2, checkpoint=tmp_path / "part.npz"), show=False)
     assert len(resumed) == 4
     np.testing.assert_allclose(resumed.positions, whole.positions, atol=2)  # int16 0.01 Å steps
+
+
+def test_water_kind_refuses_a_hydrate_pool():
+    from hydrafm.simulate.dataset import draw_structure
+
+    pool = StructurePool.from_structures([(np.zeros((1, 3)), [11], {})], (0.0, 0.0, 8.0))
+    with pytest.raises(ValueError, match="hydrates"):
+        draw_structure("water", pool, np.random.default_rng(0))
+    windows = StructurePool.from_structures([(np.ones((1, 3)), [8], {})], (20.0, 20.0, 3.0))
+    with pytest.raises(ValueError, match="20 Å"):
+        draw_structure("water", windows, np.random.default_rng(0), window=25.0)

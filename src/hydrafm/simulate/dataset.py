@@ -64,8 +64,9 @@ def draw_structure(
     if kind == "water":
         i = int(rng.integers(len(pool)))
         pos, numbers = pool.arrays(i)
-        scale = window / pool.window[0] if pool.window[0] > 0 else 1.0
-        if abs(scale - 1.0) > 1e-6:
+        if pool.window[0] <= 0:
+            raise ValueError("this pool holds single hydrates, not windows; simulate it as kind 'hydrates'")
+        if abs(window - pool.window[0]) > 1e-6:
             raise ValueError(f"the pool's window is {pool.window[0]:g} Å but the scan is {window:g} Å")
         return _d4(pos, window, int(rng.integers(8))), numbers, i
     if kind == "hydrates":
