@@ -1,0 +1,111 @@
+"""One-file checkpoints: weights + architecture + normalisation + pixel size + labels + provenance.
+
+A checkpoint is a ``torch.save`` dict written atomically (temporary file, then rename);
+loading it needs nothing else. Shipped models live in ``hydrafm/models/weights``;
+user and fine-tuned ones in the user data dir (``platformdirs``), never the working
+directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io.xyz import LABELS
+from .unet import StructureUNet, UNetConfig
+
+__all__ = ["ModelInfo", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+
+FORMAT = "hydrafm-structure-net/1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable HydrAFM checkpoint (the message names it)."""
+
+
+@dataclass
+class ModelInfo:
+    """Everything needed to use a model besides its weights."""
+
+    config: UNetConfig = field(default_factory=UNetConfig)
+    pixel_size: float = 25.0 / 128  # Å per pixel the model was trained at
+    dz: float = 0.1  # Å between heights
+    normalization: str = "stack-zscore"
+    labels: tuple[str, ...] = LABELS
+    provenance: dict[str, Any] = field(default_factory=dict)  # data, command, epochs, metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "pixel_size": self.pixel_size,
+            "dz": self.dz,
+            "normalization": self.normalization,
+            "labels": list(self.labels),
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
+        return cls(
+            config=UNetConfig(**d["config"]),
+            pixel_size=float(d["pixel_size"]),
+            dz=float(d["dz"]),
+            normalization=str(d["normalization"]),
+            labels=tuple(d["labels"]),
+            provenance=dict(d.get("provenance", {})),
+        )
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: StructureUNet,
+    info: ModelInfo,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write model + info (+ optimizer/epoch state for resuming) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "info": info.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "training_state": training_state,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[StructureUNet, ModelInfo, dict[str, Any] | None]:
+    """Read a checkpoint: ``(model in eval mode, info, training state or None)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - report which file and why
+        raise CheckpointError(f"{path}: not a readable model file ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a HydrAFM structure-network checkpoint")
+    try:
+        info = ModelInfo.from_dict(payload["info"])
+        model = StructureUNet(info.config)
+        model.load_state_dict(payload["state_dict"])
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from exc
+    model.eval()
+    return model, info, payload.get("training_state")

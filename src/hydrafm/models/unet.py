@@ -1,0 +1,101 @@
+"""The structure network: a U-Net over (heights, y, x) whose depth is folded into 2D label maps.
+
+Encoder: 3D convolutions over the whole stack (heights × y × x), pooling in x, y at
+every level and in z once (10 → 5 heights). Each skip connection is folded from 3D to
+2D by a convolution spanning all its heights; the decoder is 2D and ends in one map per
+label (logits; ``torch.sigmoid`` gives the 0–1 maps). Folding the depth at the skips
+keeps the 3D context of Tang et al.'s 3D U-Net in the encoder while the decoder costs
+2D convolutions, so a 10 × 128 × 128 stack runs in a fraction of a second on 2 CPU
+cores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["UNetConfig", "StructureUNet"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of :class:`StructureUNet` (stored in every checkpoint)."""
+
+    n_heights: int = 10
+    n_labels: int = 6
+    base_channels: int = 16
+    levels: int = 3  # number of 2× poolings in x, y
+    z_pool_level: int = 1  # the level whose pooling also halves the heights (-1: never)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _block3d(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, 3, padding=1, padding_mode="replicate"),
+        nn.GroupNorm(math.gcd(8, cout), cout),
+        nn.LeakyReLU(0.1, inplace=True),
+        nn.Conv3d(cout, cout, 3, padding=1, padding_mode="replicate"),
+        nn.GroupNorm(math.gcd(8, cout), cout),
+        nn.LeakyReLU(0.1, inplace=True),
+    )
+
+
+def _block2d(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, padding_mode="replicate"),
+        nn.GroupNorm(math.gcd(8, cout), cout),
+        nn.LeakyReLU(0.1, inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, padding_mode="replicate"),
+        nn.GroupNorm(math.gcd(8, cout), cout),
+        nn.LeakyReLU(0.1, inplace=True),
+    )
+
+
+class StructureUNet(nn.Module):
+    """Stack ``(B, 1, n_heights, H, W)`` → label logits ``(B, n_labels, H, W)``.
+
+    ``H`` and ``W`` must be multiples of ``2 ** levels``.
+    """
+
+    def __init__(self, config: UNetConfig = UNetConfig()) -> None:
+        super().__init__()
+        self.config = c = config
+        chans = [c.base_channels * 2**i for i in range(c.levels + 1)]
+        self.enc = nn.ModuleList()
+        self.pools = nn.ModuleList()
+        self.folds = nn.ModuleList()
+        depth = c.n_heights
+        cin = 1
+        for i in range(c.levels):
+            self.enc.append(_block3d(cin, chans[i]))
+            self.folds.append(nn.Conv3d(chans[i], chans[i], (depth, 1, 1)))
+            pz = 2 if (i == c.z_pool_level and depth >= 2) else 1
+            self.pools.append(nn.MaxPool3d((pz, 2, 2)))
+            depth //= pz
+            cin = chans[i]
+        self.bottom = _block3d(cin, chans[c.levels])
+        self.bottom_fold = nn.Conv3d(chans[c.levels], chans[c.levels], (depth, 1, 1))
+        self.ups = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for i in reversed(range(c.levels)):
+            self.ups.append(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2))
+            self.dec.append(_block2d(2 * chans[i], chans[i]))
+        self.head = nn.Conv2d(chans[0], c.n_labels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            x = x[:, None]
+        skips = []
+        for enc, fold, pool in zip(self.enc, self.folds, self.pools):
+            x = enc(x)
+            skips.append(fold(x)[:, :, 0])
+            x = pool(x)
+        y = self.bottom_fold(self.bottom(x))[:, :, 0]
+        for up, dec, skip in zip(self.ups, self.dec, reversed(skips)):
+            y = dec(torch.cat([up(y), skip], dim=1))
+        return self.head(y)

@@ -1,0 +1,208 @@
+"""Training the structure network: a generator yielding progress, resumable, early-stopping.
+
+``train(...)`` yields :class:`~hydrafm.progress.Progress` per batch and
+:class:`EpochStats` per epoch, and returns the path of the best checkpoint. The last
+epoch's state (weights, optimizer, epoch, best loss, RNG) is kept next to it as
+``<name>.last.pt`` so an interrupted run resumes where it stopped. On a CUDA GPU the
+forward pass runs in bfloat16 autocast.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Generator, Sequence
+
+import numpy as np
+import torch
+
+from ..progress import Progress
+from ..simulate.dataset import AFMDataset
+from ..models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from ..models.preprocess import normalize_stack
+from ..models.unet import StructureUNet, UNetConfig
+from .augment import AugmentConfig, augment, random_crop
+
+__all__ = ["TrainConfig", "EpochStats", "train", "pick_device", "split_by_shard"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (stored in the checkpoint's provenance)."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 1e-5
+    crop: int | None = 64  # train on random crops (px); None = whole stacks
+    patience: int = 6  # epochs without a better validation loss before stopping
+    seed: int = 0
+    device: str = "auto"
+    normalization: str = "stack-zscore"
+    sigma: float = 0.35  # Å, width of the label blobs
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One finished epoch."""
+
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    best_val_loss: float
+    improved: bool
+    seconds: float
+    device: str
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA if available, else Apple MPS, else CPU; or the named device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA GPU is available")
+    return dev
+
+
+def split_by_shard(ds: AFMDataset, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out whole trailing shards for validation: ``(train indices, val indices)``."""
+    n_val_shards = max(1, math.ceil(len(ds.shards) * val_fraction)) if len(ds.shards) > 1 else 0
+    if n_val_shards == 0:
+        raise ValueError(f"{ds.folder}: need at least 2 shards to hold some out for validation")
+    cut = int(ds._starts[len(ds.shards) - n_val_shards])
+    idx = np.arange(len(ds))
+    return idx[:cut], idx[cut:]
+
+
+def _batch(samples, cfg: TrainConfig, rng: np.random.Generator | None, crop: int | None):
+    xs, ys = [], []
+    for s in samples:
+        x = normalize_stack(s.stack, cfg.normalization)
+        y = s.maps
+        if rng is not None:
+            x, y = augment(x, y, rng, cfg.augment)
+            if crop:
+                x, y = random_crop(x, y, crop, rng)
+        xs.append(np.ascontiguousarray(x))
+        ys.append(np.ascontiguousarray(y))
+    return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))
+
+
+def train(
+    dataset: AFMDataset,
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    model_config: UNetConfig = UNetConfig(),
+    init_from: str | Path | None = None,
+    train_indices: Sequence[int] | None = None,
+    val_indices: Sequence[int] | None = None,
+    resume: bool = True,
+    max_batches_per_epoch: int | None = None,
+) -> Generator[Progress | EpochStats, None, Path]:
+    """Train (or fine-tune from ``init_from``) on ``dataset``; the best model goes to ``out``."""
+    out = Path(out)
+    dataset.sigma = config.sigma
+    last = out.with_name(out.stem + ".last.pt")
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    if train_indices is None or val_indices is None:
+        train_indices, val_indices = split_by_shard(dataset)
+    train_indices, val_indices = np.asarray(train_indices), np.asarray(val_indices)
+    if len(train_indices) == 0 or len(val_indices) == 0:
+        raise ValueError("training needs both training and validation samples")
+
+    st = dataset.settings
+    info = ModelInfo(config=model_config, pixel_size=st.pixel_size, dz=st.dz, normalization=config.normalization)
+    model = StructureUNet(model_config)
+    if init_from is not None:
+        base, base_info, _ = load_checkpoint(init_from)
+        if base_info.config != model_config:
+            model_config = base_info.config
+            model = StructureUNet(model_config)
+            info.config = model_config
+        model.load_state_dict(base.state_dict())
+        info.provenance["initialised_from"] = str(init_from)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start_epoch, best, stale = 0, math.inf, 0
+    if resume and last.exists():
+        model_r, _, state = load_checkpoint(last)
+        if state is not None:
+            model.load_state_dict(model_r.state_dict())
+            opt.load_state_dict(state["optimizer"])
+            start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
+            rng.bit_generator.state = state["rng"]
+    info.provenance.update(
+        {
+            "dataset": str(dataset.folder),
+            "dataset_manifest": dataset.manifest,
+            "train_samples": int(len(train_indices)),
+            "val_samples": int(len(val_indices)),
+            "train_config": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
+                             for k, v in asdict(config).items()},
+        }
+    )
+    autocast = device.type == "cuda"
+    loss_fn = torch.nn.MSELoss()
+    n_batches = math.ceil(len(train_indices) / config.batch_size)
+    if max_batches_per_epoch:
+        n_batches = min(n_batches, max_batches_per_epoch)
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        total, count = 0.0, 0
+        for b, samples in enumerate(dataset.batches(config.batch_size, rng, train_indices)):
+            if b >= n_batches:
+                break
+            x, y = _batch(samples, config, rng, config.crop)
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                pred = torch.sigmoid(model(x))
+            loss = loss_fn(pred.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            total += float(loss) * len(samples)
+            count += len(samples)
+            yield Progress(f"epoch {epoch + 1}/{config.epochs}", b + 1, n_batches)
+        val = evaluate_loss(model, dataset, val_indices, config, device)
+        improved = val < best
+        if improved:
+            best, stale = val, 0
+            info.provenance.update({"epochs_trained": epoch + 1, "best_val_loss": best})
+            save_checkpoint(out, model, info)
+        else:
+            stale += 1
+        save_checkpoint(last, model, info, {"optimizer": opt.state_dict(), "epoch": epoch, "best": best,
+                                            "stale": stale, "rng": rng.bit_generator.state})
+        yield EpochStats(epoch + 1, config.epochs, total / max(count, 1), val, best, improved,
+                         time.perf_counter() - t0, str(device))
+        if stale >= config.patience:
+            break
+    return out
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: StructureUNet, dataset: AFMDataset, indices: np.ndarray, cfg: TrainConfig, device: torch.device
+) -> float:
+    """Mean MSE of the sigmoid maps over ``indices`` (no augmentation, whole stacks)."""
+    model.eval()
+    total, count = 0.0, 0
+    for samples in dataset.batches(cfg.batch_size, np.random.default_rng(0), indices):
+        x, y = _batch(samples, cfg, None, None)
+        pred = torch.sigmoid(model(x.to(device))).float()
+        total += float(torch.nn.functional.mse_loss(pred, y.to(device), reduction="sum"))
+        count += y.numel()
+    return total / max(count, 1)

@@ -1,0 +1,115 @@
+"""The structure network at tiny scale: architecture, checkpoints, augmentation, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hydrafm.io.xyz import LABELS  # noqa: E402
+from hydrafm.models.checkpoint import CheckpointError, ModelInfo, load_checkpoint, save_checkpoint  # noqa: E402
+from hydrafm.models.unet import StructureUNet, UNetConfig  # noqa: E402
+from hydrafm.progress import Progress  # noqa: E402
+from hydrafm.simulate.afm import SimulationSettings  # noqa: E402
+from hydrafm.simulate.dataset import AFMDataset  # noqa: E402
+from hydrafm.training.augment import AugmentConfig, augment, random_crop  # noqa: E402
+from hydrafm.training.train import EpochStats, TrainConfig, train  # noqa: E402
+
+TINY = UNetConfig(base_channels=4, levels=2)
+
+
+def fake_dataset(folder, n=8, shard=4, px=32, seed=0):
+    """A dataset folder in the real format whose 'stacks' are dips at O atoms (no ppafm needed)."""
+    rng = np.random.default_rng(seed)
+    settings = SimulationSettings(n_pixels=px, scan_size=px * 0.2)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {"kind": "water", "n": n, "seed": seed, "shard_size": shard, "settings": settings.to_dict(),
+                "pool": {"name": "fake"}, "labels": list(LABELS), "format": 1}
+    (folder / "dataset.json").write_text(json.dumps(manifest))
+    yy, xx = (np.mgrid[0:px, 0:px] + 0.5) * 0.2
+    for s in range(n // shard):
+        stacks, pos, labels, offsets = [], [], [], [0]
+        for _ in range(shard):
+            o = rng.uniform(1, px * 0.2 - 1, size=(3, 2))
+            img = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 0.5) for x, y in o)
+            stacks.append(np.stack([-(1 + 0.1 * k) * img for k in range(10)][::-1]).astype(np.float16))
+            pos.append(np.column_stack([o, np.zeros(3)]))
+            labels.append(np.zeros(3, np.uint8))
+            offsets.append(offsets[-1] + 3)
+        np.savez(folder / f"shard_{s:05d}.npz", stacks=np.stack(stacks), positions=np.concatenate(pos),
+                 labels=np.concatenate(labels), offsets=np.array(offsets), distance=np.zeros(shard),
+                 tilt=np.zeros((shard, 2)), source=np.zeros(shard, int), rejected=np.array(0))
+    return AFMDataset(folder)
+
+
+def test_unet_shapes_and_depth_folding():
+    model = StructureUNet(TINY)
+    y = model(torch.zeros(2, 1, 10, 32, 48))
+    assert y.shape == (2, len(LABELS), 32, 48)
+    assert StructureUNet(UNetConfig(base_channels=6, levels=3))(torch.zeros(1, 10, 16, 16)).shape == (1, 6, 16, 16)
+
+
+def test_checkpoint_roundtrip_and_bad_files(tmp_path):
+    model = StructureUNet(TINY)
+    info = ModelInfo(config=TINY, provenance={"data": "test"})
+    path = save_checkpoint(tmp_path / "m.pt", model, info)
+    back, info2, state = load_checkpoint(path)
+    assert info2.config == TINY and info2.provenance["data"] == "test" and state is None
+    x = torch.randn(1, 1, 10, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(back(x), model.eval()(x))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="no such model"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_augmentation_moves_maps_with_the_stack():
+    rng = np.random.default_rng(0)
+    stack = np.zeros((10, 32, 32), np.float32)
+    stack[:, 5, 20] = -1
+    maps = np.zeros((6, 32, 32), np.float32)
+    maps[0, 5, 20] = 1
+    cfg = AugmentConfig(max_jitter_px=0, max_drift_px=0, noise=0, max_cutouts=0, gradient=0)
+    for _ in range(8):
+        s, m = augment(stack, maps, rng, cfg)
+        assert np.unravel_index(s[0].argmin(), s[0].shape) == np.unravel_index(m[0].argmax(), m[0].shape)
+    s, m = random_crop(stack, maps, 16, rng)
+    assert s.shape == (10, 16, 16) and m.shape == (6, 16, 16)
+    with pytest.raises(ValueError, match="larger"):
+        random_crop(stack, maps, 64, rng)
+
+
+def test_augmentation_keeps_the_closest_frame_registered():
+    rng = np.random.default_rng(1)
+    stack = rng.normal(size=(10, 32, 32)).astype(np.float32)
+    cfg = AugmentConfig(flips=False, max_jitter_px=2, max_drift_px=3, noise=0, max_cutouts=0, gradient=0)
+    s, _ = augment(stack, np.zeros((6, 32, 32), np.float32), rng, cfg)
+    np.testing.assert_array_equal(s[0], stack[0])
+    assert not np.array_equal(s[9], stack[9])
+
+
+def test_training_learns_resumes_and_fine_tunes(tmp_path):
+    ds = fake_dataset(tmp_path / "ds")
+    cfg = TrainConfig(epochs=3, batch_size=2, lr=3e-3, crop=None, patience=10,
+                      augment=AugmentConfig(noise=0, max_cutouts=0))
+    records = list(train(ds, tmp_path / "m.pt", cfg, TINY))
+    stats = [r for r in records if isinstance(r, EpochStats)]
+    assert [s.epoch for s in stats] == [1, 2, 3]
+    assert any(isinstance(r, Progress) for r in records)
+    assert stats[-1].train_loss < stats[0].train_loss
+    model, info, _ = load_checkpoint(tmp_path / "m.pt")
+    assert info.provenance["train_samples"] == 4 and info.provenance["val_samples"] == 4
+    assert info.pixel_size == pytest.approx(0.2)
+    # resuming with more epochs continues after the last finished one
+    more = [r for r in train(ds, tmp_path / "m.pt", TrainConfig(**{**cfg.__dict__, "epochs": 4}), TINY)
+            if isinstance(r, EpochStats)]
+    assert [s.epoch for s in more] == [4]
+    # fine-tuning starts from the weights of another model
+    ft = [r for r in train(ds, tmp_path / "ft.pt", TrainConfig(**{**cfg.__dict__, "epochs": 1}),
+                           init_from=tmp_path / "m.pt") if isinstance(r, EpochStats)]
+    assert ft and load_checkpoint(tmp_path / "ft.pt")[1].provenance["initialised_from"].endswith("m.pt")
