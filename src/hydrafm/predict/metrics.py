@@ -1,0 +1,97 @@
+"""How good is a prediction: per-label precision, recall, F1 and H-orientation accuracy.
+
+Matching is lateral (x, y) and one-to-one (Hungarian assignment) within ``radius``
+(0.75 Å). True atoms count only if they lie in the top ``top`` Å of the structure
+(z ≥ z_max − 3 Å); predicted atoms carry no absolute height and all count. Labels are
+scored as O, Na, K and H (the three H classes together); among matched H, the
+orientation accuracy is the fraction whose class (up / flat / down) is right.
+Counts add up over many stacks (:meth:`Scores.add`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Scores", "score_atoms", "GROUPS"]
+
+GROUPS = {"O": ("O",), "Na": ("Na",), "K": ("K",), "H": ("H_up", "H_flat", "H_down")}
+
+
+@dataclass
+class Scores:
+    """TP / FP / FN per group and H-orientation hits; add them up over a dataset."""
+
+    tp: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0))
+    fp: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0))
+    fn: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0))
+    h_matched: int = 0
+    h_orientation_right: int = 0
+    stacks: int = 0
+
+    def add(self, other: "Scores") -> "Scores":
+        for g in GROUPS:
+            self.tp[g] += other.tp[g]
+            self.fp[g] += other.fp[g]
+            self.fn[g] += other.fn[g]
+        self.h_matched += other.h_matched
+        self.h_orientation_right += other.h_orientation_right
+        self.stacks += other.stacks
+        return self
+
+    def summary(self) -> dict[str, dict[str, float] | float | int]:
+        """Precision, recall, F1 and support per group (groups with no atoms at all are left out)."""
+        out: dict = {}
+        for g in GROUPS:
+            tp, fp, fn = self.tp[g], self.fp[g], self.fn[g]
+            if tp + fp + fn == 0:
+                continue
+            p = tp / (tp + fp) if tp + fp else 0.0
+            r = tp / (tp + fn) if tp + fn else 0.0
+            f1 = 2 * p * r / (p + r) if p + r else 0.0
+            out[g] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
+                      "true": tp + fn, "predicted": tp + fp}
+        if self.h_matched:
+            out["H_orientation"] = round(self.h_orientation_right / self.h_matched, 4)
+        out["stacks"] = self.stacks
+        return out
+
+
+def score_atoms(
+    pred_xy: np.ndarray,
+    pred_labels: np.ndarray,
+    true_xyz: np.ndarray,
+    true_labels: np.ndarray,
+    radius: float = 0.75,
+    top: float = 3.0,
+) -> Scores:
+    """Scores of one stack: predicted (x, y) + labels against true (x, y, z) + labels (Å, names)."""
+    from scipy.optimize import linear_sum_assignment
+
+    pred_xy = np.asarray(pred_xy, dtype=np.float64).reshape(-1, 2)
+    true_xyz = np.asarray(true_xyz, dtype=np.float64).reshape(-1, 3)
+    pred_labels = np.asarray(pred_labels).astype(str)
+    true_labels = np.asarray(true_labels).astype(str)
+    if len(true_xyz):
+        in_top = true_xyz[:, 2] >= true_xyz[:, 2].max() - top
+        true_xyz, true_labels = true_xyz[in_top], true_labels[in_top]
+    s = Scores(stacks=1)
+    for g, members in GROUPS.items():
+        pi = np.flatnonzero(np.isin(pred_labels, members))
+        ti = np.flatnonzero(np.isin(true_labels, members))
+        if len(pi) and len(ti):
+            d = np.hypot(*(pred_xy[pi, None, :] - true_xyz[None, ti, :2]).transpose(2, 0, 1))
+            cost = np.where(d <= radius, d, 1e6)
+            rows, cols = linear_sum_assignment(cost)
+            ok = cost[rows, cols] <= radius
+            rows, cols = rows[ok], cols[ok]
+        else:
+            rows = cols = np.zeros(0, dtype=int)
+        s.tp[g] = len(rows)
+        s.fp[g] = len(pi) - len(rows)
+        s.fn[g] = len(ti) - len(rows)
+        if g == "H" and len(rows):
+            s.h_matched = len(rows)
+            s.h_orientation_right = int(np.sum(pred_labels[pi[rows]] == true_labels[ti[cols]]))
+    return s

@@ -1,0 +1,127 @@
+"""Whole-scan prediction: an AFMStack of any size and pixel size → label maps → atoms.
+
+1. Choose the model's number of heights from the stack: the closest frames at the
+   model's height step when heights are known, the first frames otherwise.
+2. Resample every frame to the model's pixel size from the scan's physical size.
+3. Normalise the whole stack, run the network on overlapping tiles (fully
+   convolutional; tiles of ``tile`` px with ``overlap`` px, blended with a smooth
+   window) so scans of any size fit in memory, and merge the tiles' maps.
+4. Peaks → atoms (:func:`~hydrafm.predict.atoms.maps_to_atoms`), in the input's
+   physical frame.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from ..models.checkpoint import CheckpointError, ModelInfo, load_checkpoint
+from ..models.preprocess import normalize_stack
+from ..models.unet import StructureUNet
+from ..stack import AFMStack
+from .atoms import maps_to_atoms
+
+__all__ = ["predict_atoms", "predict_maps", "resolve_model", "select_heights", "SHIPPED_MODELS"]
+
+SHIPPED_MODELS = ("water", "na-hydrate")
+
+
+def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
+    """A model name (shipped), a checkpoint path, or an already loaded ``(model, info)``."""
+    if isinstance(model, tuple):
+        net, info = model
+        return net.to(device).eval(), info
+    path = Path(model)
+    if not path.suffix and str(model) in SHIPPED_MODELS:
+        path = Path(str(files("hydrafm") / "models" / "weights" / f"{model}.pt"))
+        if not path.exists():
+            raise CheckpointError(f"the pretrained model {model!r} is not shipped in this version yet; "
+                                  "pass a checkpoint file with --model")
+    net, info, _ = load_checkpoint(path, map_location=device)
+    return net.to(device).eval(), info
+
+
+def select_heights(stack: AFMStack, n: int, dz: float) -> np.ndarray:
+    """``n`` frames ``(n, ny, nx)`` for a model trained on ``n`` heights ``dz`` apart."""
+    if stack.n_heights < 2:
+        raise ValueError(f"prediction needs a multi-height stack; this one has {stack.n_heights} frame")
+    data = stack.data
+    if stack.heights is not None and stack.n_heights >= 2:
+        want = np.arange(n) * dz
+        h = np.asarray(stack.heights)
+        if h[-1] >= want[-1] - 1e-6:  # enough range: interpolate each wanted height
+            out = np.empty((n,) + data.shape[1:], np.float32)
+            for k, z in enumerate(want):
+                j = int(np.clip(np.searchsorted(h, z) - 1, 0, len(h) - 2))
+                t = 0.0 if h[j + 1] == h[j] else float(np.clip((z - h[j]) / (h[j + 1] - h[j]), 0, 1))
+                out[k] = (1 - t) * data[j] + t * data[j + 1]
+            return out
+    # Unknown or too short height range: spread the available frames over n (nearest frame).
+    idx = np.round(np.linspace(0, stack.n_heights - 1, n)).astype(int) if stack.n_heights < n else np.arange(n)
+    return data[idx].astype(np.float32)
+
+
+def _resample(frames: np.ndarray, src: tuple[float, float], dst: float) -> tuple[np.ndarray, tuple[float, float]]:
+    from scipy.ndimage import zoom
+
+    ny, nx = frames.shape[1:]
+    new = (max(8, round(ny * src[0] / dst)), max(8, round(nx * src[1] / dst)))
+    if new == (ny, nx):
+        return frames, src
+    out = zoom(frames, (1, new[0] / ny, new[1] / nx), order=1)
+    return out.astype(np.float32), (ny * src[0] / out.shape[1], nx * src[1] / out.shape[2])
+
+
+@torch.no_grad()
+def predict_maps(
+    stack: AFMStack,
+    model: str | Path | tuple[StructureUNet, ModelInfo] = "water",
+    device: str | torch.device = "cpu",
+    tile: int = 128,
+    overlap: int = 32,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], ModelInfo]:
+    """Label maps (0–1) for a whole scan: ``(maps, pixel size, origin, info)`` of the maps' grid."""
+    net, info = resolve_model(model, device)
+    frames = select_heights(stack, info.config.n_heights, info.dz)
+    frames, px = _resample(frames, stack.pixel_size, info.pixel_size)
+    # pixel centres of the resampled grid, in the stack's physical frame
+    y0 = stack.origin[0] - stack.pixel_size[0] / 2 + px[0] / 2
+    x0 = stack.origin[1] - stack.pixel_size[1] / 2 + px[1] / 2
+    x = normalize_stack(frames, info.normalization)
+    mult = 2**info.config.levels
+    z, h, w = x.shape
+    tile = max(mult, tile - tile % mult)
+    th, tw = min(tile, -(-h // mult) * mult), min(tile, -(-w // mult) * mult)
+    ph, pw = max(h, th), max(w, tw)
+    xp = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w)), mode="edge")
+    acc = np.zeros((info.config.n_labels, ph, pw), np.float32)
+    wsum = np.zeros((ph, pw), np.float32)
+    win = np.outer(np.hanning(th + 2)[1:-1], np.hanning(tw + 2)[1:-1]).astype(np.float32) + 1e-3
+    step_y, step_x = max(1, th - overlap), max(1, tw - overlap)
+    rows = sorted({*range(0, ph - th + 1, step_y), ph - th})
+    cols = sorted({*range(0, pw - tw + 1, step_x), pw - tw})
+    for r in rows:
+        for c in cols:
+            t = torch.from_numpy(np.ascontiguousarray(xp[:, r : r + th, c : c + tw]))[None, None].to(device)
+            m = torch.sigmoid(net(t))[0].float().cpu().numpy()
+            acc[:, r : r + th, c : c + tw] += m * win
+            wsum[r : r + th, c : c + tw] += win
+    maps = (acc / wsum)[:, :h, :w]
+    return maps, px, (y0, x0), info
+
+
+def predict_atoms(
+    stack: AFMStack,
+    model: str | Path | tuple[StructureUNet, ModelInfo] = "water",
+    device: str | torch.device = "cpu",
+    threshold: float = 0.5,
+) -> Atoms:
+    """Atoms (``label``, ``confidence``) of a stack, positions in Å in the stack's physical frame."""
+    maps, px, origin, info = predict_maps(stack, model, device)
+    atoms = maps_to_atoms(maps, px, origin, threshold, info.labels)
+    atoms.info["model"] = str(model) if not isinstance(model, tuple) else "in-memory"
+    return atoms

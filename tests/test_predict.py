@@ -1,0 +1,81 @@
+"""Maps → atoms, metrics, and whole-scan prediction plumbing (tiny untrained models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hydrafm.io.xyz import LABELS  # noqa: E402
+from hydrafm.models.checkpoint import CheckpointError, ModelInfo  # noqa: E402
+from hydrafm.models.unet import StructureUNet, UNetConfig  # noqa: E402
+from hydrafm.predict.atoms import maps_to_atoms  # noqa: E402
+from hydrafm.predict.metrics import score_atoms  # noqa: E402
+from hydrafm.predict.predictor import predict_atoms, predict_maps, resolve_model, select_heights  # noqa: E402
+from hydrafm.simulate.labels import label_maps  # noqa: E402
+from hydrafm.stack import AFMStack  # noqa: E402
+
+
+def water_truth():
+    pos = np.array([[5.0, 5.0, 0.0], [5.9, 5.0, 0.0], [5.0, 5.5, 0.8],   # O, H_flat, H_up
+                    [10.0, 8.0, 0.1], [10.5, 8.6, -0.6], [10.8, 7.6, 0.05],  # O, H_down, H_flat
+                    [3.0, 11.0, 0.2]])  # Na
+    labels = np.array(["O", "H_flat", "H_up", "O", "H_down", "H_flat", "Na"])
+    return pos, labels
+
+
+def test_maps_to_atoms_recovers_atoms_labels_and_heights():
+    pos, labels = water_truth()
+    maps = label_maps(pos, labels, (70, 70), 0.2, sigma=0.35)
+    atoms = maps_to_atoms(maps, 0.2)
+    assert sorted(atoms.arrays["label"]) == sorted(labels)
+    s = score_atoms(atoms.positions[:, :2], atoms.arrays["label"], pos, labels).summary()
+    assert s["O"]["f1"] == 1.0 and s["H"]["f1"] == 1.0 and s["Na"]["f1"] == 1.0 and s["H_orientation"] == 1.0
+    up = atoms.positions[atoms.arrays["label"] == "H_up"][0]
+    down = atoms.positions[atoms.arrays["label"] == "H_down"][0]
+    assert up[2] > 0.3 and down[2] < -0.3
+    assert np.all(atoms.arrays["confidence"] > 0.9)
+
+
+def test_competing_h_classes_merge_to_the_most_confident():
+    maps = np.zeros((len(LABELS), 30, 30), np.float32)
+    maps[LABELS.index("H_up"), 10, 10] = 0.9
+    maps[LABELS.index("H_flat"), 10, 11] = 0.7
+    atoms = maps_to_atoms(maps, 0.2)
+    assert atoms.arrays["label"].tolist() == ["H_up"]
+
+
+def test_metrics_count_fp_fn_and_ignore_deep_atoms():
+    true = np.array([[0, 0, 0], [5, 0, 0], [10, 0, -4.0]])  # the last is 4 Å below the top
+    s = score_atoms(np.array([[0.3, 0.2], [7, 7]]), ["O", "O"], true, ["O", "O", "O"]).summary()
+    assert s["O"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "true": 2, "predicted": 2}
+    s = score_atoms(np.array([[0.8, 0]]), ["O"], true[:1], ["O"]).summary()
+    assert s["O"]["f1"] == 0.0  # 0.8 Å is beyond the 0.75 Å match radius
+
+
+def test_select_heights():
+    stack = AFMStack(np.arange(20, dtype=np.float32)[:, None, None] * np.ones((20, 4, 4)), (1, 1),
+                     heights=np.arange(20) * 0.05)
+    out = select_heights(stack, 10, 0.1)
+    assert out.shape == (10, 4, 4) and out[1, 0, 0] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="multi-height"):
+        select_heights(AFMStack(np.zeros((1, 4, 4)), (1, 1)), 10, 0.1)
+
+
+def test_whole_scan_prediction_any_size_and_pixel_size():
+    cfg = UNetConfig(base_channels=4, levels=2)
+    net, info = StructureUNet(cfg).eval(), ModelInfo(config=cfg, pixel_size=0.2)
+    stack = AFMStack(np.random.default_rng(0).normal(size=(10, 150, 90)).astype(np.float32), (0.1, 0.1),
+                     heights=np.arange(10) * 0.1, origin=(3.0, -2.0))
+    maps, px, origin, _ = predict_maps(stack, (net, info), tile=48, overlap=16)
+    assert maps.shape == (6, 75, 45) and px == pytest.approx((0.2, 0.2))
+    assert origin == pytest.approx((3.05, -1.95))
+    assert np.all((maps >= 0) & (maps <= 1))
+    atoms = predict_atoms(stack, (net, info), threshold=0.99)
+    assert set(atoms.arrays) >= {"label", "confidence"}
+
+
+def test_unshipped_model_name_is_a_clear_error():
+    with pytest.raises(CheckpointError, match="not shipped"):
+        resolve_model("na-hydrate")
