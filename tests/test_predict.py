@@ -79,3 +79,28 @@ def test_whole_scan_prediction_any_size_and_pixel_size():
 def test_unshipped_model_name_is_a_clear_error():
     with pytest.raises(CheckpointError, match="not shipped"):
         resolve_model("na-hydrate")
+
+
+def test_cli_train_evaluate_predict(tmp_path, capsys):
+    import json
+
+    from hydrafm._sample_data import sample_path
+    from hydrafm.cli import main
+    from test_training import fake_dataset
+
+    fake_dataset(tmp_path / "ds")
+    ckpt = tmp_path / "m.pt"
+    assert main(["train", str(tmp_path / "ds"), "-o", str(ckpt), "--epochs", "1", "--base-channels", "4",
+                 "--crop", "0", "--device", "cpu"]) == 0
+    epoch = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert epoch["epoch"] == 1 and epoch["device"] == "cpu"
+    assert main(["evaluate", str(tmp_path / "ds"), "--model", str(ckpt), "-n", "2", "--threshold", "0.3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["stacks"] == 2 and "O" in summary
+    out = tmp_path / "atoms.xyz"
+    assert main(["predict", str(sample_path()), "-o", str(out), "--model", str(ckpt), "--threshold", "0.3"]) == 0
+    assert out.exists() and json.loads(capsys.readouterr().out)["output"] == str(out)
+    assert main(["predict", str(sample_path()), "-o", str(out), "--model", str(ckpt)]) == 2  # no overwrite
+    assert "exists" in capsys.readouterr().err
+    assert main(["predict", str(sample_path()), str(sample_path()), "-o", str(out), "--model", str(ckpt)]) == 2
+    assert "folder" in capsys.readouterr().err

@@ -13,6 +13,8 @@ import re
 import sys
 import warnings
 from pathlib import Path
+
+import numpy as np
 from typing import Sequence
 
 from . import __version__
@@ -90,6 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--pixels", type=int, default=128, help="pixels per side (default 128)")
     sim.add_argument("--scan-size", type=float, default=25.0, help="scan size in Å (default 25)")
     sim.add_argument("--pix-per-angstrom", type=int, default=5, help="force-field grid density")
+
+    tr = sub.add_parser("train", help="train (or fine-tune) the structure network on a simulated dataset")
+    tr.add_argument("dataset", type=Path, help="dataset folder made by `hydrafm simulate`")
+    tr.add_argument("-o", "--out", type=Path, required=True, help="checkpoint to write (best epoch)")
+    tr.add_argument("--init-from", help="start from this model (name or file): fine-tuning / transfer")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=3e-4)
+    tr.add_argument("--crop", type=int, default=64, help="train on random crops of this many px (0: whole)")
+    tr.add_argument("--base-channels", type=int, default=16)
+    tr.add_argument("--max-batches", type=int, help="cap batches per epoch")
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+    pr = sub.add_parser("predict", help="atoms from stacks → extended XYZ")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="one stack each: a file, or a folder holding one")
+    pr.add_argument("-o", "--out", type=Path, required=True,
+                    help="the .xyz file (one PATH) or a folder receiving <name>.xyz (several)")
+    pr.add_argument("--model", default="water", help="shipped model name or checkpoint file")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    pr.add_argument("--threshold", type=float, default=0.5, help="minimum confidence of an atom")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing .xyz files")
+    _add_stack_options(pr)
+
+    ev = sub.add_parser("evaluate", help="precision / recall / F1 per label on a simulated dataset")
+    ev.add_argument("dataset", type=Path)
+    ev.add_argument("--model", default="water", help="shipped model name or checkpoint file")
+    ev.add_argument("-n", type=int, help="evaluate the first N samples only")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--threshold", type=float, default=0.5)
     return parser
 
 
@@ -181,11 +212,104 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train; prints one JSON line per epoch."""
+    from .models.unet import UNetConfig
+    from .progress import Progress
+    from .simulate.dataset import AFMDataset
+    from .training.train import TrainConfig, train
+
+    ds = AFMDataset(args.dataset)
+    init = None
+    if args.init_from:
+        from .predict.predictor import SHIPPED_MODELS
+
+        init = args.init_from
+        if init in SHIPPED_MODELS:
+            from importlib.resources import files
+
+            init = str(files("hydrafm") / "models" / "weights" / f"{init}.pt")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
+                      device=args.device)
+    gen = train(ds, args.out, cfg, UNetConfig(base_channels=args.base_channels), init_from=init,
+                max_batches_per_epoch=args.max_batches)
+    from tqdm import tqdm
+
+    bar = None
+    for rec in gen:
+        if isinstance(rec, Progress):
+            if bar is None or bar.desc != rec.stage:
+                bar = tqdm(total=rec.total, desc=rec.stage, file=sys.stderr, leave=False)
+            bar.n = rec.done
+            bar.refresh()
+        else:
+            if bar is not None:
+                bar.close()
+                bar = None
+            print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}),
+                  flush=True)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict atoms for each PATH and write extended XYZ."""
+    from .io.xyz import write_xyz
+    from .predict.predictor import predict_atoms, resolve_model
+    from .training.train import pick_device
+
+    device = pick_device(args.device)
+    model = resolve_model(args.model, device)
+    several = len(args.paths) > 1
+    if several and args.out.suffix.lower() == ".xyz":
+        raise ValueError(f"{args.out}: with several PATHs, -o must be a folder")
+    for path in args.paths:
+        stack = load_stack(path, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
+                           heights=args.heights, z_order=args.z_order)
+        atoms = predict_atoms(stack, model, device, args.threshold)
+        target = args.out / f"{Path(path).stem}.xyz" if several else args.out
+        write_xyz(atoms, target, overwrite=args.overwrite)
+        counts = {lab: int((atoms.arrays["label"] == lab).sum()) for lab in sorted(set(atoms.arrays["label"]))}
+        print(json.dumps({"input": str(path), "output": str(target), "atoms": counts}), flush=True)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a model on a simulated dataset; prints one JSON summary."""
+    from .predict.atoms import maps_to_atoms
+    from .predict.metrics import Scores, score_atoms
+    from .predict.predictor import predict_maps, resolve_model
+    from .simulate.dataset import AFMDataset
+    from .stack import AFMStack
+    from .training.train import pick_device
+
+    ds = AFMDataset(args.dataset)
+    device = pick_device(args.device)
+    model = resolve_model(args.model, device)
+    st = ds.settings
+    total = Scores()
+    n = min(len(ds), args.n or len(ds))
+    from tqdm import tqdm
+
+    from .io.xyz import LABELS
+
+    for i in tqdm(range(n), desc="evaluating", file=sys.stderr, leave=False):
+        s = ds[i]
+        stack = AFMStack(s.stack, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
+                         (st.pixel_size / 2, st.pixel_size / 2))
+        maps, px, origin, info = predict_maps(stack, model, device)
+        atoms = maps_to_atoms(maps, px, origin, args.threshold, info.labels)
+        total.add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions,
+                              np.array(LABELS)[s.labels]))
+    print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), **total.summary()}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hydrafm`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"info": cmd_info, "view": cmd_view, "pool": cmd_pool, "simulate": cmd_simulate}
+    handlers = {"info": cmd_info, "view": cmd_view, "pool": cmd_pool, "simulate": cmd_simulate,
+                "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate}
     try:
         with warnings.catch_warnings():
             # Show HydrAFM's own warnings (incomplete scans, guessed channels) as one line each;
