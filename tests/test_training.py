@@ -113,3 +113,14 @@ def test_training_learns_resumes_and_fine_tunes(tmp_path):
     ft = [r for r in train(ds, tmp_path / "ft.pt", TrainConfig(**{**cfg.__dict__, "epochs": 1}),
                            init_from=tmp_path / "m.pt") if isinstance(r, EpochStats)]
     assert ft and load_checkpoint(tmp_path / "ft.pt")[1].provenance["initialised_from"].endswith("m.pt")
+
+
+def test_split_by_run_keeps_runs_apart(tmp_path):
+    from hydrafm.training.train import split_by_run
+
+    ds = fake_dataset(tmp_path / "ds")
+    run_of = np.array([4])  # every fake sample comes from structure 0 → run 4
+    tr, va = split_by_run(ds, run_of, val_runs=(4,))
+    assert len(tr) == 0 and len(va) == len(ds)
+    tr, va = split_by_run(ds, run_of, val_runs=(13,))
+    assert len(tr) == len(ds) and len(va) == 0

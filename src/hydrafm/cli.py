@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--base-channels", type=int, default=16)
     tr.add_argument("--max-batches", type=int, help="cap batches per epoch")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    tr.add_argument("--threads", type=int, help="CPU threads for torch")
+    tr.add_argument("--val-runs", default="4,13",
+                    help="water datasets: MD runs held out for validation (default 4,13); 'shard' = last shards")
 
     pr = sub.add_parser("predict", help="atoms from stacks → extended XYZ")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="one stack each: a file, or a folder holding one")
@@ -231,8 +234,23 @@ def cmd_train(args: argparse.Namespace) -> int:
             init = str(files("hydrafm") / "models" / "weights" / f"{init}.pt")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
                       device=args.device)
+    train_idx = val_idx = None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if ds.manifest["kind"] == "water" and args.val_runs != "shard":
+        from .paths import pool_path
+        from .structures.pool import StructurePool
+        from .training.train import split_by_run
+
+        pool = StructurePool.load(pool_path("water"))
+        if ds.manifest["pool"].get("structures") == len(pool) and "run" in pool.info:
+            train_idx, val_idx = split_by_run(ds, pool.info["run"], [int(v) for v in args.val_runs.split(",")])
+            print(f"hydrafm: validation = MD runs {args.val_runs}: {len(val_idx)} of {len(ds)} samples",
+                  file=sys.stderr)
     gen = train(ds, args.out, cfg, UNetConfig(base_channels=args.base_channels), init_from=init,
-                max_batches_per_epoch=args.max_batches)
+                train_indices=train_idx, val_indices=val_idx, max_batches_per_epoch=args.max_batches)
     from tqdm import tqdm
 
     bar = None

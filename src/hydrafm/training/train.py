@@ -25,7 +25,7 @@ from ..models.preprocess import normalize_stack
 from ..models.unet import StructureUNet, UNetConfig
 from .augment import AugmentConfig, augment, random_crop
 
-__all__ = ["TrainConfig", "EpochStats", "train", "pick_device", "split_by_shard"]
+__all__ = ["TrainConfig", "EpochStats", "train", "pick_device", "split_by_shard", "split_by_run", "VAL_RUNS"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,24 @@ def split_by_shard(ds: AFMDataset, val_fraction: float = 0.1) -> tuple[np.ndarra
     cut = int(ds._starts[len(ds.shards) - n_val_shards])
     idx = np.arange(len(ds))
     return idx[:cut], idx[cut:]
+
+
+#: MD runs held out for validation by default: Au and Pt, 250 waters, 260 K (see water_pool.default_runs)
+VAL_RUNS = (4, 13)
+
+
+def split_by_run(ds: AFMDataset, run_of_structure: np.ndarray, val_runs: Sequence[int] = VAL_RUNS):
+    """Split a water dataset by the MD run its window came from: no frame is in both sets.
+
+    ``run_of_structure`` maps pool index → run (the pool's ``info["run"]``).
+    """
+    sources = np.concatenate([np.load(p)["source"] for p in ds.shards])
+    if np.any(sources < 0):
+        raise ValueError(f"{ds.folder}: samples without a single source structure; split by shard instead")
+    runs = np.asarray(run_of_structure)[sources]
+    val = np.isin(runs, list(val_runs))
+    idx = np.arange(len(ds))
+    return idx[~val], idx[val]
 
 
 def _batch(samples, cfg: TrainConfig, rng: np.random.Generator | None, crop: int | None):
