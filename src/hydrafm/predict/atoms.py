@@ -36,24 +36,27 @@ def _peaks(m: np.ndarray, min_px: int, threshold: float) -> tuple[np.ndarray, np
     idx = peak_local_max(m, min_distance=max(1, min_px), threshold_abs=threshold, exclude_border=False)
     if len(idx) == 0:
         return np.zeros((0, 2)), np.zeros(0)
-    pad = np.pad(m, 1, mode="edge")
-    out = np.empty((len(idx), 2))
-    for k, (r, c) in enumerate(idx):
-        w = np.clip(pad[r : r + 3, c : c + 3], 0, None)
-        tot = w.sum()
-        dr = (w.sum(axis=1) @ np.array([-1.0, 0.0, 1.0])) / tot if tot > 0 else 0.0
-        dc = (w.sum(axis=0) @ np.array([-1.0, 0.0, 1.0])) / tot if tot > 0 else 0.0
-        out[k] = (r + dr, c + dc)
+    pad = np.clip(np.pad(m, 1, mode="edge"), 0, None)
+    r, c = idx[:, 0] + 1, idx[:, 1] + 1
+    offs = np.array([-1, 0, 1])
+    w = pad[r[:, None, None] + offs[None, :, None], c[:, None, None] + offs[None, None, :]]  # (n, 3, 3)
+    tot = np.maximum(w.sum(axis=(1, 2)), 1e-12)
+    out = np.column_stack([idx[:, 0] + (w.sum(axis=2) @ offs) / tot, idx[:, 1] + (w.sum(axis=1) @ offs) / tot])
     return out, m[idx[:, 0], idx[:, 1]]
 
 
 def _merge(xy: np.ndarray, conf: np.ndarray, radius: float) -> np.ndarray:
     """Indices to keep so no two kept points are closer than ``radius`` (most confident first)."""
-    order = np.argsort(-conf)
-    kept: list[int] = []
-    for i in order:
-        if all(np.hypot(*(xy[i] - xy[j])) >= radius for j in kept):
-            kept.append(int(i))
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(xy)
+    suppressed = np.zeros(len(xy), bool)
+    kept = []
+    for i in np.argsort(-conf, kind="stable"):
+        if suppressed[i]:
+            continue
+        kept.append(int(i))
+        suppressed[tree.query_ball_point(xy[i], radius - 1e-9)] = True
     return np.array(sorted(kept), dtype=int)
 
 
