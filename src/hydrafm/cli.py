@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-n", type=int, help="evaluate the first N samples only")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threshold", type=float, default=0.5)
+    ev.add_argument("--val-runs", help="water datasets: score only samples from these MD runs (e.g. 4,13, "
+                                       "the runs `hydrafm train` holds out)")
     return parser
 
 
@@ -305,12 +307,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, device)
     st = ds.settings
     total = Scores()
-    n = min(len(ds), args.n or len(ds))
+    indices = np.arange(len(ds))
+    if args.val_runs:
+        from .paths import pool_path
+        from .structures.pool import StructurePool
+        from .training.train import split_by_run
+
+        pool = StructurePool.load(pool_path("water"))
+        indices = split_by_run(ds, pool.info["run"], [int(v) for v in args.val_runs.split(",")])[1]
+    indices = indices[: args.n] if args.n else indices
     from tqdm import tqdm
 
     from .io.xyz import LABELS
 
-    for i in tqdm(range(n), desc="evaluating", file=sys.stderr, leave=False):
+    for i in tqdm(indices, desc="evaluating", file=sys.stderr, leave=False):
         s = ds[i]
         stack = AFMStack(s.stack, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
                          (st.pixel_size / 2, st.pixel_size / 2))
