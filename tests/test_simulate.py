@@ -268,3 +268,10 @@ def test_water_kind_refuses_a_hydrate_pool():
     windows = StructurePool.from_structures([(np.ones((1, 3)), [8], {})], (20.0, 20.0, 3.0))
     with pytest.raises(ValueError, match="20 Å"):
         draw_structure("water", windows, np.random.default_rng(0), window=25.0)
+
+
+def test_cli_simulate_structure_range_errors(tmp_path, capsys):
+    rc = main(["simulate", "hydrates", "-n", "1", "--structures", "5000:6000", "--out", str(tmp_path / "d")])
+    assert rc == 2 and "selects no structure" in capsys.readouterr().err
+    rc = main(["simulate", "hydrates", "-n", "1", "--structures", "a:b", "--out", str(tmp_path / "d")])
+    assert rc == 2 and "bad --structures" in capsys.readouterr().err

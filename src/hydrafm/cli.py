@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--pixels", type=int, default=128, help="pixels per side (default 128)")
     sim.add_argument("--scan-size", type=float, default=25.0, help="scan size in Å (default 25)")
     sim.add_argument("--pix-per-angstrom", type=int, default=5, help="force-field grid density")
+    sim.add_argument("--structures", metavar="A:B",
+                     help="use only pool structures A..B-1 (e.g. 0:2000 for training, 2000:2400 for validation)")
 
     tr = sub.add_parser("train", help="train (or fine-tune) the structure network on a simulated dataset")
     tr.add_argument("dataset", type=Path, help="dataset folder made by `hydrafm simulate`")
@@ -208,11 +210,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not pool_file.exists():
         raise AFMFileError(pool_file, "structure pool not found (make it with `hydrafm pool`)")
     pool = StructurePool.load(pool_file)
+    pool_name = pool_file.name
+    if args.structures:
+        try:
+            a, b = (int(v) if v else None for v in args.structures.split(":"))
+        except ValueError:
+            raise ValueError(f"bad --structures {args.structures!r}; use A:B, e.g. 0:2000") from None
+        chosen = range(len(pool))[slice(a, b)]
+        if len(chosen) == 0:
+            raise ValueError(f"--structures {args.structures} selects no structure of the {len(pool)} in {pool_name}")
+        pool = pool.subset(chosen)
+        pool_name = f"{pool_name}[{args.structures}]"
     settings = SimulationSettings(n_pixels=args.pixels, scan_size=args.scan_size,
                                   pix_per_angstrom=args.pix_per_angstrom)
     out = args.out or cache_dir("datasets", f"{args.kind}-s{args.seed}")
     drive(make_dataset(out, args.n, args.kind, pool, settings, seed=args.seed, shard_size=args.shard_size,
-                       pool_name=pool_file.name))
+                       pool_name=pool_name))
     print(json.dumps({"dataset": str(out), "stacks": args.n}))
     return 0
 
