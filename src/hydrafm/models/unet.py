@@ -86,6 +86,9 @@ class StructureUNet(nn.Module):
             self.ups.append(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2))
             self.dec.append(_block2d(2 * chans[i], chans[i]))
         self.head = nn.Conv2d(chans[0], c.n_labels, 1)
+        # Atoms cover ~2 % of the pixels: start the maps near that prior instead of 0.5, so training
+        # does not spend its first epochs just pushing the background down.
+        nn.init.constant_(self.head.bias, -4.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:

@@ -42,6 +42,7 @@ class TrainConfig:
     device: str = "auto"
     normalization: str = "stack-zscore"
     sigma: float = 0.35  # Å, width of the label blobs
+    positive_weight: float = 10.0  # MSE weight 1 + w·target: atoms count more than empty background
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -171,7 +172,9 @@ def train(
         }
     )
     autocast = device.type == "cuda"
-    loss_fn = torch.nn.MSELoss()
+    def loss_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ((1.0 + config.positive_weight * target) * (pred - target) ** 2).mean()
+
     n_batches = math.ceil(len(train_indices) / config.batch_size)
     if max_batches_per_epoch:
         n_batches = min(n_batches, max_batches_per_epoch)
@@ -215,12 +218,13 @@ def train(
 def evaluate_loss(
     model: StructureUNet, dataset: AFMDataset, indices: np.ndarray, cfg: TrainConfig, device: torch.device
 ) -> float:
-    """Mean MSE of the sigmoid maps over ``indices`` (no augmentation, whole stacks)."""
+    """Mean weighted MSE (the training loss) over ``indices`` (no augmentation, whole stacks)."""
     model.eval()
     total, count = 0.0, 0
     for samples in dataset.batches(cfg.batch_size, np.random.default_rng(0), indices):
         x, y = _batch(samples, cfg, None, None)
         pred = torch.sigmoid(model(x.to(device))).float()
-        total += float(torch.nn.functional.mse_loss(pred, y.to(device), reduction="sum"))
+        y = y.to(device)
+        total += float(((1.0 + cfg.positive_weight * y) * (pred - y) ** 2).sum())
         count += y.numel()
     return total / max(count, 1)
