@@ -275,3 +275,15 @@ def test_cli_simulate_structure_range_errors(tmp_path, capsys):
     assert rc == 2 and "selects no structure" in capsys.readouterr().err
     rc = main(["simulate", "hydrates", "-n", "1", "--structures", "a:b", "--out", str(tmp_path / "d")])
     assert rc == 2 and "bad --structures" in capsys.readouterr().err
+
+
+def test_top_layer_keeps_whole_molecules_near_the_top():
+    from hydrafm.simulate.dataset import top_layer
+
+    pos = np.array(water([5, 5, 3.0], [[1, 0, 0], [0, 1, 0]]) + water([9, 9, 1.0], [[1, 0, 0], [0, 1, 0]])
+                   + water([2, 9, 2.2], [[1, 0, 0.5], [0, 1, 0]]))
+    p, z = top_layer(pos, [8, 1, 1] * 3, 1.5)
+    assert z.tolist() == [8, 1, 1, 8, 1, 1]
+    assert sorted(p[z == 8, 2].tolist()) == [2.2, 3.0]
+    with pytest.raises(ValueError, match="triplets"):
+        top_layer(pos[:2], [8, 1], 1.0)

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--pixels", type=int, default=128, help="pixels per side (default 128)")
     sim.add_argument("--scan-size", type=float, default=25.0, help="scan size in Å (default 25)")
     sim.add_argument("--pix-per-angstrom", type=int, default=5, help="force-field grid density")
+    sim.add_argument("--layer-depth", type=float,
+                     help="water: keep only molecules whose O is within this many Å of the highest O")
     sim.add_argument("--structures", metavar="A:B",
                      help="use only pool structures A..B-1 (e.g. 0:2000 for training, 2000:2400 for validation)")
 
@@ -225,7 +227,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                   pix_per_angstrom=args.pix_per_angstrom)
     out = args.out or cache_dir("datasets", f"{args.kind}-s{args.seed}")
     drive(make_dataset(out, args.n, args.kind, pool, settings, seed=args.seed, shard_size=args.shard_size,
-                       pool_name=pool_name))
+                       pool_name=pool_name, layer_depth=args.layer_depth))
     print(json.dumps({"dataset": str(out), "stacks": args.n}))
     return 0
 

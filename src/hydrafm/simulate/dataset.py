@@ -53,13 +53,29 @@ def _d4(positions: np.ndarray, size: float, k: int) -> np.ndarray:
     return p
 
 
+def top_layer(positions: np.ndarray, numbers: np.ndarray, depth: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep only the water molecules (O, H, H) whose O lies within ``depth`` Å of the highest O."""
+    numbers = np.asarray(numbers)
+    if len(numbers) % 3 or len(positions) != len(numbers) or not np.all(numbers.reshape(-1, 3) == [8, 1, 1]):
+        raise ValueError("top_layer needs water stored as O, H, H triplets")
+    mol = np.asarray(positions).reshape(-1, 3, 3)
+    keep = mol[:, 0, 2] >= mol[:, 0, 2].max() - depth
+    return mol[keep].reshape(-1, 3), numbers.reshape(-1, 3)[keep].reshape(-1)
+
+
 def draw_structure(
-    kind: str, pool: StructurePool, rng: np.random.Generator, window: float = 25.0
+    kind: str,
+    pool: StructurePool,
+    rng: np.random.Generator,
+    window: float = 25.0,
+    layer_depth: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """One structure to simulate: ``(positions Å, atomic numbers, pool index or -1)``.
 
-    ``water``: a pool window under a random symmetry of the square. ``hydrates``:
-    1–3 pool hydrates placed at random in the window.
+    ``water``: a pool window under a random symmetry of the square; with
+    ``layer_depth``, only the molecules within that many Å of the highest O (a
+    single top layer, as a constant-height scan sees it). ``hydrates``: 1–3 pool
+    hydrates placed at random in the window.
     """
     if kind == "water":
         i = int(rng.integers(len(pool)))
@@ -68,6 +84,8 @@ def draw_structure(
             raise ValueError("this pool holds single hydrates, not windows; simulate it as kind 'hydrates'")
         if abs(window - pool.window[0]) > 1e-6:
             raise ValueError(f"the pool's window is {pool.window[0]:g} Å but the scan is {window:g} Å")
+        if layer_depth is not None:
+            pos, numbers = top_layer(pos, numbers, layer_depth)
         return _d4(pos, window, int(rng.integers(8))), numbers, i
     if kind == "hydrates":
         from ..structures.hydrates import compose_hydrate_window
@@ -106,6 +124,7 @@ def make_dataset(
     seed: int = 0,
     shard_size: int = 64,
     pool_name: str = "",
+    layer_depth: float | None = None,
 ) -> Generator[Progress, None, Path]:
     """Simulate ``n`` stacks of ``kind`` structures from ``pool`` into the folder ``out``.
 
@@ -129,6 +148,8 @@ def make_dataset(
         "labels": list(LABELS),
         "format": 1,
     }
+    if layer_depth is not None:
+        manifest["layer_depth"] = float(layer_depth)
     mpath = out / MANIFEST
     if mpath.exists():
         old = json.loads(mpath.read_text())
@@ -155,7 +176,7 @@ def make_dataset(
         stacks, pos_l, lab_l, offsets, dist, tilt, source = [], [], [], [0], [], [], []
         rejected = 0
         while len(stacks) < k:
-            pos, numbers, src = draw_structure(kind, pool, rng, settings.scan_size)
+            pos, numbers, src = draw_structure(kind, pool, rng, settings.scan_size, layer_depth)
             tip = SampledTip.draw(settings, rng)
             try:
                 stack = sim.simulate(pos, numbers, tip, name=f"shard {s} sample {len(stacks)}")
