@@ -34,26 +34,13 @@ class UNetConfig:
         return asdict(self)
 
 
-def _block3d(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, padding=1, padding_mode="replicate"),
-        nn.GroupNorm(math.gcd(8, cout), cout),
-        nn.LeakyReLU(0.1, inplace=True),
-        nn.Conv3d(cout, cout, 3, padding=1, padding_mode="replicate"),
-        nn.GroupNorm(math.gcd(8, cout), cout),
-        nn.LeakyReLU(0.1, inplace=True),
-    )
-
-
-def _block2d(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, padding_mode="replicate"),
-        nn.GroupNorm(math.gcd(8, cout), cout),
-        nn.LeakyReLU(0.1, inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, padding_mode="replicate"),
-        nn.GroupNorm(math.gcd(8, cout), cout),
-        nn.LeakyReLU(0.1, inplace=True),
-    )
+def _block(conv: type[nn.Conv2d] | type[nn.Conv3d], cin: int, cout: int) -> nn.Sequential:
+    """Two (3×3[×3] convolution, GroupNorm, LeakyReLU) in a row."""
+    layers: list[nn.Module] = []
+    for a in (cin, cout):
+        layers += [conv(a, cout, 3, padding=1, padding_mode="replicate"), nn.GroupNorm(math.gcd(8, cout), cout),
+                   nn.LeakyReLU(0.1, inplace=True)]
+    return nn.Sequential(*layers)
 
 
 class StructureUNet(nn.Module):
@@ -72,19 +59,19 @@ class StructureUNet(nn.Module):
         depth = c.n_heights
         cin = 1
         for i in range(c.levels):
-            self.enc.append(_block3d(cin, chans[i]))
+            self.enc.append(_block(nn.Conv3d, cin, chans[i]))
             self.folds.append(nn.Conv3d(chans[i], chans[i], (depth, 1, 1)))
             pz = 2 if (i == c.z_pool_level and depth >= 2) else 1
             self.pools.append(nn.MaxPool3d((pz, 2, 2)))
             depth //= pz
             cin = chans[i]
-        self.bottom = _block3d(cin, chans[c.levels])
+        self.bottom = _block(nn.Conv3d, cin, chans[c.levels])
         self.bottom_fold = nn.Conv3d(chans[c.levels], chans[c.levels], (depth, 1, 1))
         self.ups = nn.ModuleList()
         self.dec = nn.ModuleList()
         for i in reversed(range(c.levels)):
             self.ups.append(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2))
-            self.dec.append(_block2d(2 * chans[i], chans[i]))
+            self.dec.append(_block(nn.Conv2d, 2 * chans[i], chans[i]))
         self.head = nn.Conv2d(chans[0], c.n_labels, 1)
         # Atoms cover ~2 % of the pixels: start the maps near that prior instead of 0.5, so training
         # does not spend its first epochs just pushing the background down.

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator, Iterator
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..io.xyz import LABELS
 from ..progress import Progress
 from ..structures.pool import BadStructureError, StructurePool
@@ -96,15 +96,8 @@ def draw_structure(
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".npz") as tmp:
         np.savez(tmp, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _shard_ok(path: Path, k: int) -> bool:

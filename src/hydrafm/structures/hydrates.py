@@ -25,17 +25,7 @@ import numpy as np
 
 from ..progress import Progress
 from .pool import StructurePool
-from .water_md import (
-    KCAL,
-    SPCE_CHARGE_H,
-    SPCE_CHARGE_O,
-    SPCE_EPSILON_O,
-    SPCE_HOH_DEG,
-    SPCE_OH,
-    SPCE_SIGMA_O,
-    _water_geometry,
-    random_rotation,
-)
+from .water_md import KCAL, _water_geometry, add_spce_waters, random_rotation
 
 __all__ = ["IONS", "make_hydrate", "make_hydrate_pool", "compose_hydrate_window", "NACL_SPACING"]
 
@@ -86,17 +76,7 @@ class _Relaxer:
         q, s, e, _ = IONS[self.ion]
         self.first = system.addParticle(22.99 if self.ion == "Na" else 39.10)
         nb.addParticle(q, s / 10, e * KCAL)
-        d_hh = 2 * SPCE_OH * math.sin(math.radians(SPCE_HOH_DEG) / 2)
-        for _ in range(self.n_waters):
-            o = system.addParticle(15.9994)
-            h1 = system.addParticle(1.008)
-            h2 = system.addParticle(1.008)
-            nb.addParticle(SPCE_CHARGE_O, SPCE_SIGMA_O / 10, SPCE_EPSILON_O * KCAL)
-            nb.addParticle(SPCE_CHARGE_H, 0.1, 0.0)
-            nb.addParticle(SPCE_CHARGE_H, 0.1, 0.0)
-            for a, b, r in ((o, h1, SPCE_OH), (o, h2, SPCE_OH), (h1, h2, d_hh)):
-                system.addConstraint(a, b, r / 10)
-                nb.addException(a, b, 0.0, 0.1, 0.0)
+        add_spce_waters(system, nb, self.n_waters)
         system.addForce(nb)
         # Verlet, not Langevin: the warm-up must depend only on the seed given to relax() (resumable pools)
         self.integrator = openmm.VerletIntegrator(0.001)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from ase import Atoms
+
+from .._atomic import atomic_path
 
 __all__ = ["StructurePool", "POSITION_UNIT", "BadStructureError", "check_structure"]
 
@@ -198,15 +199,8 @@ class StructurePool:
             "attrs_json": np.asarray(json.dumps(self.attrs, default=str)),
         }
         arrays.update({f"info_{k}": v for k, v in self.info.items()})
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path, ".npz") as tmp:
             np.savez_compressed(tmp, **arrays)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     @classmethod

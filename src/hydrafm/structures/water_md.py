@@ -22,7 +22,7 @@ import numpy as np
 
 from ..progress import Progress
 
-__all__ = ["WALLS", "Wall", "MDRun", "MDFrames", "build_wall", "run_water_md"]
+__all__ = ["WALLS", "Wall", "MDRun", "MDFrames", "build_wall", "add_spce_waters", "run_water_md"]
 
 #: SPC/E (Berendsen et al. 1987): rigid, O–H 1.0 Å, H–O–H 109.47°.
 SPCE_CHARGE_O = -0.8476
@@ -158,6 +158,27 @@ def initial_waters(n: int, cell: tuple[float, float], rng: np.random.Generator) 
     return out.reshape(-1, 3)
 
 
+def add_spce_waters(system, nb, n: int) -> int:
+    """Append ``n`` rigid SPC/E waters (O, H, H) to an OpenMM ``System`` and its ``NonbondedForce``.
+
+    Returns the index of the first water atom. Bonds are constraints (SETTLE);
+    intramolecular non-bonded terms are excluded.
+    """
+    first = system.getNumParticles()
+    d_hh = 2 * SPCE_OH * math.sin(math.radians(SPCE_HOH_DEG) / 2)
+    for _ in range(n):
+        o = system.addParticle(15.9994)
+        h1 = system.addParticle(1.008)
+        h2 = system.addParticle(1.008)
+        nb.addParticle(SPCE_CHARGE_O, SPCE_SIGMA_O / 10, SPCE_EPSILON_O * KCAL)
+        nb.addParticle(SPCE_CHARGE_H, 0.1, 0.0)
+        nb.addParticle(SPCE_CHARGE_H, 0.1, 0.0)
+        for a, b, r in ((o, h1, SPCE_OH), (o, h2, SPCE_OH), (h1, h2, d_hh)):
+            system.addConstraint(a, b, r / 10)
+            nb.addException(a, b, 0.0, 0.1, 0.0)
+    return first
+
+
 def run_water_md(run: MDRun) -> Generator[Progress, None, MDFrames]:
     """Run one wall + water MD and sample frames; yields progress, returns :class:`MDFrames`."""
     import openmm
@@ -183,17 +204,7 @@ def run_water_md(run: MDRun) -> Generator[Progress, None, MDFrames]:
         system.addParticle(0.0)  # mass 0: fixed
         nb.addParticle(0.0, wall.sigma / 10, wall.epsilon * KCAL)
     first_water = len(wall_xyz)
-    d_hh = 2 * SPCE_OH * math.sin(math.radians(SPCE_HOH_DEG) / 2)
-    for m in range(run.n_waters):
-        o = system.addParticle(15.9994)
-        h1 = system.addParticle(1.008)
-        h2 = system.addParticle(1.008)
-        nb.addParticle(SPCE_CHARGE_O, SPCE_SIGMA_O / 10, SPCE_EPSILON_O * KCAL)
-        nb.addParticle(SPCE_CHARGE_H, 0.1, 0.0)
-        nb.addParticle(SPCE_CHARGE_H, 0.1, 0.0)
-        for a, b, r in ((o, h1, SPCE_OH), (o, h2, SPCE_OH), (h1, h2, d_hh)):
-            system.addConstraint(a, b, r / 10)
-            nb.addException(a, b, 0.0, 0.1, 0.0)
+    add_spce_waters(system, nb, run.n_waters)
     system.addForce(nb)
     # A soft ceiling keeps vapour molecules away from the underside of the periodic wall.
     ceiling = openmm.CustomExternalForce("k*max(0, z-zc)^2")

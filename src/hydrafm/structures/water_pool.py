@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Generator, Sequence
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..progress import Progress
 from .pool import StructurePool
 from .water_md import MDFrames, MDRun, run_water_md
@@ -108,10 +108,7 @@ def cut_windows(
 
 
 def _save_frames(frames: MDFrames, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".npz") as tmp:
         np.savez_compressed(
             tmp,
             positions=frames.positions,
@@ -119,10 +116,6 @@ def _save_frames(frames: MDFrames, path: Path) -> None:
             times_ps=frames.times_ps,
             run_json=np.asarray(json.dumps(asdict(frames.run))),
         )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _load_frames(path: Path) -> MDFrames:
