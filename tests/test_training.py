@@ -124,3 +124,27 @@ def test_split_by_run_keeps_runs_apart(tmp_path):
     assert len(tr) == 0 and len(va) == len(ds)
     tr, va = split_by_run(ds, run_of, val_runs=(13,))
     assert len(tr) == len(ds) and len(va) == 0
+
+
+def test_fig4_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
+    import runpy
+    import sys
+
+    from hydrafm.models.checkpoint import save_checkpoint
+
+    tr = fake_dataset(tmp_path / "tr", n=8, shard=4, seed=1)
+    fake_dataset(tmp_path / "va", n=4, shard=4, seed=2)
+    cfg = UNetConfig(base_channels=4)
+    pre = save_checkpoint(tmp_path / "pre.pt", StructureUNet(cfg),
+                          ModelInfo(config=cfg, pixel_size=tr.settings.pixel_size))
+    out = tmp_path / "fig4"
+    monkeypatch.setattr(sys, "argv", ["fig4", str(tmp_path / "tr"), str(tmp_path / "va"), "--pretrained", str(pre),
+                                      "--sizes", "2", "4", "--epochs", "1", "--base-channels", "4", "--crop", "0",
+                                      "--device", "cpu", "--out", str(out)])
+    from pathlib import Path
+
+    runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "fig4_transfer.py"), run_name="__main__")
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["n"], r["mode"]) for r in results] == [(2, "scratch"), (2, "pretrained"), (4, "scratch"),
+                                                        (4, "pretrained")]
+    assert out.with_suffix(".png").exists()

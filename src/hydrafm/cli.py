@@ -310,18 +310,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a model on a simulated dataset; prints one JSON summary."""
-    from .predict.atoms import maps_to_atoms
-    from .predict.metrics import Scores, score_atoms
-    from .predict.predictor import predict_maps, resolve_model
+    from .predict.evaluate import evaluate_dataset
+    from .predict.predictor import resolve_model
+    from .progress import drive
     from .simulate.dataset import AFMDataset
-    from .stack import AFMStack
     from .training.train import pick_device
 
     ds = AFMDataset(args.dataset)
     device = pick_device(args.device)
     model = resolve_model(args.model, device)
-    st = ds.settings
-    total = Scores()
     indices = np.arange(len(ds))
     if args.val_runs:
         from .paths import pool_path
@@ -331,18 +328,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         pool = StructurePool.load(pool_path("water"))
         indices = split_by_run(ds, pool.info["run"], [int(v) for v in args.val_runs.split(",")])[1]
     indices = indices[: args.n] if args.n else indices
-    from tqdm import tqdm
-
-    from .io.xyz import LABELS
-
-    for i in tqdm(indices, desc="evaluating", file=sys.stderr, leave=False):
-        s = ds[i]
-        stack = AFMStack(s.stack, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
-                         (st.pixel_size / 2, st.pixel_size / 2))
-        maps, px, origin, info = predict_maps(stack, model, device)
-        atoms = maps_to_atoms(maps, px, origin, args.threshold, info.labels)
-        total.add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions,
-                              np.array(LABELS)[s.labels]))
+    total = drive(evaluate_dataset(ds, model, indices, args.threshold, device))
     print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), **total.summary()}))
     return 0
 

@@ -126,15 +126,23 @@ def train(
     val_indices: Sequence[int] | None = None,
     resume: bool = True,
     max_batches_per_epoch: int | None = None,
+    val_dataset: AFMDataset | None = None,
 ) -> Generator[Progress | EpochStats, None, Path]:
-    """Train (or fine-tune from ``init_from``) on ``dataset``; the best model goes to ``out``."""
+    """Train (or fine-tune from ``init_from``) on ``dataset``; the best model goes to ``out``.
+
+    Validation uses ``val_indices`` of ``dataset``, or all of ``val_dataset`` when given.
+    """
     out = Path(out)
     dataset.sigma = config.sigma
     last = out.with_name(out.stem + ".last.pt")
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    if train_indices is None or val_indices is None:
+    if val_dataset is not None:
+        val_dataset.sigma = config.sigma
+        train_indices = np.arange(len(dataset)) if train_indices is None else train_indices
+        val_indices = np.arange(len(val_dataset))
+    elif train_indices is None or val_indices is None:
         train_indices, val_indices = split_by_shard(dataset)
     train_indices, val_indices = np.asarray(train_indices), np.asarray(val_indices)
     if len(train_indices) == 0 or len(val_indices) == 0:
@@ -167,6 +175,7 @@ def train(
             "dataset_manifest": dataset.manifest,
             "train_samples": int(len(train_indices)),
             "val_samples": int(len(val_indices)),
+            "val_dataset": str((val_dataset or dataset).folder),
             "train_config": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
                              for k, v in asdict(config).items()},
         }
@@ -197,7 +206,7 @@ def train(
             total += float(loss) * len(samples)
             count += len(samples)
             yield Progress(f"epoch {epoch + 1}/{config.epochs}", b + 1, n_batches)
-        val = evaluate_loss(model, dataset, val_indices, config, device)
+        val = evaluate_loss(model, val_dataset or dataset, val_indices, config, device)
         improved = val < best
         if improved:
             best, stale = val, 0
