@@ -232,57 +232,43 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_water_runs(ds, val_runs: str):
+    """``(train, val)`` indices of a water dataset made from the shipped pool, split by MD run; None if not."""
+    from .paths import pool_path
+    from .structures.pool import StructurePool
+    from .training.train import split_by_run
+
+    pool = StructurePool.load(pool_path("water"))
+    if ds.manifest["kind"] != "water" or ds.manifest["pool"].get("structures") != len(pool) or "run" not in pool.info:
+        return None
+    return split_by_run(ds, pool.info["run"], [int(v) for v in val_runs.split(",")])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train; prints one JSON line per epoch."""
     from .models.unet import UNetConfig
-    from .progress import Progress
+    from .predict.predictor import model_path
+    from .progress import drive
     from .simulate.dataset import AFMDataset
     from .training.train import TrainConfig, train
 
     ds = AFMDataset(args.dataset)
-    init = None
-    if args.init_from:
-        from .predict.predictor import SHIPPED_MODELS
-
-        init = args.init_from
-        if init in SHIPPED_MODELS:
-            from importlib.resources import files
-
-            init = str(files("hydrafm") / "models" / "weights" / f"{init}.pt")
+    init = model_path(args.init_from) if args.init_from else None
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
                       device=args.device)
-    train_idx = val_idx = None
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    if ds.manifest["kind"] == "water" and args.val_runs != "shard":
-        from .paths import pool_path
-        from .structures.pool import StructurePool
-        from .training.train import split_by_run
-
-        pool = StructurePool.load(pool_path("water"))
-        if ds.manifest["pool"].get("structures") == len(pool) and "run" in pool.info:
-            train_idx, val_idx = split_by_run(ds, pool.info["run"], [int(v) for v in args.val_runs.split(",")])
-            print(f"hydrafm: validation = MD runs {args.val_runs}: {len(val_idx)} of {len(ds)} samples",
-                  file=sys.stderr)
+    split = _split_water_runs(ds, args.val_runs) if args.val_runs != "shard" else None
+    train_idx, val_idx = split if split is not None else (None, None)
+    if split is not None:
+        print(f"hydrafm: validation = MD runs {args.val_runs}: {len(val_idx)} of {len(ds)} samples",
+              file=sys.stderr)
     gen = train(ds, args.out, cfg, UNetConfig(base_channels=args.base_channels), init_from=init,
                 train_indices=train_idx, val_indices=val_idx, max_batches_per_epoch=args.max_batches)
-    from tqdm import tqdm
-
-    bar = None
-    for rec in gen:
-        if isinstance(rec, Progress):
-            if bar is None or bar.desc != rec.stage:
-                bar = tqdm(total=rec.total, desc=rec.stage, file=sys.stderr, leave=False)
-            bar.n = rec.done
-            bar.refresh()
-        else:
-            if bar is not None:
-                bar.close()
-                bar = None
-            print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}),
-                  flush=True)
+    drive(gen, on_record=lambda rec: print(
+        json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))
     return 0
 
 
@@ -321,12 +307,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, device)
     indices = np.arange(len(ds))
     if args.val_runs:
-        from .paths import pool_path
-        from .structures.pool import StructurePool
-        from .training.train import split_by_run
-
-        pool = StructurePool.load(pool_path("water"))
-        indices = split_by_run(ds, pool.info["run"], [int(v) for v in args.val_runs.split(",")])[1]
+        split = _split_water_runs(ds, args.val_runs)
+        if split is None:
+            raise ValueError(f"{args.dataset}: --val-runs needs a water dataset made from the shipped pool")
+        indices = split[1]
     indices = indices[: args.n] if args.n else indices
     total = drive(evaluate_dataset(ds, model, indices, args.threshold, device))
     print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), **total.summary()}))

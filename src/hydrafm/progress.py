@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Generator, TypeVar
+from typing import Any, Callable, Generator, TypeVar
 
 __all__ = ["Progress", "drive"]
 
@@ -29,8 +29,14 @@ class Progress:
         return self.done / self.total if self.total else 1.0
 
 
-def drive(gen: Generator[Progress, None, T], *, show: bool = True) -> T:
-    """Run a progress generator to completion, drawing a bar per stage; return its result."""
+def drive(
+    gen: Generator[Any, None, T], *, show: bool = True, on_record: Callable[[Any], None] | None = None
+) -> T:
+    """Run a progress generator to completion, drawing a bar per stage; return its result.
+
+    Records that are not :class:`Progress` (e.g. per-epoch statistics) go to
+    ``on_record``, after the current bar is cleared.
+    """
     from tqdm import tqdm
 
     bar = None
@@ -41,7 +47,14 @@ def drive(gen: Generator[Progress, None, T], *, show: bool = True) -> T:
                 rec = next(gen)
             except StopIteration as stop:
                 return stop.value
-            if not show or not isinstance(rec, Progress):
+            if not isinstance(rec, Progress):
+                if on_record is not None:
+                    if bar is not None:
+                        bar.close()
+                        bar, stage = None, None
+                    on_record(rec)
+                continue
+            if not show:
                 continue
             if rec.stage != stage or bar is None:
                 if bar is not None:

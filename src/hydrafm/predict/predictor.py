@@ -25,9 +25,20 @@ from ..models.unet import StructureUNet
 from ..stack import AFMStack
 from .atoms import maps_to_atoms
 
-__all__ = ["predict_atoms", "predict_maps", "resolve_model", "select_heights", "SHIPPED_MODELS"]
+__all__ = ["predict_atoms", "predict_maps", "model_path", "resolve_model", "select_heights", "SHIPPED_MODELS"]
 
 SHIPPED_MODELS = ("water", "na-hydrate")
+
+
+def model_path(model: str | Path) -> Path:
+    """The checkpoint file of a shipped model name, or ``model`` itself as a path."""
+    path = Path(model)
+    if not path.suffix and str(model) in SHIPPED_MODELS:
+        path = Path(str(files("hydrafm") / "models" / "weights" / f"{model}.pt"))
+        if not path.exists():
+            raise CheckpointError(f"the pretrained model {model!r} is not shipped in this version yet; "
+                                  "pass a checkpoint file with --model")
+    return path
 
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
@@ -35,13 +46,7 @@ def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: s
     if isinstance(model, tuple):
         net, info = model
         return net.to(device).eval(), info
-    path = Path(model)
-    if not path.suffix and str(model) in SHIPPED_MODELS:
-        path = Path(str(files("hydrafm") / "models" / "weights" / f"{model}.pt"))
-        if not path.exists():
-            raise CheckpointError(f"the pretrained model {model!r} is not shipped in this version yet; "
-                                  "pass a checkpoint file with --model")
-    net, info, _ = load_checkpoint(path, map_location=device)
+    net, info, _ = load_checkpoint(model_path(model), map_location=device)
     return net.to(device).eval(), info
 
 
