@@ -1,13 +1,17 @@
 """Tang et al. Fig. 4 as a benchmark: accuracy vs training-set size, with and without pretraining.
 
     python benchmarks/fig4_transfer.py TRAIN_DATASET VAL_DATASET --pretrained water.pt \\
-        [--sizes 200 500 1000 1500] [--epochs 30] [--out results/fig4]
+        [--sizes 200 500 1000 1500] [--modes scratch pretrained] [--steps 600] [--out results/fig4]
 
 For every size N, trains one model from scratch and one fine-tuned from the
 pretrained checkpoint on the first N samples of TRAIN_DATASET (hydrates made from
-pool structures 0:2000), scores both on VAL_DATASET (hydrates from the disjoint
-structures 2000:2400), and writes OUT.json (all numbers) and OUT.png (F1 of Na, O, H
-vs N). Checkpoints go to OUT/ and are resumed if the run is interrupted.
+pool structures 0:2000). Every run gets the same compute: ``--steps`` optimizer
+steps (epochs = steps × batch / N). The best epoch is picked on the first
+``--select`` samples of VAL_DATASET (hydrates from the disjoint structures
+2000:2400) and scored on the next ``--n-eval`` samples, which no run sees before.
+Each finished run is kept as OUT/<mode>_<N>.json (and its checkpoint), so several
+processes can share the work and an interrupted benchmark resumes; OUT.json and
+OUT.png (F1 of Na, O, H vs N) are rewritten from every finished run.
 """
 
 from __future__ import annotations
@@ -31,30 +35,51 @@ def main() -> None:
     ap.add_argument("val_dataset", type=Path)
     ap.add_argument("--pretrained", type=Path, required=True)
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 500, 1000, 1500])
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--modes", nargs="+", default=["scratch", "pretrained"], choices=["scratch", "pretrained"])
+    ap.add_argument("--steps", type=int, default=600, help="optimizer steps per run")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--select", type=int, default=128, help="validation samples used to pick the best epoch")
+    ap.add_argument("--n-eval", type=int, default=256, help="held-out samples scored")
+    ap.add_argument("--threads", type=int, help="CPU threads for torch")
     ap.add_argument("--base-channels", type=int, default=16)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fig4"))
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     tr, va = AFMDataset(args.train_dataset), AFMDataset(args.val_dataset)
+    if len(va) <= args.select:
+        raise SystemExit(f"{args.val_dataset} has {len(va)} samples; need more than --select {args.select}")
+    select = np.arange(args.select)
+    held_out = np.arange(args.select, min(len(va), args.select + args.n_eval))
     args.out.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(epochs=args.epochs, crop=args.crop or None, device=args.device)
-    results = []
     for n in args.sizes:
         if n > len(tr):
             raise SystemExit(f"{args.train_dataset} has {len(tr)} samples, fewer than {n}")
-        for mode in ("scratch", "pretrained"):
+        for mode in args.modes:
+            done = args.out / f"{mode}_{n}.json"
+            if done.exists():
+                continue
             ckpt = args.out / f"{mode}_{n}.pt"
+            epochs = max(1, int(np.ceil(args.steps * args.batch_size / n)))
+            cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
+                              device=args.device, patience=max(6, epochs // 3))
             init = args.pretrained if mode == "pretrained" else None
             gen = train(tr, ckpt, cfg, UNetConfig(base_channels=args.base_channels), init_from=init,
-                        train_indices=np.arange(n), val_dataset=va)
+                        train_indices=np.arange(n), val_dataset=va, val_indices=select)
             for rec in gen:
                 if isinstance(rec, EpochStats):
-                    print(f"N={n} {mode} epoch {rec.epoch}: val {rec.val_loss:.5f}", flush=True)
-            scores = drive(evaluate_dataset(va, ckpt, device=pick_device(args.device)))
-            results.append({"n": n, "mode": mode, **scores.summary()})
-            print(json.dumps(results[-1]), flush=True)
+                    print(f"N={n} {mode} epoch {rec.epoch}/{epochs}: val {rec.val_loss:.5f}", flush=True)
+            scores = drive(evaluate_dataset(va, ckpt, held_out, device=pick_device(args.device)))
+            result = {"n": n, "mode": mode, "steps": args.steps, "epochs": epochs, **scores.summary()}
+            done.write_text(json.dumps(result))
+            print(json.dumps(result), flush=True)
+    results = sorted((json.loads(p.read_text()) for p in args.out.glob("*_*.json")),
+                     key=lambda r: (r["mode"], r["n"]))
     (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
     import matplotlib
 

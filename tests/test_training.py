@@ -139,12 +139,14 @@ def test_fig4_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
                           ModelInfo(config=cfg, pixel_size=tr.settings.pixel_size))
     out = tmp_path / "fig4"
     monkeypatch.setattr(sys, "argv", ["fig4", str(tmp_path / "tr"), str(tmp_path / "va"), "--pretrained", str(pre),
-                                      "--sizes", "2", "4", "--epochs", "1", "--base-channels", "4", "--crop", "0",
+                                      "--sizes", "2", "4", "--steps", "1", "--batch-size", "2", "--select", "2",
+                                      "--n-eval", "2", "--base-channels", "4", "--crop", "0",
                                       "--device", "cpu", "--out", str(out)])
     from pathlib import Path
 
     runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "fig4_transfer.py"), run_name="__main__")
     results = json.loads(out.with_suffix(".json").read_text())
-    assert [(r["n"], r["mode"]) for r in results] == [(2, "scratch"), (2, "pretrained"), (4, "scratch"),
-                                                        (4, "pretrained")]
+    assert sorted((r["n"], r["mode"]) for r in results) == [(2, "pretrained"), (2, "scratch"), (4, "pretrained"),
+                                                             (4, "scratch")]
+    assert all(r["stacks"] == 2 for r in results)  # scored on the 2 samples not used to pick the epoch
     assert out.with_suffix(".png").exists()

@@ -61,11 +61,25 @@ def stack_layer_data(stack: AFMStack, name: str | None = None) -> tuple[np.ndarr
     return stack.data, kwargs, "image"
 
 
-def layer_stack(data: np.ndarray, metadata: dict[str, Any]) -> AFMStack:
-    """Rebuild the AFMStack behind an image layer made by :func:`stack_layer_data`."""
+def layer_stack(
+    data: np.ndarray,
+    metadata: dict[str, Any],
+    scale: tuple[float, ...] | None = None,
+    translate: tuple[float, ...] | None = None,
+) -> AFMStack:
+    """Rebuild the AFMStack behind an image layer made by :func:`stack_layer_data`.
+
+    Other 3D image layers are taken as (height, y, x) with the layer's ``scale``
+    and ``translate`` as Å, and the heights left unknown.
+    """
     info = metadata.get(STACK_KEY)
     if info is None:
-        raise ValueError("this image layer was not loaded by HydrAFM (no stack information)")
+        arr = np.asarray(data)
+        if scale is None or arr.ndim != 3:
+            raise ValueError("this image layer was not loaded by HydrAFM and is not a 3D (height, y, x) stack")
+        translate = translate if translate is not None else (0.0,) * 3
+        return AFMStack(data=arr, pixel_size=(float(scale[-2]), float(scale[-1])),
+                        origin=(float(translate[-2]), float(translate[-1])), metadata=dict(metadata))
     meta = {k: v for k, v in metadata.items() if k != STACK_KEY}
     return AFMStack(
         data=np.asarray(data),
@@ -85,3 +99,51 @@ def _name_from_sources(sources: list[str]) -> str:
     if len(sources) == 1:
         return first.stem
     return f"{first.parent.name or first.stem} ({len(sources)} frames)"
+
+
+# ----------------------------------------------------------------- atoms
+ATOMS_KEY = "hydrafm_atoms"
+#: Point diameters (Å) by label: twice the a-vdW sphere radius, so atoms read like the paper's figures.
+POINT_SIZE = {"O": 1.2, "Na": 1.6, "K": 1.9, "H_up": 0.7, "H_flat": 0.7, "H_down": 0.7}
+
+
+def label_colormap() -> dict[str, tuple[float, float, float, float]]:
+    """Label → RGBA, the paper's colours (O red, Na indigo, H_up green, H_flat light blue, H_down brown)."""
+    from .simulate.labels import LABEL_COLORS
+
+    return {k: (*v, 1.0) for k, v in LABEL_COLORS.items()}
+
+
+def atoms_layer_data(atoms: Any, name: str = "atoms", metadata: dict[str, Any] | None = None):
+    """A napari ``LayerDataTuple`` (points) for atoms with ``label``/``confidence``: (z, y, x) in Å.
+
+    Colours and sizes follow the label; the points are projected onto every height
+    slice so they read in 2D, and sit at their 3D positions in 3D views.
+    """
+    import pandas as pd
+
+    from .io.xyz import LABELS, atoms_to_points
+
+    coords, feats = atoms_to_points(atoms)
+    features = pd.DataFrame({"label": pd.Categorical(feats["label"], categories=list(LABELS)),
+                             "confidence": feats["confidence"].astype(float)})
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "features": features,
+        "feature_defaults": {"label": "O", "confidence": 1.0},
+        "face_color": "label",
+        "face_color_cycle": label_colormap(),
+        "border_color": "white",
+        "border_width": 0.05,
+        "size": point_sizes(features["label"]),
+        "projection_mode": "all",
+        "axis_labels": ("height", "y", "x"),
+        "units": ("angstrom", "angstrom", "angstrom"),
+        "metadata": {ATOMS_KEY: dict(metadata or {})},
+    }
+    return coords.reshape(-1, 3), kwargs, "points"
+
+
+def point_sizes(labels: Any) -> np.ndarray:
+    """Point diameter (Å) for each label."""
+    return np.array([POINT_SIZE.get(str(v), 1.0) for v in labels], dtype=float)

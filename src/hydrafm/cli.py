@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-batches", type=int, help="cap batches per epoch")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     tr.add_argument("--threads", type=int, help="CPU threads for torch")
+    tr.add_argument("--label-depth", type=float,
+                    help="targets only for atoms within this many Å of the structure's top (what a scan sees)")
+    tr.add_argument("--patience", type=int, default=6, help="epochs without improvement before stopping")
     tr.add_argument("--val-runs", default="4,13",
                     help="water datasets: MD runs held out for validation (default 4,13); 'shard' = last shards")
 
@@ -128,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-n", type=int, help="evaluate the first N samples only")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threshold", type=float, default=0.5)
+    ev.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the top")
     ev.add_argument("--val-runs", help="water datasets: score only samples from these MD runs (e.g. 4,13, "
                                        "the runs `hydrafm train` holds out)")
     return parser
@@ -255,7 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ds = AFMDataset(args.dataset)
     init = model_path(args.init_from) if args.init_from else None
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
-                      device=args.device)
+                      device=args.device, label_depth=args.label_depth, patience=args.patience)
     if args.threads:
         import torch
 
@@ -312,8 +316,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.dataset}: --val-runs needs a water dataset made from the shipped pool")
         indices = split[1]
     indices = indices[: args.n] if args.n else indices
-    total = drive(evaluate_dataset(ds, model, indices, args.threshold, device))
-    print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), **total.summary()}))
+    total = drive(evaluate_dataset(ds, model, indices, args.threshold, device, args.top))
+    print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), "top": args.top, **total.summary()}))
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "pool_path", "POOLS"]
+__all__ = ["cache_dir", "data_dir", "pool_path", "POOLS"]
 
 #: The structure pools shipped with the package (``hydrafm pool KIND`` remakes them).
 POOLS = {"water": "water_windows.npz", "hydrates": "hydrates.npz"}
@@ -18,6 +18,16 @@ def cache_dir(*parts: str) -> Path:
         from platformdirs import user_cache_dir
 
         root = user_cache_dir("hydrafm")
+    return Path(root).joinpath(*parts)
+
+
+def data_dir(*parts: str) -> Path:
+    """The user data folder (``$HYDRAFM_DATA`` or the platform's user data dir): fine-tuned models."""
+    root = os.environ.get("HYDRAFM_DATA")
+    if not root:
+        from platformdirs import user_data_dir
+
+        root = user_data_dir("hydrafm")
     return Path(root).joinpath(*parts)
 
 

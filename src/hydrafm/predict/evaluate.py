@@ -23,8 +23,12 @@ def evaluate_dataset(
     indices: Sequence[int] | None = None,
     threshold: float = 0.5,
     device: str = "cpu",
+    top: float = 3.0,
 ) -> Generator[Progress, None, Scores]:
-    """Predict every chosen sample of ``ds`` and add up the scores; yields progress, returns :class:`Scores`."""
+    """Predict every chosen sample of ``ds`` and add up the scores; yields progress, returns :class:`Scores`.
+
+    True atoms count when they lie within ``top`` Å of the structure's highest atom.
+    """
     st = ds.settings
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
     total = Scores()
@@ -35,6 +39,6 @@ def evaluate_dataset(
         maps, px, origin, info = predict_maps(stack, model, device)
         atoms = maps_to_atoms(maps, px, origin, threshold, info.labels)
         total.add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions,
-                              np.array(LABELS)[s.labels]))
+                              np.array(LABELS)[s.labels], top=top))
         yield Progress("evaluating", k + 1, len(idx))
     return total

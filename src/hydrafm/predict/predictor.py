@@ -12,34 +12,24 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generator
 
 import numpy as np
 import torch
 from ase import Atoms
 
-from ..models.checkpoint import CheckpointError, ModelInfo, load_checkpoint
+from ..models.checkpoint import ModelInfo, load_checkpoint
+from ..models.registry import SHIPPED_MODELS, model_path
 from ..models.preprocess import normalize_stack
 from ..models.unet import StructureUNet
+from ..progress import Progress, drive
 from ..stack import AFMStack
 from .atoms import maps_to_atoms
 
-__all__ = ["predict_atoms", "predict_maps", "model_path", "resolve_model", "select_heights", "SHIPPED_MODELS"]
-
-SHIPPED_MODELS = ("water", "na-hydrate")
-
-
-def model_path(model: str | Path) -> Path:
-    """The checkpoint file of a shipped model name, or ``model`` itself as a path."""
-    path = Path(model)
-    if not path.suffix and str(model) in SHIPPED_MODELS:
-        path = Path(str(files("hydrafm") / "models" / "weights" / f"{model}.pt"))
-        if not path.exists():
-            raise CheckpointError(f"the pretrained model {model!r} is not shipped in this version yet; "
-                                  "pass a checkpoint file with --model")
-    return path
-
+__all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
+           "select_heights", "SHIPPED_MODELS"]
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
     """A model name (shipped), a checkpoint path, or an already loaded ``(model, info)``."""
@@ -81,7 +71,24 @@ def _resample(frames: np.ndarray, src: tuple[float, float], dst: float) -> tuple
     return out.astype(np.float32), (ny * src[0] / out.shape[1], nx * src[1] / out.shape[2])
 
 
-@torch.no_grad()
+@dataclass
+class Prediction:
+    """The network's label maps for one scan; :meth:`atoms` turns them into atoms at any threshold."""
+
+    maps: np.ndarray  # (n_labels, ny, nx) 0–1, on the model's pixel grid
+    pixel_size: tuple[float, float]  # Å (y, x) of the maps
+    origin: tuple[float, float]  # Å (y, x) of the maps' first pixel centre, in the stack's frame
+    info: ModelInfo
+    model: str = "in-memory"
+
+    def atoms(self, threshold: float = 0.5) -> Atoms:
+        """Peaks above ``threshold`` as atoms (``label``, ``confidence``), Å in the stack's frame."""
+        atoms = maps_to_atoms(self.maps, self.pixel_size, self.origin, threshold, self.info.labels)
+        atoms.info["model"] = self.model
+        atoms.info["threshold"] = float(threshold)
+        return atoms
+
+
 def predict_maps(
     stack: AFMStack,
     model: str | Path | tuple[StructureUNet, ModelInfo] = "water",
@@ -90,6 +97,23 @@ def predict_maps(
     overlap: int = 32,
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], ModelInfo]:
     """Label maps (0–1) for a whole scan: ``(maps, pixel size, origin, info)`` of the maps' grid."""
+    p = drive(iter_predict_maps(stack, model, device, tile, overlap), show=False)
+    return p.maps, p.pixel_size, p.origin, p.info
+
+
+def iter_predict_maps(
+    stack: AFMStack,
+    model: str | Path | tuple[StructureUNet, ModelInfo] = "water",
+    device: str | torch.device = "cpu",
+    tile: int = 128,
+    overlap: int = 32,
+) -> Generator[Progress, None, Prediction]:
+    """:func:`predict_maps` as a generator: yields :class:`Progress` per tile, returns a :class:`Prediction`.
+
+    Closing the generator between tiles cancels the prediction.
+    """
+    name = "in-memory" if isinstance(model, tuple) else str(model)
+    yield Progress("loading model", 0, 1)
     net, info = resolve_model(model, device)
     frames = select_heights(stack, info.config.n_heights, info.dz)
     frames, px = _resample(frames, stack.pixel_size, info.pixel_size)
@@ -109,14 +133,17 @@ def predict_maps(
     step_y, step_x = max(1, th - overlap), max(1, tw - overlap)
     rows = sorted({*range(0, ph - th + 1, step_y), ph - th})
     cols = sorted({*range(0, pw - tw + 1, step_x), pw - tw})
-    for r in rows:
-        for c in cols:
-            t = torch.from_numpy(np.ascontiguousarray(xp[:, r : r + th, c : c + tw]))[None, None].to(device)
+    tiles = [(r, c) for r in rows for c in cols]
+    yield Progress("predicting", 0, len(tiles))
+    for k, (r, c) in enumerate(tiles):
+        t = torch.from_numpy(np.ascontiguousarray(xp[:, r : r + th, c : c + tw]))[None, None].to(device)
+        with torch.no_grad():
             m = torch.sigmoid(net(t))[0].float().cpu().numpy()
-            acc[:, r : r + th, c : c + tw] += m * win
-            wsum[r : r + th, c : c + tw] += win
+        acc[:, r : r + th, c : c + tw] += m * win
+        wsum[r : r + th, c : c + tw] += win
+        yield Progress("predicting", k + 1, len(tiles))
     maps = (acc / wsum)[:, :h, :w]
-    return maps, px, (y0, x0), info
+    return Prediction(maps, px, (y0, x0), info, name)
 
 
 def predict_atoms(
@@ -126,7 +153,4 @@ def predict_atoms(
     threshold: float = 0.5,
 ) -> Atoms:
     """Atoms (``label``, ``confidence``) of a stack, positions in Å in the stack's physical frame."""
-    maps, px, origin, info = predict_maps(stack, model, device)
-    atoms = maps_to_atoms(maps, px, origin, threshold, info.labels)
-    atoms.info["model"] = str(model) if not isinstance(model, tuple) else "in-memory"
-    return atoms
+    return drive(iter_predict_maps(stack, model, device), show=False).atoms(threshold)

@@ -218,11 +218,19 @@ class AFMDataset:
     """Indexable view of a dataset folder made by :func:`make_dataset`.
 
     ``ds[i]`` is a :class:`Sample`; label maps are rendered with ``sigma`` Å
-    Gaussians. Shards are loaded whole and the most recent ones kept in memory;
+    Gaussians. With ``label_depth`` set, only the atoms within that many Å of the
+    structure's highest atom get a blob in the maps (the atoms a scan can see; the same
+    rule as the metrics' ``top``); ``Sample.positions`` always holds every atom. Shards are loaded whole and the most recent ones kept in memory;
     :meth:`batches` walks shards in random order for fast epochs.
     """
 
-    def __init__(self, folder: str | os.PathLike, sigma: float = 0.35, cache_shards: int = 2) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        sigma: float = 0.35,
+        cache_shards: int = 2,
+        label_depth: float | None = None,
+    ) -> None:
         self.folder = Path(folder)
         mpath = self.folder / MANIFEST
         if not mpath.exists():
@@ -231,6 +239,7 @@ class AFMDataset:
         self.manifest = json.loads(mpath.read_text())
         self.settings = SimulationSettings.from_dict(self.manifest["settings"])
         self.sigma = float(sigma)
+        self.label_depth = label_depth
         self.shards = sorted(self.folder.glob("shard_*.npz"))
         self._sizes = []
         for p in self.shards:
@@ -267,7 +276,11 @@ class AFMDataset:
         stack = z["stacks"][j].astype(np.float32)
         pos, lab = z["positions"][a:b], z["labels"][a:b]
         st = self.settings
-        maps = label_maps(pos, lab, stack.shape[1:], st.pixel_size, (st.pixel_size / 2, st.pixel_size / 2),
+        mpos, mlab = pos, lab
+        if self.label_depth is not None and len(pos):
+            seen = pos[:, 2] >= pos[:, 2].max() - self.label_depth
+            mpos, mlab = pos[seen], lab[seen]
+        maps = label_maps(mpos, mlab, stack.shape[1:], st.pixel_size, (st.pixel_size / 2, st.pixel_size / 2),
                           self.sigma)
         return Sample(stack, maps, pos, lab)
 

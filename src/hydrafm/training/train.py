@@ -25,7 +25,7 @@ from ..models.preprocess import normalize_stack
 from ..models.unet import StructureUNet, UNetConfig
 from .augment import AugmentConfig, augment, random_crop
 
-__all__ = ["TrainConfig", "EpochStats", "train", "pick_device", "split_by_shard", "split_by_run", "VAL_RUNS"]
+__all__ = ["TrainConfig", "EpochStats", "train", "pick_device", "usable_device", "split_by_shard", "split_by_run", "VAL_RUNS"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TrainConfig:
     normalization: str = "stack-zscore"
     sigma: float = 0.35  # Å, width of the label blobs
     positive_weight: float = 10.0  # MSE weight 1 + w·target: atoms count more than empty background
+    label_depth: float | None = None  # Å: only atoms this close to the top get targets (None: all)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -72,6 +73,23 @@ def pick_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA GPU is available")
     return dev
+
+
+def usable_device(name: str = "auto") -> tuple[torch.device, str | None]:
+    """The device to use and a notice when it had to fall back to the CPU.
+
+    Runs a tiny 3D convolution on the chosen device; any failure (no such device,
+    driver errors, unsupported operations) falls back to the CPU with the reason.
+    """
+    try:
+        dev = pick_device(name)
+        if dev.type != "cpu":
+            conv = torch.nn.Conv3d(1, 2, 3, padding=1).to(dev)
+            with torch.no_grad():
+                float(conv(torch.ones(1, 1, 4, 8, 8, device=dev)).sum().cpu())
+        return dev, None
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the CPU and say why
+        return torch.device("cpu"), f"device {name!r} failed a quick test ({type(exc).__name__}: {exc}); using the CPU"
 
 
 def split_by_shard(ds: AFMDataset, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -130,18 +148,19 @@ def train(
 ) -> Generator[Progress | EpochStats, None, Path]:
     """Train (or fine-tune from ``init_from``) on ``dataset``; the best model goes to ``out``.
 
-    Validation uses ``val_indices`` of ``dataset``, or all of ``val_dataset`` when given.
+    Validation uses ``val_indices`` of ``dataset``, or of ``val_dataset`` when that is
+    given (all of it when ``val_indices`` is None).
     """
     out = Path(out)
-    dataset.sigma = config.sigma
+    dataset.sigma, dataset.label_depth = config.sigma, config.label_depth
     last = out.with_name(out.stem + ".last.pt")
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     if val_dataset is not None:
-        val_dataset.sigma = config.sigma
+        val_dataset.sigma, val_dataset.label_depth = config.sigma, config.label_depth
         train_indices = np.arange(len(dataset)) if train_indices is None else train_indices
-        val_indices = np.arange(len(val_dataset))
+        val_indices = np.arange(len(val_dataset)) if val_indices is None else val_indices
     elif train_indices is None or val_indices is None:
         train_indices, val_indices = split_by_shard(dataset)
     train_indices, val_indices = np.asarray(train_indices), np.asarray(val_indices)
@@ -203,7 +222,7 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            total += float(loss) * len(samples)
+            total += float(loss.detach()) * len(samples)
             count += len(samples)
             yield Progress(f"epoch {epoch + 1}/{config.epochs}", b + 1, n_batches)
         val = evaluate_loss(model, val_dataset or dataset, val_indices, config, device)

@@ -1,0 +1,95 @@
+"""The models a user can pick: shipped ones and their own fine-tuned ones, with a one-line summary.
+
+Shipped checkpoints live in ``hydrafm/models/weights/<name>.pt``; user models in
+``data_dir("models")/<name>.pt`` (``$HYDRAFM_DATA`` or the platform's user data dir).
+A name resolves to the shipped model first, then the user's; anything with a
+suffix or a folder is taken as a path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..paths import data_dir
+from .checkpoint import FORMAT, CheckpointError
+
+__all__ = ["SHIPPED_MODELS", "ModelEntry", "list_models", "model_path", "user_models_dir", "model_summary"]
+
+#: Models the package ships (trained by the commands in docs/models/).
+SHIPPED_MODELS = ("water", "na-hydrate")
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One pickable model."""
+
+    name: str
+    path: Path
+    shipped: bool
+    summary: str
+
+
+def user_models_dir() -> Path:
+    """Where fine-tuned models are saved (created on demand by the writers, not here)."""
+    return data_dir("models")
+
+
+def model_path(model: str | Path) -> Path:
+    """The checkpoint file of a model name (shipped, then user), or ``model`` itself as a path."""
+    text = str(model)
+    path = Path(model)
+    if path.suffix or "/" in text or "\\" in text:
+        return path
+    shipped = WEIGHTS / f"{text}.pt"
+    if shipped.is_file():
+        return shipped
+    user = user_models_dir() / f"{text}.pt"
+    if user.is_file():
+        return user
+    if text in SHIPPED_MODELS:
+        raise CheckpointError(f"the pretrained model {text!r} is not shipped in this version; "
+                              "pass a checkpoint file")
+    known = [m.name for m in list_models()]
+    raise CheckpointError(f"no model named {text!r}; known models: {', '.join(known) or 'none'}")
+
+
+def model_summary(path: str | Path) -> str:
+    """A short description of a checkpoint (its card summary and training data) for tooltips."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a summary never raises
+        return f"unreadable model file ({type(exc).__name__})"
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        return "not a HydrAFM structure-network checkpoint"
+    prov = payload["info"].get("provenance", {})
+    lines = []
+    if prov.get("summary"):
+        lines.append(str(prov["summary"]))
+    if prov.get("dataset"):
+        lines.append(f"trained on {Path(str(prov['dataset'])).name} ({prov.get('train_samples', '?')} samples, "
+                     f"{prov.get('epochs_trained', '?')} epochs)")
+    if prov.get("initialised_from"):
+        lines.append(f"fine-tuned from {Path(str(prov['initialised_from'])).stem}")
+    metrics = prov.get("metrics")
+    if isinstance(metrics, dict):
+        f1 = ", ".join(f"{g} F1 {v['f1']:.2f}" for g, v in metrics.items() if isinstance(v, dict) and "f1" in v)
+        if f1:
+            lines.append(f"held-out: {f1}")
+    return "\n".join(lines) or "no description"
+
+
+def list_models() -> list[ModelEntry]:
+    """Shipped models that are present, then the user's models (``*.pt`` but not ``*.last.pt``)."""
+    out = [ModelEntry(n, WEIGHTS / f"{n}.pt", True, model_summary(WEIGHTS / f"{n}.pt"))
+           for n in SHIPPED_MODELS if (WEIGHTS / f"{n}.pt").is_file()]
+    folder = user_models_dir()
+    if folder.is_dir():
+        for p in sorted(folder.glob("*.pt")):
+            if p.name.endswith(".last.pt") or p.stem in SHIPPED_MODELS:
+                continue
+            out.append(ModelEntry(p.stem, p, False, model_summary(p)))
+    return out

@@ -1,0 +1,379 @@
+"""The Predict dock widget: stack → atoms as colour-coded points; edit, verify by simulation, export.
+
+The network runs in a napari worker thread, tile by tile, so the viewer stays
+responsive and Cancel takes effect between tiles. Each run adds a new Points
+layer (features ``label`` and ``confidence``); the threshold slider re-filters the
+latest run's maps without running the network again, until the atoms are edited.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+)
+
+from .._layers import ATOMS_KEY, STACK_KEY, atoms_layer_data, label_colormap, layer_stack, point_sizes
+from ..io.xyz import LABELS, points_to_atoms, write_xyz
+from ..progress import Progress
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..predict.predictor import Prediction
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+NO_MODEL = "(no model: choose a file)"
+
+
+class PredictWidget(Container):
+    """Predict atoms for the chosen stack layer, then edit, verify and export them."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._worker: Any = None
+        self._results: dict[int, tuple[Prediction, bool]] = {}  # id(points layer) → (maps, edited?)
+        self._last_result: Any = None
+
+        self.stack = ComboBox(label="Stack", choices=self._stack_choices, nullable=True,
+                              tooltip="An image layer holding a multi-height stack")
+        self.model = ComboBox(label="Model", choices=[NO_MODEL])
+        self.model_file = FileEdit(mode="r", label="or model file", filter="HydrAFM model (*.pt)")
+        self.device = ComboBox(label="Device", choices=list(DEVICES), value="auto")
+        self.threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.01, value=0.5,
+                                     tooltip="Minimum confidence; re-filters the latest result without re-running")
+        self.show_maps = CheckBox(text="Add label maps", value=False)
+        self.predict_button = PushButton(text="Predict")
+        self.progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
+        self.new_label = ComboBox(label="Atom label", choices=list(LABELS), value="O",
+                                  tooltip="Label of atoms you add; 'Relabel selected' applies it to selected atoms")
+        self.relabel_button = PushButton(text="Relabel selected")
+        self.verify_button = PushButton(text="Verify by simulation",
+                                        tooltip="Simulate the AFM stack of the atoms (ppafm) and compare")
+        self.export_path = FileEdit(mode="w", label="Export to", filter="Extended XYZ (*.xyz)")
+        self.export_button = PushButton(text="Export .xyz")
+        self.info = Label(value="")
+        self.extend([self.stack, self.model, self.model_file, self.device, self.threshold, self.show_maps,
+                     self.predict_button, self.progress, self.new_label, self.relabel_button,
+                     self.verify_button, self.export_path, self.export_button, self.info])
+
+        self.refresh_models()
+        self.predict_button.changed.connect(self._on_predict_clicked)
+        self.threshold.changed.connect(self._on_threshold)
+        self.new_label.changed.connect(self._on_new_label)
+        self.relabel_button.changed.connect(self.relabel_selected)
+        self.verify_button.changed.connect(self.verify)
+        self.export_button.changed.connect(self._on_export_clicked)
+        self.model.changed.connect(self._update_model_tooltip)
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            ev.connect(self._refresh_stacks)
+        self._refresh_stacks()
+
+    # ------------------------------------------------------------- choices
+    def _stack_choices(self, *_: Any) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if layer._type_string == "image" and np.ndim(layer.data) == 3 and ATOMS_KEY not in layer.metadata
+                and "hydrafm_derived" not in layer.metadata]
+
+    def _refresh_stacks(self, *_: Any) -> None:
+        current = self.stack.value
+        self.stack.reset_choices()
+        if self.stack.value is None and self.stack.choices:
+            self.stack.value = self.stack.choices[-1]
+        elif current in self.stack.choices:
+            self.stack.value = current
+
+    def refresh_models(self) -> None:
+        """Re-read the shipped and user models (after a fine-tune, say)."""
+        from ..models.registry import list_models
+
+        self._models = {m.name: m for m in list_models()}
+        current = self.model.value
+        self.model.choices = list(self._models) or [NO_MODEL]
+        if current in self._models:
+            self.model.value = current
+        self._update_model_tooltip()
+
+    def _update_model_tooltip(self, *_: Any) -> None:
+        entry = self._models.get(self.model.value)
+        self.model.tooltip = entry.summary if entry else "No shipped or saved model; choose a model file"
+
+    def chosen_model(self) -> Path:
+        """The checkpoint to use: the model file when one is chosen, else the picked model."""
+        f = str(self.model_file.value or "")
+        if f not in ("", "."):
+            return Path(f)
+        entry = self._models.get(self.model.value)
+        if entry is None:
+            raise ValueError("No model: choose a model file (.pt) or fine-tune one first.")
+        return entry.path
+
+    # ------------------------------------------------------------- predict
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _on_predict_clicked(self, *_: Any) -> None:
+        if self.running:
+            self.cancel()
+        else:
+            self.predict()
+
+    def predict(self) -> None:
+        """Start predicting the chosen stack in a worker thread."""
+        from napari.qt.threading import create_worker
+
+        from ..predict.predictor import iter_predict_maps
+        from ..training.train import usable_device
+
+        layer = self.stack.value
+        try:
+            if layer is None:
+                raise ValueError("Choose a stack layer first (load a scan or the sample).")
+            stack = layer_stack(layer.data, layer.metadata, tuple(layer.scale), tuple(layer.translate))
+            model = self.chosen_model()
+        except Exception as exc:  # noqa: BLE001 - shown to the user, the widget stays usable
+            self._fail(exc)
+            return
+        device, notice = usable_device(self.device.value)
+        if notice:
+            self._notify(notice, warning=True)
+        self._busy(True, "Predicting…", "Cancel")
+        self._worker = create_worker(iter_predict_maps, stack, model, device, _ignore_errors=True)
+        self._worker.yielded.connect(self._on_progress)
+        self._worker.returned.connect(lambda pred, layer=layer: self._on_prediction(pred, layer))
+        self._worker.errored.connect(self._fail)
+        self._worker.aborted.connect(lambda: self._set_info("Prediction cancelled."))
+        self._worker.finished.connect(self._on_finished)
+        self._worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next tile."""
+        if self._worker is not None:
+            self._worker.quit()
+            self._set_info("Cancelling…")
+
+    def _on_progress(self, rec: Any) -> None:
+        if isinstance(rec, Progress):
+            self.progress.max = max(1, rec.total)
+            self.progress.value = min(rec.done, rec.total)
+            self.progress.label = rec.stage
+
+    def _on_prediction(self, pred: Prediction, stack_layer: Any) -> None:
+        atoms = pred.atoms(self.threshold.value)
+        meta = {"model": pred.model, "threshold": float(self.threshold.value), "stack": stack_layer.name}
+        data, kwargs, _ = atoms_layer_data(atoms, f"atoms ({stack_layer.name})", meta)
+        layer = self._viewer.add_points(data, **kwargs)
+        self._results[id(layer)] = (pred, False)
+        self._last_result = layer
+        layer.events.data.connect(lambda *_, layer=layer: self._on_edited(layer))
+        if self.show_maps.value:
+            self._add_maps(pred, stack_layer.name)
+        self._on_new_label(self.new_label.value)
+        self._set_info(self._summary(layer) + f"\nmodel {Path(pred.model).stem}")
+
+    def _add_maps(self, pred: Prediction, name: str) -> None:
+        cmap = label_colormap()
+        for k, lab in enumerate(pred.info.labels):
+            from napari.utils.colormaps import Colormap
+
+            colors = [(0, 0, 0, 0), cmap.get(lab, (1, 1, 1, 1))]
+            self._viewer.add_image(pred.maps[k], name=f"{lab} map ({name})", scale=pred.pixel_size,
+                                   translate=pred.origin, colormap=Colormap(colors, name=f"hydrafm-{lab}"),
+                                   blending="additive", contrast_limits=(0, 1), opacity=0.7,
+                                   metadata={"hydrafm_derived": "label map"})
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._busy(False, None, "Predict")
+
+    def _on_edited(self, layer: Any) -> None:
+        if id(layer) in self._results:
+            pred, _ = self._results[id(layer)]
+            self._results[id(layer)] = (pred, True)
+
+    def _on_threshold(self, value: float) -> None:
+        layer = self._last_result
+        if layer is None or layer not in self._viewer.layers or id(layer) not in self._results:
+            return
+        pred, edited = self._results[id(layer)]
+        if edited:
+            self._set_info("The atoms were edited, so the threshold is not re-applied; predict again to use it.")
+            return
+        data, kwargs, _ = atoms_layer_data(pred.atoms(value))
+        with layer.events.data.blocker():
+            layer.data = data
+            layer.features = kwargs["features"]
+            layer.size = kwargs["size"]
+            layer.refresh_colors()
+        layer.metadata[ATOMS_KEY]["threshold"] = float(value)
+        self._set_info(self._summary(layer))
+
+    # ------------------------------------------------------------- editing
+    def result_layer(self) -> Any:
+        """The atoms to verify or export: the selected atoms layer, else the latest result."""
+        active = self._viewer.layers.selection.active
+        if active is not None and active._type_string == "points":
+            return active
+        if self._last_result is not None and self._last_result in self._viewer.layers:
+            return self._last_result
+        raise ValueError("No atoms yet: predict first, or select a points layer.")
+
+    def _on_new_label(self, label: str) -> None:
+        layer = self._last_result
+        if layer is not None and layer in self._viewer.layers:
+            layer.feature_defaults["label"] = label
+            layer.feature_defaults["confidence"] = 1.0
+            layer.current_size = float(point_sizes([label])[0])
+
+    def relabel_selected(self, *_: Any) -> None:
+        """Give the selected atoms the chosen label (and its size and colour)."""
+        try:
+            layer = self.result_layer()
+        except ValueError as exc:
+            self._fail(exc)
+            return
+        sel = sorted(layer.selected_data)
+        if not sel:
+            self._set_info("Select atoms first (points layer, select mode).")
+            return
+        label = self.new_label.value
+        labels = layer.features["label"].astype(str).to_numpy()
+        labels[sel] = label
+        feats = layer.features.copy()
+        feats["label"] = labels
+        feats.loc[sel, "confidence"] = 1.0
+        layer.features = feats
+        layer.size = point_sizes(labels)
+        layer.refresh_colors()
+        self._on_edited(layer)
+        self._set_info(f"{len(sel)} atom(s) relabelled {label}.\n" + self._summary(layer))
+
+    # ------------------------------------------------------------- verify
+    def verify(self, *_: Any) -> None:
+        """Simulate the atoms' AFM stack at the scan's heights in a worker; show it and the residual."""
+        from napari.qt.threading import create_worker
+
+        from ..simulate.verify import iter_verify_atoms
+
+        if self.running:
+            return
+        try:
+            points = self.result_layer()
+            stack_layer = self._stack_for(points)
+            stack = layer_stack(stack_layer.data, stack_layer.metadata, tuple(stack_layer.scale),
+                                tuple(stack_layer.translate))
+            atoms = self.layer_atoms(points)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return
+        self._busy(True, "Simulating the atoms' AFM stack…", "Cancel")
+        self._worker = create_worker(iter_verify_atoms, stack, atoms, _ignore_errors=True)
+        self._worker.yielded.connect(self._on_progress)
+        self._worker.returned.connect(lambda v, layer=stack_layer: self._on_verified(v, layer))
+        self._worker.errored.connect(self._fail)
+        self._worker.finished.connect(self._on_finished)
+        self._worker.start()
+
+    def _stack_for(self, points: Any) -> Any:
+        name = points.metadata.get(ATOMS_KEY, {}).get("stack")
+        for layer in self._viewer.layers:
+            if layer.name == name and layer._type_string == "image":
+                return layer
+        if self.stack.value is None:
+            raise ValueError("Choose the stack layer the atoms belong to.")
+        return self.stack.value
+
+    def _on_verified(self, v: Any, stack_layer: Any) -> None:
+        common = {"scale": tuple(stack_layer.scale), "translate": tuple(stack_layer.translate),
+                  "metadata": {"hydrafm_derived": "verification"}}
+        self._viewer.add_image(v.simulated.data, name=f"simulated ({stack_layer.name})", colormap="gray", **common)
+        lim = float(np.percentile(np.abs(v.residual), 99.5)) or 1.0
+        self._viewer.add_image(v.residual, name=f"residual ({stack_layer.name})", colormap="PiYG",
+                               contrast_limits=(-lim, lim), **common)
+        self._set_info(f"Similarity {v.similarity:.3f} (mean correlation over heights; 1 = identical)\n"
+                       f"best closest distance {v.distance:.1f} Å above the top atom")
+        self._notify(f"Verification: similarity {v.similarity:.3f}")
+
+    # ------------------------------------------------------------- export
+    @staticmethod
+    def layer_atoms(layer: Any):
+        """The atoms (ase) of a points layer, in Å (world coordinates)."""
+        pts = np.asarray(layer.data, dtype=np.float64)
+        world = pts * np.asarray(layer.scale) + np.asarray(layer.translate) if len(pts) else pts
+        return points_to_atoms(world, layer.features)
+
+    def _on_export_clicked(self, *_: Any) -> None:
+        self.export()
+
+    def export(self, path: str | Path | None = None) -> Path | None:
+        """Write the atoms as extended XYZ; an existing file is replaced only after confirmation."""
+        target = Path(path) if path is not None else Path(str(self.export_path.value or ""))
+        try:
+            if str(target) in ("", "."):
+                raise ValueError("Choose a file to export to.")
+            if target.suffix.lower() != ".xyz":
+                target = target.with_suffix(".xyz")
+            atoms = self.layer_atoms(self.result_layer())
+            if target.exists() and not self._confirm(f"{target} exists. Replace it?"):
+                self._set_info(f"Not exported: {target} exists.")
+                return None
+            out = write_xyz(atoms, target, overwrite=True)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return None
+        self._set_info(f"Exported {len(atoms)} atoms to {out}")
+        return out
+
+    def _confirm(self, question: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self.native, "HydrAFM", question,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    # ------------------------------------------------------------- helpers
+    @staticmethod
+    def _summary(layer: Any) -> str:
+        labels = layer.features["label"].astype(str).to_numpy() if len(layer.data) else np.array([])
+        counts = ", ".join(f"{lab} {int((labels == lab).sum())}" for lab in LABELS if (labels == lab).any())
+        return f"{len(labels)} atoms: {counts or 'none'}"
+
+    def _busy(self, busy: bool, message: str | None, button: str) -> None:
+        self.predict_button.text = button
+        self.progress.visible = busy
+        self.progress.value = 0
+        for w in (self.verify_button, self.export_button, self.stack, self.model, self.device):
+            w.enabled = not busy
+        if message:
+            self._set_info(message)
+
+    def _set_info(self, text: str) -> None:
+        self.info.value = text
+
+    def _notify(self, text: str, warning: bool = False) -> None:
+        from napari.utils.notifications import show_info, show_warning
+
+        (show_warning if warning else show_info)(text)
+
+    def _fail(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        message = str(exc) or type(exc).__name__
+        self._set_info("Error: " + message)
+        show_error(message)
+
+
+__all__ = ["PredictWidget", "STACK_KEY"]

@@ -1,0 +1,203 @@
+"""The Predict dock widget, driven for real under Xvfb: predict, cancel, errors, threshold, edit, verify, export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from hydrafm.io.xyz import LABELS, read_xyz  # noqa: E402
+from hydrafm.models.checkpoint import ModelInfo, save_checkpoint  # noqa: E402
+from hydrafm.models.unet import StructureUNet, UNetConfig  # noqa: E402
+from hydrafm.predict.predictor import Prediction  # noqa: E402
+from hydrafm.widgets.predict import PredictWidget  # noqa: E402
+
+pytestmark = pytest.mark.gui
+TINY = UNetConfig(base_channels=4, levels=3)
+
+
+@pytest.fixture
+def user_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRAFM_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "tiny.pt", StructureUNet(TINY), ModelInfo(config=TINY))
+
+
+@pytest.fixture
+def widget(make_napari_viewer, user_data):
+    viewer = make_napari_viewer()
+    viewer.open_sample("hydrafm", "water_bilayer")
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    return w
+
+
+def _wait(qtbot, w, timeout=60_000):
+    qtbot.waitUntil(lambda: not w.running, timeout=timeout)
+
+
+def _peaks_prediction(n_labels=6) -> Prediction:
+    """Maps with three O peaks of confidence 0.9, 0.6 and 0.3 on a 0.2 Å grid."""
+    yy, xx = np.mgrid[0:100, 0:100] * 0.2
+    maps = np.zeros((n_labels, 100, 100), np.float32)
+    for (y, x), c in zip([(5, 5), (10, 10), (15, 15)], [0.9, 0.6, 0.3]):
+        maps[0] += c * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 0.35**2))
+    return Prediction(maps, (0.2, 0.2), (0.0, 0.0), ModelInfo(config=TINY), "synthetic")
+
+
+def test_predict_adds_a_new_points_layer_each_run(widget, tiny_model, qtbot):
+    viewer = widget._viewer
+    widget.model_file.value = tiny_model
+    widget.threshold.value = 0.05
+    widget.show_maps.value = True
+    widget.predict()
+    assert widget.predict_button.text == "Cancel"
+    _wait(qtbot, widget)
+    assert widget.predict_button.text == "Predict"
+    points = [layer for layer in viewer.layers if layer._type_string == "points"]
+    assert len(points) == 1
+    layer = points[0]
+    assert set(layer.features.columns) >= {"label", "confidence"}
+    assert sum(layer.name.endswith("map (water bilayer (simulated))") for layer in viewer.layers) == 6
+    widget.predict()
+    _wait(qtbot, widget)
+    points = [layer for layer in viewer.layers if layer._type_string == "points"]
+    assert len(points) == 2 and points[0].name != points[1].name
+
+
+def test_cancel_stops_between_tiles(make_napari_viewer, user_data, tiny_model, qtbot):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    from hydrafm._layers import stack_layer_data
+    from hydrafm.stack import AFMStack
+
+    big = AFMStack(rng.normal(size=(10, 900, 900)).astype(np.float32), (25 / 128, 25 / 128), np.arange(10) * 0.1)
+    data, kwargs, _ = stack_layer_data(big, "big")
+    viewer.add_image(data, **kwargs)
+    w = PredictWidget(viewer)
+    w.model_file.value = tiny_model
+    w.predict()
+    qtbot.waitUntil(lambda: w.progress.value >= 1, timeout=60_000)
+    w._on_predict_clicked()  # the button reads "Cancel" now
+    _wait(qtbot, w)
+    assert "cancel" in w.info.value.lower()
+    assert not [layer for layer in viewer.layers if layer._type_string == "points"]
+    assert w.predict_button.text == "Predict" and w.stack.enabled
+
+
+def test_a_failing_model_is_reported_and_the_widget_resets(widget, tmp_path, qtbot):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    widget.model_file.value = junk
+    widget.predict()
+    _wait(qtbot, widget)
+    assert "junk.pt" in widget.info.value
+    assert widget.predict_button.text == "Predict" and widget.verify_button.enabled
+    assert not [layer for layer in widget._viewer.layers if layer._type_string == "points"]
+
+
+def test_no_model_at_all_is_a_clear_message(widget):
+    widget.model.choices = ["(no model: choose a file)"]
+    widget._models = {}
+    widget.predict()
+    assert "model" in widget.info.value.lower() and not widget.running
+
+
+def test_threshold_refilters_without_the_network_until_edited(widget):
+    stack_layer = widget.stack.value
+    widget.threshold.value = 0.5
+    widget._on_prediction(_peaks_prediction(), stack_layer)
+    layer = widget._last_result
+    assert len(layer.data) == 2
+    widget.threshold.value = 0.2
+    assert len(layer.data) == 3
+    assert list(layer.features["label"].astype(str)) == ["O"] * 3
+    np.testing.assert_allclose(sorted(layer.features["confidence"]), [0.3, 0.6, 0.9], atol=0.02)
+    layer.add([0.0, 2.0, 2.0])  # an edit: the threshold no longer rewrites the atoms
+    widget.threshold.value = 0.7
+    assert len(layer.data) == 4 and "edited" in widget.info.value
+
+
+def test_edit_relabel_and_export_with_overwrite_confirmation(widget, tmp_path):
+    widget._on_prediction(_peaks_prediction(), widget.stack.value)
+    layer = widget._last_result
+    widget.new_label.value = "H_up"
+    layer.add([0.5, 8.0, 3.0])  # a new atom gets the chosen label and confidence 1
+    assert str(layer.features["label"].iloc[-1]) == "H_up" and layer.features["confidence"].iloc[-1] == 1.0
+    layer.selected_data = {0}
+    widget.new_label.value = "Na"
+    widget.relabel_selected()
+    assert str(layer.features["label"].iloc[0]) == "Na"
+    assert layer.size[0] > layer.size[-1]  # Na is drawn bigger than H
+    out = widget.export(tmp_path / "atoms.xyz")
+    atoms = read_xyz(out)
+    assert list(atoms.arrays["label"]) == ["Na", "O", "H_up"]
+    np.testing.assert_allclose(atoms.positions[-1], [3.0, 8.0, 0.5])
+    assert set(atoms.arrays["label"]) <= set(LABELS)
+    before = out.read_text()
+    layer.selected_data = {1}
+    layer.remove_selected()
+    widget._confirm = lambda question: False
+    assert widget.export(out) is None and out.read_text() == before
+    widget._confirm = lambda question: True
+    widget.export(out)
+    assert len(read_xyz(out)) == 2
+
+
+def test_user_models_are_listed_with_their_summary(widget, user_data, tiny_model):
+    import shutil
+
+    (user_data / "models").mkdir(parents=True)
+    shutil.copy(tiny_model, user_data / "models" / "my-ice.pt")
+    shutil.copy(tiny_model, user_data / "models" / "my-ice.last.pt")
+    widget.refresh_models()
+    assert "my-ice" in widget.model.choices and "my-ice.last" not in widget.model.choices
+    widget.model.value = "my-ice"
+    assert widget.model.tooltip
+    assert widget.chosen_model() == user_data / "models" / "my-ice.pt"
+
+
+def test_unusable_device_falls_back_to_cpu_with_a_notice():
+    import torch
+
+    from hydrafm.training.train import usable_device
+
+    dev, notice = usable_device("cpu")
+    assert dev.type == "cpu" and notice is None
+    if not torch.cuda.is_available():
+        dev, notice = usable_device("cuda")
+        assert dev.type == "cpu" and "cuda" in notice.lower()
+
+
+def test_verify_simulates_the_atoms_and_scores_them(widget, qtbot):
+    from hydrafm._sample_data import sample_path
+    from hydrafm._layers import atoms_layer_data
+    from hydrafm.simulate.afm import opencl_available
+
+    if not opencl_available():
+        pytest.skip("no OpenCL device (apt pocl-opencl-icd)")
+    viewer = widget._viewer
+    truth = read_xyz(sample_path("water_bilayer.xyz"))
+    data, kwargs, _ = atoms_layer_data(truth, "truth", {"stack": "water bilayer (simulated)"})
+    viewer.add_points(data, **kwargs)
+    widget.verify()
+    _wait(qtbot, widget, 120_000)
+    names = [layer.name for layer in viewer.layers]
+    assert "simulated (water bilayer (simulated))" in names and "residual (water bilayer (simulated))" in names
+    score = float(widget.info.value.split()[1])
+    assert score > 0.9  # the true structure reproduces its own stack
+    shifted = truth.copy()
+    shifted.positions[:, 0] += 1.2
+    data, kwargs, _ = atoms_layer_data(shifted, "shifted", {"stack": "water bilayer (simulated)"})
+    viewer.add_points(data, **kwargs)
+    widget.verify()
+    _wait(qtbot, widget, 120_000)
+    assert float(widget.info.value.split()[1]) < score - 0.1
