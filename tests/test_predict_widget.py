@@ -114,7 +114,7 @@ def test_no_model_at_all_is_a_clear_message(widget):
 def test_threshold_refilters_without_the_network_until_edited(widget):
     stack_layer = widget.stack.value
     widget.threshold.value = 0.5
-    widget._on_prediction(_peaks_prediction(), stack_layer)
+    widget._on_prediction(_peaks_prediction(), None, stack_layer)
     layer = widget._last_result
     assert len(layer.data) == 2
     widget.threshold.value = 0.2
@@ -127,7 +127,7 @@ def test_threshold_refilters_without_the_network_until_edited(widget):
 
 
 def test_edit_relabel_and_export_with_overwrite_confirmation(widget, tmp_path):
-    widget._on_prediction(_peaks_prediction(), widget.stack.value)
+    widget._on_prediction(_peaks_prediction(), None, widget.stack.value)
     layer = widget._last_result
     widget.new_label.value = "H_up"
     layer.add([0.5, 8.0, 3.0])  # a new atom gets the chosen label and confidence 1
@@ -201,3 +201,23 @@ def test_verify_simulates_the_atoms_and_scores_them(widget, qtbot):
     widget.verify()
     _wait(qtbot, widget, 120_000)
     assert float(widget.info.value.split()[1]) < score - 0.1
+
+
+def test_whole_loop_on_a_real_water_scan(make_napari_viewer, user_data, tiny_model, testdata, qtbot, tmp_path):
+    """Jiang lab water on Au(111) (ml-spm layout, 12 frames, 256 px over 32 Å): open, predict, edit, export."""
+    viewer = make_napari_viewer()
+    viewer.open(str(testdata / "jiang_lab_water_Au111" / "L1_20_L2_1Ying_Jiang_1.npz"), plugin="hydrafm")
+    w = PredictWidget(viewer)
+    assert w.stack.value is viewer.layers[0]
+    w.model_file.value = tiny_model
+    w.threshold.value = 0.05
+    w.predict()
+    _wait(qtbot, w)
+    layer = w._last_result
+    assert layer is not None and "Error" not in w.info.value
+    extent = np.asarray(viewer.layers[0].extent.world)[:, 1:]
+    if len(layer.data):  # atoms fall inside the scan, in Å
+        assert np.all(layer.data[:, 1:] >= extent[0] - 1) and np.all(layer.data[:, 1:] <= extent[1] + 1)
+    layer.add([0.0, 16.0, 16.0])
+    out = w.export(tmp_path / "real.xyz")
+    assert len(read_xyz(out)) == len(layer.data)

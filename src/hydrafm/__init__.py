@@ -4,7 +4,9 @@ The public entry points:
 
 * :func:`load_stack` reads instrument files (Nanonis, Createc, PNG/TIFF, ml-spm
   .npz, Gwyddion) into an :class:`AFMStack`.
-* ``hydrafm`` on the command line (``hydrafm info PATH...``).
+* :func:`predict_atoms` turns a stack into atoms (``ase.Atoms`` with ``label`` and
+  ``confidence``) with a shipped or fine-tuned structure network.
+* ``hydrafm`` on the command line (``hydrafm info | predict | train | ...``).
 """
 
 from __future__ import annotations
@@ -19,4 +21,13 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["AFMStack", "AFMFileError", "load_stack", "save_npz", "__version__"]
+__all__ = ["AFMStack", "AFMFileError", "load_stack", "predict_atoms", "save_npz", "__version__"]
+
+
+def __getattr__(name: str):
+    # torch is imported only when prediction is asked for
+    if name == "predict_atoms":
+        from .predict.predictor import predict_atoms
+
+        return predict_atoms
+    raise AttributeError(f"module 'hydrafm' has no attribute {name!r}")

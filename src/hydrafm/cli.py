@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     view = sub.add_parser("view", help="open napari with stacks (or the bundled sample) loaded")
     view.add_argument("paths", nargs="*", metavar="PATH")
     view.add_argument("--sample", action="store_true", help="open the bundled sample stack")
+    view.add_argument("--predict", action="store_true", help="predict the atoms of the last stack at once")
+    view.add_argument("--model", help="model for the Predict widget (name or file)")
 
     pool = sub.add_parser("pool", help="(re)make a structure pool: MD water windows or relaxed hydrates")
     pool.add_argument("kind", choices=["water", "hydrates"])
@@ -163,18 +165,26 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a window
-    """Open napari with the Load widget and the given stacks."""
+    """Open napari with the Load and Predict widgets and the given stacks."""
     import napari
 
     from ._sample_data import sample_path
 
     viewer = napari.Viewer(title="HydrAFM")
     viewer.window.add_plugin_dock_widget("hydrafm", "Load AFM stack")
+    _, predict = viewer.window.add_plugin_dock_widget("hydrafm", "Predict atoms")
     paths = [str(p) for p in args.paths]
     if args.sample:
         paths.append(str(sample_path()))
     for p in paths:
         viewer.open(p, plugin="hydrafm")
+    if args.model:
+        if args.model in predict.model.choices:
+            predict.model.value = args.model
+        else:
+            predict.model_file.value = args.model
+    if args.predict and paths:
+        predict.predict()
     napari.run()
     return 0
 

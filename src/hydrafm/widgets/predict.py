@@ -36,6 +36,23 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 NO_MODEL = "(no model: choose a file)"
 
 
+def _predict_job(stack: Any, model: Any, device: Any, threshold: float):
+    """Worker body: the maps tile by tile (progress, cancel), then the atoms, all off the main thread."""
+    from ..predict.predictor import iter_predict_maps
+
+    pred = yield from iter_predict_maps(stack, model, device)
+    return pred, pred.atoms(threshold)
+
+
+def _leave_a_core_for_the_viewer() -> None:
+    """Run torch on all cores but one, so the Qt main thread is never starved on a small CPU."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+
+
 class PredictWidget(Container):
     """Predict atoms for the chosen stack layer, then edit, verify and export them."""
 
@@ -134,7 +151,6 @@ class PredictWidget(Container):
         """Start predicting the chosen stack in a worker thread."""
         from napari.qt.threading import create_worker
 
-        from ..predict.predictor import iter_predict_maps
         from ..training.train import usable_device
 
         layer = self.stack.value
@@ -149,10 +165,13 @@ class PredictWidget(Container):
         device, notice = usable_device(self.device.value)
         if notice:
             self._notify(notice, warning=True)
+        if device.type == "cpu":
+            _leave_a_core_for_the_viewer()
         self._busy(True, "Predicting…", "Cancel")
-        self._worker = create_worker(iter_predict_maps, stack, model, device, _ignore_errors=True)
+        self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value,
+                                     _ignore_errors=True)
         self._worker.yielded.connect(self._on_progress)
-        self._worker.returned.connect(lambda pred, layer=layer: self._on_prediction(pred, layer))
+        self._worker.returned.connect(lambda res, layer=layer: self._on_prediction(*res, layer))
         self._worker.errored.connect(self._fail)
         self._worker.aborted.connect(lambda: self._set_info("Prediction cancelled."))
         self._worker.finished.connect(self._on_finished)
@@ -170,8 +189,9 @@ class PredictWidget(Container):
             self.progress.value = min(rec.done, rec.total)
             self.progress.label = rec.stage
 
-    def _on_prediction(self, pred: Prediction, stack_layer: Any) -> None:
-        atoms = pred.atoms(self.threshold.value)
+    def _on_prediction(self, pred: Prediction, atoms: Any, stack_layer: Any) -> None:
+        if atoms is None or atoms.info.get("threshold") != self.threshold.value:
+            atoms = pred.atoms(self.threshold.value)
         meta = {"model": pred.model, "threshold": float(self.threshold.value), "stack": stack_layer.name}
         data, kwargs, _ = atoms_layer_data(atoms, f"atoms ({stack_layer.name})", meta)
         layer = self._viewer.add_points(data, **kwargs)
