@@ -127,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace existing .xyz files")
     _add_stack_options(pr)
 
+    ft = sub.add_parser("finetune", help="fine-tune a model on structures, corrected scans or a dataset")
+    ft.add_argument("data", nargs="+", metavar="DATA",
+                    help="a dataset folder (hydrafm simulate); a folder or files of structures (xyz, cif, "
+                         "POSCAR …) to simulate; or STACK=ATOMS.xyz pairs (a scan and its corrected atoms)")
+    ft.add_argument("--name", required=True, help="name of the new model (saved in the user data folder)")
+    ft.add_argument("--base", default="water", help="model to start from (name or file; only read)")
+    ft.add_argument("--epochs", type=int, default=20)
+    ft.add_argument("--lr", type=float, default=3e-4)
+    ft.add_argument("--batch-size", type=int, default=8)
+    ft.add_argument("--crop", type=int, default=64, help="train on random crops of this many px (0: whole)")
+    ft.add_argument("--val-fraction", type=float, default=0.2)
+    ft.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and the head")
+    ft.add_argument("--per-structure", type=int, default=8, help="structures: simulated draws per structure")
+    ft.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    ft.add_argument("--threads", type=int, help="CPU threads for torch")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--resume", action="store_true", help="continue the stopped run of this name")
+    _add_stack_options(ft)
+
     ev = sub.add_parser("evaluate", help="precision / recall / F1 per label on a simulated dataset")
     ev.add_argument("dataset", type=Path)
     ev.add_argument("--model", default="water", help="shipped model name or checkpoint file")
@@ -331,12 +350,60 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_data(args: argparse.Namespace):
+    """The training data named on the command line: a dataset, structures, or stack=atoms pairs."""
+    from .io.xyz import read_xyz
+    from .simulate.dataset import MANIFEST, AFMDataset
+    from .training.sources import simulate_structures, stack_atom_samples
+
+    items = [str(d) for d in args.data]
+    if all("=" in d for d in items):
+        from .models.checkpoint import load_checkpoint
+        from .models.registry import model_path
+
+        _, info, _ = load_checkpoint(model_path(args.base))
+        pairs = []
+        for d in items:
+            stack_path, atoms_path = d.split("=", 1)
+            stack = load_stack(stack_path, _channel_arg(args.channel), direction=args.direction,
+                               scan_size=args.scan_size, heights=args.heights, z_order=args.z_order)
+            pairs.append((stack, read_xyz(atoms_path)))
+        return stack_atom_samples(pairs, info.pixel_size, info.dz, info.config.n_heights, names=items)
+    if any("=" in d for d in items):
+        raise ValueError("give either STACK=ATOMS pairs only, or one dataset / structure source")
+    if len(items) == 1 and (Path(items[0]) / MANIFEST).exists():
+        return AFMDataset(items[0])
+    from .progress import drive
+
+    return drive(simulate_structures(items[0] if len(items) == 1 else items, args.per_structure, args.seed))
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune; prints one JSON line per epoch and the saved model's path."""
+    from .progress import drive
+    from .training.finetune import finetune
+    from .training.train import TrainConfig
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    data = _finetune_data(args)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
+                      device=args.device, freeze_encoder=args.freeze_encoder, epoch_scores=True, seed=args.seed)
+    out = drive(finetune(data, args.name, args.base, cfg, args.val_fraction, resume=args.resume),
+                on_record=lambda rec: print(json.dumps(
+                    {k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))
+    print(json.dumps({"model": args.name, "path": str(out), "card": str(out.with_suffix(".md"))}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hydrafm`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "view": cmd_view, "pool": cmd_pool, "simulate": cmd_simulate,
-                "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate}
+                "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "finetune": cmd_finetune}
     try:
         with warnings.catch_warnings():
             # Show HydrAFM's own warnings (incomplete scans, guessed channels) as one line each;

@@ -44,6 +44,8 @@ class TrainConfig:
     sigma: float = 0.35  # Å, width of the label blobs
     positive_weight: float = 10.0  # MSE weight 1 + w·target: atoms count more than empty background
     label_depth: float | None = None  # Å: only atoms this close to the top get targets (None: all)
+    freeze_encoder: bool = False  # fine-tuning: train only the decoder and the head
+    epoch_scores: bool = False  # per-label precision/recall/F1 on the validation samples every epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -59,6 +61,7 @@ class EpochStats:
     improved: bool
     seconds: float
     device: str
+    scores: dict | None = None  # per-label scores on the validation samples (``epoch_scores``)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -120,15 +123,29 @@ def split_by_run(ds: AFMDataset, run_of_structure: np.ndarray, val_runs: Sequenc
     return idx[~val], idx[val]
 
 
-def _batch(samples, cfg: TrainConfig, rng: np.random.Generator | None, crop: int | None):
+def _batch(samples, cfg: TrainConfig, rng: np.random.Generator | None, crop: int | None, multiple: int = 8):
+    """Normalised (and, with ``rng``, augmented) tensors of one batch.
+
+    Every sample is cut to one common size, a multiple of ``multiple`` px: ``crop``
+    when given (random windows in training), else the largest size all samples share
+    (centred windows), so stacks of different sizes can share a batch.
+    """
+    common = min(min(s.stack.shape[-2:]) for s in samples)
+    size = min(crop, common) if crop else common
+    size -= size % multiple
+    if size < multiple:
+        raise ValueError(f"a training stack is smaller than {multiple} px on the model's grid")
     xs, ys = [], []
     for s in samples:
         x = normalize_stack(s.stack, cfg.normalization)
         y = s.maps
         if rng is not None:
             x, y = augment(x, y, rng, cfg.augment)
-            if crop:
-                x, y = random_crop(x, y, crop, rng)
+        if rng is not None and (crop or x.shape[-2:] != (size, size)):
+            x, y = random_crop(x, y, size, rng)
+        elif x.shape[-2:] != (size, size):
+            r, c = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+            x, y = x[..., r : r + size, c : c + size], y[..., r : r + size, c : c + size]
         xs.append(np.ascontiguousarray(x))
         ys.append(np.ascontiguousarray(y))
     return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))
@@ -179,7 +196,11 @@ def train(
         model.load_state_dict(base.state_dict())
         info.provenance["initialised_from"] = str(init_from)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.freeze_encoder:
+        for part in (model.enc, model.pools, model.bottom):
+            for p in part.parameters():
+                p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, best, stale = 0, math.inf, 0
     if resume and last.exists():
         model_r, _, state = load_checkpoint(last)
@@ -213,7 +234,7 @@ def train(
         for b, samples in enumerate(dataset.batches(config.batch_size, rng, train_indices)):
             if b >= n_batches:
                 break
-            x, y = _batch(samples, config, rng, config.crop)
+            x, y = _batch(samples, config, rng, config.crop, 2**model_config.levels)
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 pred = torch.sigmoid(model(x))
@@ -235,8 +256,20 @@ def train(
             stale += 1
         save_checkpoint(last, model, info, {"optimizer": opt.state_dict(), "epoch": epoch, "best": best,
                                             "stale": stale, "rng": rng.bit_generator.state})
+        scores = None
+        if config.epoch_scores:
+            from ..predict.evaluate import evaluate_dataset
+
+            gen = evaluate_dataset(val_dataset or dataset, (model, info), val_indices, device=device)
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    scores = stop.value.summary()
+                    break
+            model.train()
         yield EpochStats(epoch + 1, config.epochs, total / max(count, 1), val, best, improved,
-                         time.perf_counter() - t0, str(device))
+                         time.perf_counter() - t0, str(device), scores)
         if stale >= config.patience:
             break
     return out
@@ -250,7 +283,7 @@ def evaluate_loss(
     model.eval()
     total, count = 0.0, 0
     for samples in dataset.batches(cfg.batch_size, np.random.default_rng(0), indices):
-        x, y = _batch(samples, cfg, None, None)
+        x, y = _batch(samples, cfg, None, None, 2**model.config.levels)
         pred = torch.sigmoid(model(x.to(device))).float()
         y = y.to(device)
         total += float(((1.0 + cfg.positive_weight * y) * (pred - y) ** 2).sum())
