@@ -105,8 +105,8 @@ def test_a_failing_model_is_reported_and_the_widget_resets(widget, tmp_path, qtb
 
 
 def test_no_model_at_all_is_a_clear_message(widget):
-    widget.model.choices = ["(no model: choose a file)"]
     widget._models = {}
+    widget.model.reset_choices()
     widget.predict()
     assert "model" in widget.info.value.lower() and not widget.running
 

@@ -16,7 +16,8 @@ import torch
 from ..paths import data_dir
 from .checkpoint import FORMAT, CheckpointError
 
-__all__ = ["SHIPPED_MODELS", "ModelEntry", "list_models", "model_path", "user_models_dir", "model_summary"]
+__all__ = ["SHIPPED_MODELS", "ModelEntry", "list_models", "model_path", "user_models_dir", "model_summary",
+           "on_models_changed", "notify_models_changed"]
 
 #: Models the package ships (trained by the commands in docs/models/).
 SHIPPED_MODELS = ("water", "na-hydrate")
@@ -93,3 +94,29 @@ def list_models() -> list[ModelEntry]:
                 continue
             out.append(ModelEntry(p.stem, p, False, model_summary(p)))
     return out
+
+
+_listeners: list = []
+
+
+def on_models_changed(callback) -> None:
+    """Call ``callback()`` whenever a model is saved (kept by weak reference for bound methods)."""
+    import weakref
+
+    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda cb=callback: cb)
+    _listeners.append(ref)
+
+
+def notify_models_changed() -> None:
+    """Tell the model pickers (Predict, Fine-tune) to re-read the model list."""
+    alive = []
+    for ref in _listeners:
+        cb = ref()
+        if cb is None:
+            continue
+        alive.append(ref)
+        try:
+            cb()
+        except RuntimeError:  # a closed widget whose Qt object is gone
+            alive.pop()
+    _listeners[:] = alive

@@ -81,16 +81,15 @@ def finetune(
     result = None
     gen = train(data, out, config, base_info.config, init_from=base_path, train_indices=train_idx,
                 val_indices=val_idx, resume=resume)
-    while True:
-        try:
-            rec = next(gen)
-        except StopIteration:
-            break
-        if isinstance(rec, EpochStats) and rec.improved:
-            result = rec
-        yield rec
-    if out.exists():
-        _write_card(out, base, data, config, result, len(train_idx), len(val_idx))
+    try:
+        for rec in gen:
+            if isinstance(rec, EpochStats) and rec.improved:
+                result = rec
+            yield rec
+    finally:  # also when stopped: the best epoch so far gets its card
+        gen.close()
+        if out.exists() and result is not None:
+            _write_card(out, base, data, config, result, len(train_idx), len(val_idx))
     return out
 
 

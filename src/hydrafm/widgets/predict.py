@@ -65,7 +65,8 @@ class PredictWidget(Container):
 
         self.stack = ComboBox(label="Stack", choices=self._stack_choices, nullable=True,
                               tooltip="An image layer holding a multi-height stack")
-        self.model = ComboBox(label="Model", choices=[NO_MODEL])
+        self._models: dict = {}
+        self.model = ComboBox(label="Model", choices=lambda *_: list(self._models) or [NO_MODEL])
         self.model_file = FileEdit(mode="r", label="or model file", filter="HydrAFM model (*.pt)")
         self.device = ComboBox(label="Device", choices=list(DEVICES), value="auto")
         self.threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.01, value=0.5,
@@ -86,6 +87,9 @@ class PredictWidget(Container):
                      self.verify_button, self.export_path, self.export_button, self.info])
 
         self.refresh_models()
+        from ..models.registry import on_models_changed
+
+        on_models_changed(self.refresh_models)
         self.predict_button.changed.connect(self._on_predict_clicked)
         self.threshold.changed.connect(self._on_threshold)
         self.new_label.changed.connect(self._on_new_label)
@@ -117,7 +121,7 @@ class PredictWidget(Container):
 
         self._models = {m.name: m for m in list_models()}
         current = self.model.value
-        self.model.choices = list(self._models) or [NO_MODEL]
+        self.model.reset_choices()
         if current in self._models:
             self.model.value = current
         self._update_model_tooltip()

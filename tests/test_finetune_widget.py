@@ -1,0 +1,88 @@
+"""The Fine-tune panel under Xvfb with a tiny model: start, progress, plot, stop, resume, listed in Predict."""
+
+from __future__ import annotations
+
+import pytest
+
+napari = pytest.importorskip("napari")
+torch = pytest.importorskip("torch")
+
+from hydrafm._layers import atoms_layer_data  # noqa: E402
+from hydrafm._sample_data import sample_path  # noqa: E402
+from hydrafm.io.xyz import read_xyz  # noqa: E402
+from hydrafm.models.checkpoint import ModelInfo, save_checkpoint  # noqa: E402
+from hydrafm.models.unet import StructureUNet, UNetConfig  # noqa: E402
+from hydrafm.widgets.finetune import SOURCES, FinetuneWidget  # noqa: E402
+from hydrafm.widgets.predict import PredictWidget  # noqa: E402
+
+pytestmark = pytest.mark.gui
+TINY = UNetConfig(base_channels=4)
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRAFM_DATA", str(tmp_path / "data"))
+    folder = tmp_path / "data" / "models"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_checkpoint(folder / "tiny-base.pt", StructureUNet(TINY), ModelInfo(config=TINY))
+    return folder
+
+
+@pytest.fixture
+def viewer_with_corrected_atoms(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("hydrafm", "water_bilayer")
+    truth = read_xyz(sample_path("water_bilayer.xyz"))
+    for k in range(3):  # three "corrected" results (the same atoms) on the sample stack
+        data, kwargs, _ = atoms_layer_data(truth, f"corrected {k}", {"stack": "water bilayer (simulated)"})
+        viewer.add_points(data, **kwargs)
+    return viewer
+
+
+def test_train_stop_resume_and_the_model_appears_in_predict(viewer_with_corrected_atoms, models, qtbot):
+    viewer = viewer_with_corrected_atoms
+    predict = PredictWidget(viewer)
+    w = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert "tiny-base" in w.base.choices
+    w.source.value = SOURCES[1]
+    w.atoms_layers.value = [layer for layer in viewer.layers if layer._type_string == "points"]
+    w.base.value = "tiny-base"
+    w.name.value = "ice-ft"
+    w.epochs.value = 40
+    w.batch_size.value = 2
+    w.val_fraction.value = 0.34
+    w.start()
+    assert w.train_button.text == "Stop"
+    qtbot.waitUntil(lambda: len(w.plot.epochs) >= 1, timeout=120_000)
+    assert w.progress.value > 0 and "F1" in w.info.value
+    w._on_train_clicked()  # Stop
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert "Stopped" in w.info.value and w.train_button.text == "Train"
+    assert (models / "ice-ft.pt").exists() and (models / "ice-ft.last.pt").exists()
+    assert (models / "ice-ft.md").exists()
+    assert "ice-ft" in predict.model.choices  # listed at once
+    assert w.resume_button.enabled
+    done = len(w.plot.epochs)
+    w.epochs.value = done + 1
+    w.resume_button.changed.emit(True)
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert "Saved ice-ft" in w.info.value, w.info.value
+    assert w.plot.epochs[-1] == done + 1
+
+
+def test_bad_data_and_names_are_reported_before_training(viewer_with_corrected_atoms, models, qtbot, tmp_path):
+    viewer = viewer_with_corrected_atoms
+    w = FinetuneWidget(viewer)
+    w.base.value = "tiny-base"
+    w.name.value = "water"  # a shipped model's name
+    w.start()
+    assert "shipped" in w.info.value and not w.running
+    w.name.value = "ok-name"
+    w.source.value = SOURCES[0]
+    w.folder.value = tmp_path  # no structure files
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    assert "no structure files" in w.info.value
+    assert not (models / "ok-name.pt").exists()
