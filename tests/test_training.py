@@ -150,3 +150,24 @@ def test_fig4_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
                                                              (4, "scratch")]
     assert all(r["stacks"] == 2 for r in results)  # scored on the 2 samples not used to pick the epoch
     assert out.with_suffix(".png").exists()
+
+
+def test_finetune_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from hydrafm.models.checkpoint import save_checkpoint
+
+    tr = fake_dataset(tmp_path / "tr", n=8, shard=4, seed=1)
+    fake_dataset(tmp_path / "va", n=4, shard=4, seed=2)
+    cfg = UNetConfig(base_channels=4)
+    pre = save_checkpoint(tmp_path / "pre.pt", StructureUNet(cfg),
+                          ModelInfo(config=cfg, pixel_size=tr.settings.pixel_size))
+    out = tmp_path / "ft.json"
+    monkeypatch.setattr(sys, "argv", ["ft", str(tmp_path / "tr"), str(tmp_path / "va"), "--base", str(pre),
+                                      "-n", "4", "--epochs", "1", "--select", "2", "--n-eval", "2",
+                                      "--threads", "1", "--out", str(out)])
+    runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "bench_finetune.py"), run_name="__main__")
+    results = json.loads(out.read_text())
+    assert [r["mode"] for r in results] == ["finetuned", "scratch"] and all(r["stacks"] == 2 for r in results)
