@@ -1,10 +1,15 @@
 """Take the documentation screenshots from the running app (needs a display; use xvfb-run).
 
-    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshots.py [--model water]
+
+Writes docs/images/load_widget.png, predict_widget.png, predict_verify.png and
+finetune_widget.png. The Predict shots use the given model (a shipped name or a file).
 """
 
 from __future__ import annotations
 
+import argparse
+import time
 from pathlib import Path
 
 import napari
@@ -15,8 +20,28 @@ from hydrafm._sample_data import sample_path
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
+def _settle(app, seconds: float = 0.5) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def _wait(app, widget) -> None:
+    while widget.running:
+        app.processEvents()
+        time.sleep(0.01)
+    _settle(app)
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="water")
+    args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    app = None
+
+    # 1. Load widget
     viewer = napari.Viewer(title="HydrAFM", show=True)
     viewer.window.resize(1300, 800)
     dock, widget = viewer.window.add_plugin_dock_widget("hydrafm", "Load AFM stack")
@@ -25,12 +50,58 @@ def main() -> None:
     app = QApplication.instance()
     while not viewer.layers:
         app.processEvents()
-    for _ in range(20):
-        app.processEvents()
+    _settle(app)
     viewer.dims.set_point(0, 0.0)
     viewer.reset_view()
     app.processEvents()
     viewer.screenshot(str(OUT / "load_widget.png"), canvas_only=False)
+
+    # 2. Predict on the sample
+    viewer.window.remove_dock_widget(dock)
+    _, predict = viewer.window.add_plugin_dock_widget("hydrafm", "Predict atoms")
+    from hydrafm.models.registry import model_path
+
+    predict.model_file.value = model_path(args.model)
+    predict.predict()
+    _wait(app, predict)
+    viewer.layers.selection.active = predict._last_result
+    viewer.screenshot(str(OUT / "predict_widget.png"), canvas_only=False)
+
+    # 3. Verify by simulation: the simulated stack and the residual beside the experiment
+    predict.verify()
+    _wait(app, predict)
+    viewer.grid.enabled = True
+    viewer.grid.shape = (1, -1)
+    for layer in viewer.layers:
+        layer.visible = layer.name.startswith(("simulated", "residual", "water bilayer"))
+    viewer.reset_view()
+    _settle(app)
+    viewer.screenshot(str(OUT / "predict_verify.png"), canvas_only=False)
+    viewer.grid.enabled = False
+
+    # 4. Fine-tune panel after a short run on two corrected copies of the sample's atoms
+    import os
+    import tempfile
+
+    os.environ["HYDRAFM_DATA"] = tempfile.mkdtemp(prefix="hydrafm-screenshots-")
+    for layer in viewer.layers:
+        layer.visible = layer._type_string == "points" or layer.name.startswith("water bilayer")
+    atoms = predict._last_result
+    from hydrafm._layers import atoms_layer_data
+
+    data, kwargs, _ = atoms_layer_data(predict.layer_atoms(atoms), "atoms (corrected)",
+                                       atoms.metadata.get("hydrafm_atoms"))
+    copy = viewer.add_points(data, **kwargs, visible=False)
+    _, ft = viewer.window.add_plugin_dock_widget("hydrafm", "Fine-tune a model")
+    ft.atoms_layers.value = [atoms, copy]
+    ft.name.value = "my-bilayer"
+    ft.epochs.value = 4
+    ft.batch_size.value = 1
+    ft.val_fraction.value = 0.5
+    ft.device.value = "cpu"
+    ft.start()
+    _wait(app, ft)
+    viewer.screenshot(str(OUT / "finetune_widget.png"), canvas_only=False)
     viewer.close()
 
 

@@ -125,6 +125,9 @@ def atoms_layer_data(atoms: Any, name: str = "atoms", metadata: dict[str, Any] |
     from .io.xyz import LABELS, atoms_to_points
 
     coords, feats = atoms_to_points(atoms)
+    # heavy atoms first, H last: in 2D the small H points are drawn over their O
+    order = np.argsort([lab.startswith("H") for lab in feats["label"]], kind="stable")
+    coords, feats = coords[order], {k: np.asarray(v)[order] for k, v in feats.items()}
     features = pd.DataFrame({"label": pd.Categorical(feats["label"], categories=list(LABELS)),
                              "confidence": feats["confidence"].astype(float)})
     kwargs: dict[str, Any] = {

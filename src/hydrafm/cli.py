@@ -192,6 +192,7 @@ def cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a win
     viewer = napari.Viewer(title="HydrAFM")
     viewer.window.add_plugin_dock_widget("hydrafm", "Load AFM stack")
     _, predict = viewer.window.add_plugin_dock_widget("hydrafm", "Predict atoms")
+    viewer.window.add_plugin_dock_widget("hydrafm", "Fine-tune a model", tabify=True)
     paths = [str(p) for p in args.paths]
     if args.sample:
         paths.append(str(sample_path()))
