@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the .xyz file (one PATH) or a folder receiving <name>.xyz (several)")
     pr.add_argument("--model", default="water", help="shipped model name or checkpoint file")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    pr.add_argument("--threshold", type=float, default=0.5, help="minimum confidence of an atom")
+    pr.add_argument("--threshold", type=float,
+                    help="minimum confidence of an atom (default: the model's recommended threshold)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing .xyz files")
     _add_stack_options(pr)
 
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default="water", help="shipped model name or checkpoint file")
     ev.add_argument("-n", type=int, help="evaluate the first N samples only")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--threshold", type=float, default=0.5)
+    ev.add_argument("--threshold", type=float, help="default: the model's recommended threshold")
     ev.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the top")
     ev.add_argument("--val-runs", help="water datasets: score only samples from these MD runs (e.g. 4,13, "
                                        "the runs `hydrafm train` holds out)")

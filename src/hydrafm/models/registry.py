@@ -32,6 +32,7 @@ class ModelEntry:
     path: Path
     shipped: bool
     summary: str
+    threshold: float = 0.5  # the model's recommended confidence threshold
 
 
 def user_models_dir() -> Path:
@@ -58,15 +59,30 @@ def model_path(model: str | Path) -> Path:
     raise CheckpointError(f"no model named {text!r}; known models: {', '.join(known) or 'none'}")
 
 
-def model_summary(path: str | Path) -> str:
-    """A short description of a checkpoint (its card summary and training data) for tooltips."""
+def _provenance(path: str | Path) -> dict | str:
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a summary never raises
         return f"unreadable model file ({type(exc).__name__})"
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         return "not a HydrAFM structure-network checkpoint"
-    prov = payload["info"].get("provenance", {})
+    return dict(payload["info"].get("provenance", {}))
+
+
+def _entry(name: str, path: Path, shipped: bool) -> ModelEntry:
+    prov = _provenance(path)
+    if isinstance(prov, str):
+        return ModelEntry(name, path, shipped, prov)
+    return ModelEntry(name, path, shipped, _summary(prov), float(prov.get("threshold", 0.5)))
+
+
+def model_summary(path: str | Path) -> str:
+    """A short description of a checkpoint (its card summary and training data) for tooltips."""
+    prov = _provenance(path)
+    return prov if isinstance(prov, str) else _summary(prov)
+
+
+def _summary(prov: dict) -> str:
     lines = []
     if prov.get("summary"):
         lines.append(str(prov["summary"]))
@@ -75,6 +91,8 @@ def model_summary(path: str | Path) -> str:
                      f"{prov.get('epochs_trained', '?')} epochs)")
     if prov.get("initialised_from"):
         lines.append(f"fine-tuned from {Path(str(prov['initialised_from'])).stem}")
+    if "threshold" in prov:
+        lines.append(f"recommended threshold {float(prov['threshold']):.2f}")
     metrics = prov.get("metrics")
     if isinstance(metrics, dict):
         f1 = ", ".join(f"{g} F1 {v['f1']:.2f}" for g, v in metrics.items() if isinstance(v, dict) and "f1" in v)
@@ -85,14 +103,13 @@ def model_summary(path: str | Path) -> str:
 
 def list_models() -> list[ModelEntry]:
     """Shipped models that are present, then the user's models (``*.pt`` but not ``*.last.pt``)."""
-    out = [ModelEntry(n, WEIGHTS / f"{n}.pt", True, model_summary(WEIGHTS / f"{n}.pt"))
-           for n in SHIPPED_MODELS if (WEIGHTS / f"{n}.pt").is_file()]
+    out = [_entry(n, WEIGHTS / f"{n}.pt", True) for n in SHIPPED_MODELS if (WEIGHTS / f"{n}.pt").is_file()]
     folder = user_models_dir()
     if folder.is_dir():
         for p in sorted(folder.glob("*.pt")):
             if p.name.endswith(".last.pt") or p.stem in SHIPPED_MODELS:
                 continue
-            out.append(ModelEntry(p.stem, p, False, model_summary(p)))
+            out.append(_entry(p.stem, p, False))
     return out
 
 

@@ -29,7 +29,7 @@ from ..stack import AFMStack
 from .atoms import maps_to_atoms
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
-           "select_heights", "SHIPPED_MODELS"]
+           "select_heights", "SHIPPED_MODELS", "default_threshold"]
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
     """A model name (shipped), a checkpoint path, or an already loaded ``(model, info)``."""
@@ -81,12 +81,21 @@ class Prediction:
     info: ModelInfo
     model: str = "in-memory"
 
-    def atoms(self, threshold: float = 0.5) -> Atoms:
-        """Peaks above ``threshold`` as atoms (``label``, ``confidence``), Å in the stack's frame."""
+    def atoms(self, threshold: float | None = None) -> Atoms:
+        """Peaks above ``threshold`` as atoms (``label``, ``confidence``), Å in the stack's frame.
+
+        ``None`` uses the model's recommended threshold (:func:`default_threshold`).
+        """
+        threshold = default_threshold(self.info) if threshold is None else threshold
         atoms = maps_to_atoms(self.maps, self.pixel_size, self.origin, threshold, self.info.labels)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
         return atoms
+
+
+def default_threshold(info: ModelInfo) -> float:
+    """The confidence threshold recorded with the model (best F1 on its validation data), else 0.5."""
+    return float(info.provenance.get("threshold", 0.5))
 
 
 def predict_maps(
@@ -150,7 +159,7 @@ def predict_atoms(
     stack: AFMStack,
     model: str | Path | tuple[StructureUNet, ModelInfo] = "water",
     device: str | torch.device = "cpu",
-    threshold: float = 0.5,
+    threshold: float | None = None,
 ) -> Atoms:
     """Atoms (``label``, ``confidence``) of a stack, positions in Å in the stack's physical frame."""
     return drive(iter_predict_maps(stack, model, device), show=False).atoms(threshold)

@@ -129,6 +129,8 @@ class PredictWidget(Container):
     def _update_model_tooltip(self, *_: Any) -> None:
         entry = self._models.get(self.model.value)
         self.model.tooltip = entry.summary if entry else "No shipped or saved model; choose a model file"
+        if entry is not None and self._last_result is None:
+            self.threshold.value = entry.threshold  # the model's recommended threshold, until a result exists
 
     def chosen_model(self) -> Path:
         """The checkpoint to use: the model file when one is chosen, else the picked model."""

@@ -1,0 +1,81 @@
+"""Calibrate a trained checkpoint's threshold on held-out data, score it, and ship it in the package.
+
+    python scripts/ship_model.py CKPT NAME DATASET [--val-runs 4,13 | --indices A:B] [-n 200] \\
+        [--summary "..."] [--also-top 2.0] [--overwrite]
+
+The held-out samples are split in two: the threshold with the best mean F1 is chosen
+on the first half and the scores are measured on the second half, which neither
+training nor the calibration saw. The checkpoint is copied to
+src/hydrafm/models/weights/NAME.pt with the threshold, the scores and a summary in its
+provenance, and the numbers go to docs/models/NAME.json for the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    from hydrafm.cli import _split_water_runs
+    from hydrafm.models.checkpoint import load_checkpoint, save_checkpoint
+    from hydrafm.predict.evaluate import best_threshold, evaluate_thresholds
+    from hydrafm.progress import drive
+    from hydrafm.simulate.dataset import AFMDataset
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("name")
+    ap.add_argument("dataset", type=Path, help="dataset holding the held-out samples")
+    ap.add_argument("--val-runs", help="water: the MD runs held out in training (e.g. 4,13)")
+    ap.add_argument("--indices", help="A:B, the held-out sample indices of DATASET")
+    ap.add_argument("-n", type=int, default=200, help="held-out samples used (half calibrate, half score)")
+    ap.add_argument("--top", type=float, default=3.0)
+    ap.add_argument("--also-top", type=float, help="also report scores for this depth")
+    ap.add_argument("--summary", default="")
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args()
+
+    ds = AFMDataset(args.dataset)
+    if args.val_runs:
+        idx = _split_water_runs(ds, args.val_runs)[1]
+    elif args.indices:
+        a, b = (int(v) for v in args.indices.split(":"))
+        idx = np.arange(a, min(b, len(ds)))
+    else:
+        idx = np.arange(len(ds))
+    idx = np.random.default_rng(0).permutation(idx)[: args.n]
+    calib, report = np.sort(idx[: len(idx) // 2]), np.sort(idx[len(idx) // 2 :])
+    thresholds = np.round(np.arange(0.1, 0.751, 0.05), 2).tolist()
+    net, info, _ = load_checkpoint(args.checkpoint)
+    sweep = drive(evaluate_thresholds(ds, (net, info), calib, thresholds, top=args.top))
+    t = best_threshold(sweep)
+    scores = drive(evaluate_thresholds(ds, (net, info), report, [t], top=args.top))[t].summary()
+    result = {"name": args.name, "threshold": t, "top": args.top, "scores": scores,
+              "calibration": {str(k): {g: v["f1"] for g, v in s.summary().items() if isinstance(v, dict)}
+                              for k, s in sweep.items()},
+              "held_out": {"dataset": str(args.dataset), "val_runs": args.val_runs, "indices": args.indices,
+                           "calibration_samples": len(calib), "scored_samples": len(report)}}
+    if args.also_top:
+        result[f"scores_top{args.also_top:g}"] = drive(
+            evaluate_thresholds(ds, (net, info), report, [t], top=args.also_top))[t].summary()
+    out = ROOT / "src" / "hydrafm" / "models" / "weights" / f"{args.name}.pt"
+    if out.exists() and not args.overwrite:
+        sys.exit(f"{out} exists; pass --overwrite")
+    info.provenance.update({"threshold": t, "metrics": scores, "summary": args.summary,
+                            "held_out": result["held_out"]})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, net, info)
+    (ROOT / "docs" / "models").mkdir(parents=True, exist_ok=True)
+    (ROOT / "docs" / "models" / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
