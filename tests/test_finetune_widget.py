@@ -86,3 +86,44 @@ def test_bad_data_and_names_are_reported_before_training(viewer_with_corrected_a
     qtbot.waitUntil(lambda: not w.running, timeout=60_000)
     assert "no structure files" in w.info.value
     assert not (models / "ok-name.pt").exists()
+
+
+def test_structures_folder_and_dataset_sources(make_napari_viewer, models, qtbot, tmp_path):
+    from ase.io import write
+
+    from hydrafm.simulate.afm import opencl_available
+    from test_training import fake_dataset
+
+    viewer = make_napari_viewer()
+    w = FinetuneWidget(viewer)
+    # (c) a dataset made by `hydrafm simulate` (here a fake one on a 0.2 Å grid, with a matching base)
+    fake_dataset(tmp_path / "ds", n=8, shard=4)
+    save_checkpoint(models / "base-02.pt", StructureUNet(TINY), ModelInfo(config=TINY, pixel_size=0.2))
+    w.refresh_models()
+    w.source.value = SOURCES[2]
+    w.folder.value = tmp_path / "ds"
+    w.base.value = "base-02"
+    w.name.value = "from-dataset"
+    w.epochs.value = 1
+    w.batch_size.value = 4
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert "Saved from-dataset" in w.info.value, w.info.value
+    if not opencl_available():
+        pytest.skip("no OpenCL device (apt pocl-opencl-icd)")
+    # (a) a folder of structure files, simulated on the fly
+    folder = tmp_path / "structures"
+    folder.mkdir()
+    truth = read_xyz(sample_path("water_bilayer.xyz"))
+    write(folder / "a.xyz", truth)
+    write(folder / "b.xyz", truth[:36])
+    w.source.value = SOURCES[0]
+    w.folder.value = folder
+    w.per_structure.value = 1
+    w.base.value = "tiny-base"
+    w.name.value = "from-structures"
+    w.batch_size.value = 1
+    w.val_fraction.value = 0.5
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=180_000)
+    assert "Saved from-structures" in w.info.value, w.info.value
