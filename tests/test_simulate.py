@@ -287,3 +287,28 @@ def test_top_layer_keeps_whole_molecules_near_the_top():
     assert sorted(p[z == 8, 2].tolist()) == [2.2, 3.0]
     with pytest.raises(ValueError, match="triplets"):
         top_layer(pos[:2], [8, 1], 1.0)
+
+
+# ------------------------------------------------------------------ verify by simulation
+def test_verify_scores_the_true_structure_above_a_wrong_one_and_drops_overlaps():
+    from hydrafm._sample_data import sample_path
+    from hydrafm.io import load_stack
+    from hydrafm.io.xyz import read_xyz
+    from hydrafm.simulate.afm import opencl_available
+    from hydrafm.simulate.verify import frame_similarity, verify_atoms
+
+    if not opencl_available():
+        pytest.skip("no OpenCL device (apt install pocl-opencl-icd)")
+    stack = load_stack(sample_path())
+    truth = read_xyz(sample_path("water_bilayer.xyz"))
+    good = verify_atoms(stack, truth, distances=(2.3, 2.6))
+    assert good.similarity > 0.9 and good.simulated.data.shape == stack.data.shape and good.dropped == 0
+    np.testing.assert_allclose(frame_similarity(stack.data, stack.data), 1.0, atol=1e-6)
+    doubled = truth + truth[:3]  # three atoms on top of others, as a careless edit would leave them
+    v = verify_atoms(stack, doubled, distances=(2.6,))
+    assert v.dropped == 3
+    shifted = truth.copy()
+    shifted.positions[:, :2] += 1.2
+    assert verify_atoms(stack, shifted, distances=(2.3, 2.6)).similarity < good.similarity - 0.1
+    with pytest.raises(ValueError, match="no atoms"):
+        verify_atoms(stack, truth[:0])

@@ -22,6 +22,7 @@ from ase import Atoms
 
 from ..progress import Progress
 from ..stack import AFMStack
+from ..structures.pool import BadStructureError
 from .afm import AFMSimulator, SampledTip, SimulationSettings
 
 __all__ = ["Verification", "verify_atoms", "iter_verify_atoms", "frame_similarity"]
@@ -38,6 +39,7 @@ class Verification:
     similarity: float  # mean per-height Pearson correlation, −1 … 1
     per_height: np.ndarray  # (n,) the correlation of each height
     distance: float  # Å, closest probe distance above the top atom that fits best
+    dropped: int = 0  # atoms left out because they overlapped another (closer than 0.8 Å)
 
 
 def _zscore(frames: np.ndarray) -> np.ndarray:
@@ -91,11 +93,18 @@ def iter_verify_atoms(
     pos, numbers = pos[inside], atoms.numbers[inside]
     if len(pos) == 0:
         raise ValueError("none of the atoms lies inside the scan")
+    pos, numbers, dropped = _drop_overlaps(pos, numbers)
     yield Progress("simulating", 0, len(distances))
     sim = AFMSimulator(settings)
     best: Verification | None = None
+    failures = []
     for k, d in enumerate(distances):
-        out = sim.simulate(pos, numbers, SampledTip(float(d)), name="predicted structure")
+        try:
+            out = sim.simulate(pos, numbers, SampledTip(float(d)), name="predicted structure")
+        except BadStructureError as exc:  # e.g. the probe runs into an atom at this distance
+            failures.append(f"{d:g} Å: {exc}")
+            yield Progress("simulating", k + 1, len(distances))
+            continue
         frames = _on_grid(out, stack, heights)
         per = frame_similarity(stack.data, frames)
         score = float(per.mean())
@@ -104,10 +113,25 @@ def iter_verify_atoms(
                                  {"channel": "df", "units": "Hz", "format": "ppafm simulation",
                                   "scan_angle_deg": stack.scan_angle, "simulation": out.metadata["simulation"]})
             best = Verification(simulated, (_zscore(stack.data) - _zscore(frames)).astype(np.float32), score,
-                                per, float(d))
+                                per, float(d), dropped)
         yield Progress("simulating", k + 1, len(distances))
-    assert best is not None
+    if best is None:
+        raise ValueError("the structure could not be simulated at any distance (" + "; ".join(failures) + ")")
     return best
+
+
+def _drop_overlaps(pos: np.ndarray, numbers: np.ndarray, min_distance: float = 0.8):
+    """Leave out atoms closer than ``min_distance`` to a kept one (heavier atoms are kept first)."""
+    from scipy.spatial import cKDTree
+
+    order = np.argsort(-numbers, kind="stable")
+    tree = cKDTree(pos)
+    keep = np.zeros(len(pos), bool)
+    for i in order:
+        near = tree.query_ball_point(pos[i], min_distance)
+        if not any(keep[j] for j in near if j != i):
+            keep[i] = True
+    return pos[keep], numbers[keep], int((~keep).sum())
 
 
 def _on_grid(sim: AFMStack, stack: AFMStack, heights: np.ndarray) -> np.ndarray:

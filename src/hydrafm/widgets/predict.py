@@ -328,8 +328,9 @@ class PredictWidget(Container):
         lim = float(np.percentile(np.abs(v.residual), 99.5)) or 1.0
         self._viewer.add_image(v.residual, name=f"residual ({stack_layer.name})", colormap="PiYG",
                                contrast_limits=(-lim, lim), **common)
+        note = f"\n{v.dropped} overlapping atom(s) left out of the simulation" if v.dropped else ""
         self._set_info(f"Similarity {v.similarity:.3f} (mean correlation over heights; 1 = identical)\n"
-                       f"best closest distance {v.distance:.1f} Å above the top atom")
+                       f"best closest distance {v.distance:.1f} Å above the top atom{note}")
         self._notify(f"Verification: similarity {v.similarity:.3f}")
 
     # ------------------------------------------------------------- export
