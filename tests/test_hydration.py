@@ -1,0 +1,88 @@
+"""CaCO3 surfaces and the voxel channels of the hydration tool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from hydrafm.hydration.surfaces import SURFACES, SurfaceError, build_surface, carbonate_groups, load_surface
+from hydrafm.hydration.voxels import merge_windows, slab_channels, tile_windows
+
+CHARGE = {20: 2.0, 6: 1.123285, 8: -1.041095}
+
+
+@pytest.mark.parametrize("name", SURFACES)
+def test_builtin_surfaces_are_whole_neutral_nonpolar_and_orthogonal(name):
+    slab = build_surface(name, size=(20, 20), n_layers=2)
+    cell = slab.cell.array
+    assert np.allclose(cell - np.diag(np.diag(cell)), 0)
+    assert cell[0, 0] >= 20 and cell[1, 1] >= 20
+    n = {z: int((slab.numbers == z).sum()) for z in (20, 6, 8)}
+    assert n[20] == n[6] and n[8] == 3 * n[6]
+    for g in carbonate_groups(slab):  # every carbonate whole, not cut by the cell
+        assert np.linalg.norm(slab.positions[g[1:]] - slab.positions[g[0]], axis=1).max() < 1.35
+    q = np.array([CHARGE[z] for z in slab.numbers])
+    assert abs(q.sum()) < 1e-6 and abs(np.sum(q * slab.positions[:, 2])) < 1e-3  # no dipole along z
+    ca = slab.positions[slab.numbers == 20, 2]
+    assert abs(ca.max()) < 0.1  # z = 0 at the top Ca plane
+    assert slab.cell[2, 2] - np.ptp(slab.positions[:, 2]) >= 30  # vacuum for the water
+
+
+def test_calcite_104_matches_the_reference_cut():
+    slab = build_surface("calcite-104", size=(24, 24), n_layers=4)
+    top = slab.positions[:, 2] > -1.0
+    top_ca = int(((slab.numbers == 20) & top).sum())
+    assert slab.cell[0, 0] * slab.cell[1, 1] / top_ca == pytest.approx(20.2, abs=0.05)
+    assert slab.positions[slab.numbers == 8, 2].max() == pytest.approx(0.78, abs=0.02)
+    ca_planes = np.unique(np.round(slab.positions[slab.numbers == 20, 2], 2))
+    assert len(ca_planes) == 4 and np.allclose(np.diff(ca_planes), 3.035, atol=0.02)
+
+
+def test_vacancies_remove_neutral_pairs_from_the_top_layer():
+    slab = build_surface("calcite-104", size=(20, 20), n_layers=3)
+    holes = build_surface("calcite-104", size=(20, 20), n_layers=3, vacancies=3, seed=1)
+    removed = {z: int((slab.numbers == z).sum() - (holes.numbers == z).sum()) for z in (20, 6, 8)}
+    assert removed == {20: 3, 6: 3, 8: 9}
+    assert sum(CHARGE[z] for z in holes.numbers) == pytest.approx(0, abs=1e-6)
+    missing_z = np.setdiff1d(np.round(slab.positions[slab.numbers == 20, 2], 3),
+                             np.round(holes.positions[holes.numbers == 20, 2], 3))
+    assert len(missing_z) == 0 or missing_z.min() > -1  # only top-layer Ca went
+    with pytest.raises(SurfaceError, match="vacancies|cannot make"):
+        build_surface("calcite-104", size=(8, 5), n_layers=1, vacancies=50)
+
+
+def test_user_slabs_are_checked(tmp_path):
+    from ase.io import write
+
+    good = build_surface("calcite-104", size=(16, 16), n_layers=2)
+    write(tmp_path / "slab.extxyz", good)
+    loaded = load_surface(tmp_path / "slab.extxyz")
+    assert len(loaded) == len(good) and abs(loaded.positions[loaded.numbers == 20, 2].max()) < 0.1
+    write(tmp_path / "water.xyz", Atoms("OH2", positions=[[0, 0, 0], [1, 0, 0], [0, 1, 0]], cell=[10, 10, 30]))
+    with pytest.raises(SurfaceError, match="no Ca, C"):
+        load_surface(tmp_path / "water.xyz")
+    oblique = good.copy()
+    oblique.set_cell([[16.2, 0, 0], [3, 15, 0], [0, 0, good.cell[2, 2]]])
+    write(tmp_path / "oblique.extxyz", oblique)
+    with pytest.raises(SurfaceError, match="not orthogonal"):
+        load_surface(tmp_path / "oblique.extxyz")
+    tight = good.copy()
+    tight.cell[2, 2] = np.ptp(good.positions[:, 2]) + 2
+    write(tmp_path / "tight.extxyz", tight)
+    with pytest.raises(SurfaceError, match="vacuum"):
+        load_surface(tmp_path / "tight.extxyz")
+    with pytest.raises(SurfaceError, match="unknown surface"):
+        build_surface("dolomite-104")
+
+
+def test_channels_count_atoms_and_windows_tile_back():
+    slab = build_surface("calcite-104", size=(10, 10), n_layers=2)
+    ch, grid = slab_channels(slab, spacing=0.2, z_min=-8.0, height=12.0)
+    vol = np.prod(grid.spacing)
+    counts = ch.sum(axis=(1, 2, 3)) * vol
+    np.testing.assert_allclose(counts, [(slab.numbers == 6).sum(), (slab.numbers == 8).sum(),
+                                        (slab.numbers == 20).sum()], rtol=0.01)
+    corners = tile_windows(grid.shape[:2], 50, 25)
+    wins = [np.roll(ch[2], (-x, -y), axis=(0, 1))[:50, :50] for x, y in corners]
+    np.testing.assert_allclose(merge_windows(wins, corners, grid.shape), ch[2], atol=1e-6)
