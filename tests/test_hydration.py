@@ -86,3 +86,26 @@ def test_channels_count_atoms_and_windows_tile_back():
     corners = tile_windows(grid.shape[:2], 50, 25)
     wins = [np.roll(ch[2], (-x, -y), axis=(0, 1))[:50, :50] for x, y in corners]
     np.testing.assert_allclose(merge_windows(wins, corners, grid.shape), ch[2], atol=1e-6)
+
+
+def test_md_teacher_runs_checkpoints_and_resumes(tmp_path):
+    pytest.importorskip("openmm")
+    from hydrafm.hydration.md import HydrationRun, run_hydration_md, water_count
+    from hydrafm.progress import drive
+
+    slab = build_surface("calcite-104", size=(20, 20), n_layers=1, vacuum=16)
+    assert 150 < water_count(slab, 2.2) < 400
+    short = HydrationRun("t", equilibration_ps=0.02, production_ps=0.04, sample_every_ps=0.02,
+                         checkpoint_every_ps=0.02, threads=1)
+    ckpt = tmp_path / "md.npz"
+    first = drive(run_hydration_md(slab, short, ckpt), show=False)
+    assert first.frames == 2 and np.isfinite(first.density).all()
+    longer = HydrationRun("t", equilibration_ps=0.02, production_ps=0.06, sample_every_ps=0.02,
+                          checkpoint_every_ps=0.02, threads=1)
+    more = drive(run_hydration_md(slab, longer, ckpt), show=False)  # resumes: one more frame only
+    assert more.frames == 3
+    z, rho = more.profile()
+    assert rho[z < 0.5].max() == 0  # no water inside the surface
+    other = HydrationRun("t", temperature=280, equilibration_ps=0.02, production_ps=0.04, threads=1)
+    with pytest.raises(ValueError, match="different run"):
+        drive(run_hydration_md(slab, other, ckpt), show=False)
