@@ -76,7 +76,13 @@ def test_whole_scan_prediction_any_size_and_pixel_size():
     assert set(atoms.arrays) >= {"label", "confidence"}
 
 
-def test_unshipped_model_name_is_a_clear_error():
+def test_unknown_and_unshipped_model_names_are_clear_errors(tmp_path, monkeypatch):
+    from hydrafm.models import registry
+
+    monkeypatch.setenv("HYDRAFM_DATA", str(tmp_path))
+    with pytest.raises(CheckpointError, match="no model named 'my-ice'"):
+        resolve_model("my-ice")
+    monkeypatch.setattr(registry, "WEIGHTS", tmp_path / "no-weights")
     with pytest.raises(CheckpointError, match="not shipped"):
         resolve_model("na-hydrate")
 
@@ -104,3 +110,20 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert main(["predict", str(sample_path()), str(sample_path()), "-o", str(out), "--model", str(ckpt)]) == 2
     assert "folder" in capsys.readouterr().err
+
+
+def test_mirror_averaging_is_equivariant():
+    torch = pytest.importorskip("torch")
+    from hydrafm.models.unet import StructureUNet, UNetConfig
+    from hydrafm.predict.predictor import predict_maps
+    from hydrafm.stack import AFMStack
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(base_channels=4)
+    net, info = StructureUNet(cfg), ModelInfo(config=cfg, pixel_size=0.2)
+    data = np.random.default_rng(0).normal(size=(10, 64, 64)).astype(np.float32)
+    a = predict_maps(AFMStack(data, (0.2, 0.2), np.arange(10) * 0.1), (net, info), flips=True)[0]
+    b = predict_maps(AFMStack(data[:, :, ::-1].copy(), (0.2, 0.2), np.arange(10) * 0.1), (net, info), flips=True)[0]
+    np.testing.assert_allclose(a, b[:, :, ::-1], atol=1e-5)
+    plain = predict_maps(AFMStack(data, (0.2, 0.2), np.arange(10) * 0.1), (net, info))[0]
+    assert not np.allclose(a, plain, atol=1e-4)

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     pr.add_argument("--threshold", type=float,
                     help="minimum confidence of an atom (default: the model's recommended threshold)")
+    pr.add_argument("--flips", action="store_true",
+                    help="average over the four mirror images (more accurate, ~4× slower)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing .xyz files")
     _add_stack_options(pr)
 
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threshold", type=float, help="default: the model's recommended threshold")
     ev.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the top")
+    ev.add_argument("--flips", action="store_true", help="average over the four mirror images")
     ev.add_argument("--val-runs", help="water datasets: score only samples from these MD runs (e.g. 4,13, "
                                        "the runs `hydrafm train` holds out)")
     return parser
@@ -321,7 +324,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in args.paths:
         stack = load_stack(path, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
                            heights=args.heights, z_order=args.z_order)
-        atoms = predict_atoms(stack, model, device, args.threshold)
+        atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips)
         target = args.out / f"{Path(path).stem}.xyz" if several else args.out
         write_xyz(atoms, target, overwrite=args.overwrite)
         counts = {lab: int((atoms.arrays["label"] == lab).sum()) for lab in sorted(set(atoms.arrays["label"]))}
@@ -347,7 +350,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.dataset}: --val-runs needs a water dataset made from the shipped pool")
         indices = split[1]
     indices = indices[: args.n] if args.n else indices
-    total = drive(evaluate_dataset(ds, model, indices, args.threshold, device, args.top))
+    total = drive(evaluate_dataset(ds, model, indices, args.threshold, device, args.top, args.flips))
     print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), "top": args.top, **total.summary()}))
     return 0
 

@@ -24,6 +24,7 @@ def evaluate_thresholds(
     thresholds: Sequence[float] = (0.5,),
     device: str = "cpu",
     top: float = 3.0,
+    flips: bool = False,
 ) -> Generator[Progress, None, dict[float, Scores]]:
     """Predict every chosen sample once and score its atoms at each threshold: ``{threshold: Scores}``."""
     st = ds.settings
@@ -34,7 +35,7 @@ def evaluate_thresholds(
         s = ds[int(i)]
         stack = AFMStack(s.stack, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
                          (st.pixel_size / 2, st.pixel_size / 2))
-        maps, px, origin, info = predict_maps(stack, net_info, device)
+        maps, px, origin, info = predict_maps(stack, net_info, device, flips=flips)
         truth = np.array(LABELS)[s.labels]
         for t, total in totals.items():
             atoms = maps_to_atoms(maps, px, origin, t, info.labels)
@@ -50,6 +51,7 @@ def evaluate_dataset(
     threshold: float | None = None,
     device: str = "cpu",
     top: float = 3.0,
+    flips: bool = False,
 ) -> Generator[Progress, None, Scores]:
     """Predict every chosen sample of ``ds`` and add up the scores; yields progress, returns :class:`Scores`.
 
@@ -58,7 +60,7 @@ def evaluate_dataset(
     """
     net_info = resolve_model(model, device)
     t = default_threshold(net_info[1]) if threshold is None else float(threshold)
-    totals = yield from evaluate_thresholds(ds, net_info, indices, (t,), device, top)
+    totals = yield from evaluate_thresholds(ds, net_info, indices, (t,), device, top, flips)
     return totals[t]
 
 

@@ -104,9 +104,10 @@ def predict_maps(
     device: str | torch.device = "cpu",
     tile: int = 128,
     overlap: int = 32,
+    flips: bool = False,
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], ModelInfo]:
     """Label maps (0–1) for a whole scan: ``(maps, pixel size, origin, info)`` of the maps' grid."""
-    p = drive(iter_predict_maps(stack, model, device, tile, overlap), show=False)
+    p = drive(iter_predict_maps(stack, model, device, tile, overlap, flips), show=False)
     return p.maps, p.pixel_size, p.origin, p.info
 
 
@@ -116,10 +117,13 @@ def iter_predict_maps(
     device: str | torch.device = "cpu",
     tile: int = 128,
     overlap: int = 32,
+    flips: bool = False,
 ) -> Generator[Progress, None, Prediction]:
     """:func:`predict_maps` as a generator: yields :class:`Progress` per tile, returns a :class:`Prediction`.
 
-    Closing the generator between tiles cancels the prediction.
+    ``flips`` averages the maps over the four mirror images of each tile (test-time
+    augmentation: about 4× the network time). Closing the generator between tiles
+    cancels the prediction.
     """
     name = "in-memory" if isinstance(model, tuple) else str(model)
     yield Progress("loading model", 0, 1)
@@ -147,7 +151,13 @@ def iter_predict_maps(
     for k, (r, c) in enumerate(tiles):
         t = torch.from_numpy(np.ascontiguousarray(xp[:, r : r + th, c : c + tw]))[None, None].to(device)
         with torch.no_grad():
-            m = torch.sigmoid(net(t))[0].float().cpu().numpy()
+            if flips:
+                views = [(), (-1,), (-2,), (-2, -1)]
+                batch = torch.cat([t.flip(v) if v else t for v in views])
+                out = torch.sigmoid(net(batch)).float()
+                m = torch.stack([o.flip(v) if v else o for o, v in zip(out, views)]).mean(0).cpu().numpy()
+            else:
+                m = torch.sigmoid(net(t))[0].float().cpu().numpy()
         acc[:, r : r + th, c : c + tw] += m * win
         wsum[r : r + th, c : c + tw] += win
         yield Progress("predicting", k + 1, len(tiles))
@@ -160,6 +170,7 @@ def predict_atoms(
     model: str | Path | tuple[StructureUNet, ModelInfo] = "water",
     device: str | torch.device = "cpu",
     threshold: float | None = None,
+    flips: bool = False,
 ) -> Atoms:
     """Atoms (``label``, ``confidence``) of a stack, positions in Å in the stack's physical frame."""
-    return drive(iter_predict_maps(stack, model, device), show=False).atoms(threshold)
+    return drive(iter_predict_maps(stack, model, device, flips=flips), show=False).atoms(threshold)
