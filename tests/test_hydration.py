@@ -109,3 +109,27 @@ def test_md_teacher_runs_checkpoints_and_resumes(tmp_path):
     other = HydrationRun("t", temperature=280, equilibration_ps=0.02, production_ps=0.04, threads=1)
     with pytest.raises(ValueError, match="different run"):
         drive(run_hydration_md(slab, other, ckpt), show=False)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_density_unet_shapes_and_learning(attention):
+    torch = pytest.importorskip("torch")
+    from hydrafm.hydration.model import DensityConfig, DensityUNet
+
+    torch.manual_seed(0)
+    net = DensityUNet(DensityConfig(base_channels=4, levels=2, attention=attention))
+    x = torch.rand(2, 3, 16, 16, 24)
+    y = net(x)
+    assert y.shape == (2, 16, 16, 24) and bool((y >= 0).all())
+    assert len(net.attention_maps()) == (2 if attention else 0)
+    # it can fit a density that follows the input's Ca channel (a learnable map)
+    target = 0.033 * (1 + x[:, 2])
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    first = None
+    for _ in range(120):
+        loss = (net(x) - target).abs().mean()
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first

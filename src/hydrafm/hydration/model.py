@@ -1,0 +1,97 @@
+"""Density networks: surface atoms (C, O, Ca channels) → water-O density, after Ranawat et al. 2021.
+
+:class:`DensityUNet` is a 3D U-Net over (x, y, z) voxel windows; with ``attention=True``
+its skip connections pass through additive attention gates (Oktay et al. 2018), the
+"attention U-Net" variant of the paper, and :meth:`DensityUNet.attention_maps` returns
+the gates' maps for display. The output is a non-negative density (softplus) in
+Å⁻³ × ``scale``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["DensityConfig", "DensityUNet"]
+
+
+@dataclass(frozen=True)
+class DensityConfig:
+    """Architecture of the density network."""
+
+    in_channels: int = 3
+    base_channels: int = 8
+    levels: int = 3
+    attention: bool = False
+    scale: float = 30.0  # the network predicts density × scale (bulk water ≈ 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, 3, padding=1), nn.GroupNorm(min(4, cout), cout), nn.LeakyReLU(0.1, inplace=True),
+        nn.Conv3d(cout, cout, 3, padding=1), nn.GroupNorm(min(4, cout), cout), nn.LeakyReLU(0.1, inplace=True),
+    )
+
+
+class _Gate(nn.Module):
+    """Additive attention gate: the decoder signal weights the skip features voxel by voxel."""
+
+    def __init__(self, skip: int, gate: int, inner: int) -> None:
+        super().__init__()
+        self.ws = nn.Conv3d(skip, inner, 1)
+        self.wg = nn.Conv3d(gate, inner, 1)
+        self.psi = nn.Conv3d(inner, 1, 1)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.sigmoid(self.psi(torch.relu(self.ws(x) + self.wg(g))))
+        return x * a, a
+
+
+class DensityUNet(nn.Module):
+    """3D U-Net (optionally with attention gates) from slab channels to water density."""
+
+    def __init__(self, config: DensityConfig = DensityConfig()) -> None:
+        super().__init__()
+        self.config = c = config
+        chans = [c.base_channels * 2**k for k in range(c.levels + 1)]
+        self.enc = nn.ModuleList()
+        cin = c.in_channels
+        for k in range(c.levels):
+            self.enc.append(_block(cin, chans[k]))
+            cin = chans[k]
+        self.bottom = _block(cin, chans[c.levels])
+        self.ups = nn.ModuleList()
+        self.gates = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for k in reversed(range(c.levels)):
+            self.ups.append(nn.ConvTranspose3d(chans[k + 1], chans[k], 2, stride=2))
+            self.gates.append(_Gate(chans[k], chans[k], max(1, chans[k] // 2)) if c.attention else nn.Identity())
+            self.dec.append(_block(2 * chans[k], chans[k]))
+        self.head = nn.Conv3d(chans[0], 1, 1)
+        self._attention: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, X, Y, Z)`` → ``(B, X, Y, Z)`` density (Å⁻³); X, Y, Z multiples of 2**levels."""
+        skips = []
+        for block in self.enc:
+            x = block(x)
+            skips.append(x)
+            x = nn.functional.max_pool3d(x, 2)
+        x = self.bottom(x)
+        self._attention = []
+        for up, gate, block, skip in zip(self.ups, self.gates, self.dec, reversed(skips)):
+            x = up(x)
+            if self.config.attention:
+                skip, a = gate(skip, x)
+                self._attention.append(a.detach())
+            x = block(torch.cat([x, skip], dim=1))
+        return nn.functional.softplus(self.head(x))[:, 0] / self.config.scale
+
+    def attention_maps(self) -> list[torch.Tensor]:
+        """The attention gates' maps of the last forward pass, coarse to fine (empty without attention)."""
+        return list(self._attention)
