@@ -32,11 +32,14 @@ def tiny_model(tmp_path):
 
 
 @pytest.fixture
-def widget(make_napari_viewer, user_data):
+def widget(make_napari_viewer, user_data, qtbot):
+    from hydrafm.widgets.predict import WARM_UP_NAME
+
     viewer = make_napari_viewer()
     viewer.open_sample("hydrafm", "water_bilayer")
     w = PredictWidget(viewer)
     viewer.window.add_dock_widget(w)
+    qtbot.waitUntil(lambda: WARM_UP_NAME not in [layer.name for layer in viewer.layers], timeout=5000)
     return w
 
 
@@ -89,7 +92,9 @@ def test_cancel_stops_between_tiles(make_napari_viewer, user_data, tiny_model, q
     w._on_predict_clicked()  # the button reads "Cancel" now
     _wait(qtbot, w)
     assert "cancel" in w.info.value.lower()
-    assert not [layer for layer in viewer.layers if layer._type_string == "points"]
+    from hydrafm.widgets.predict import WARM_UP_NAME
+
+    assert not [layer for layer in viewer.layers if layer._type_string == "points" and layer.name != WARM_UP_NAME]
     assert w.predict_button.text == "Predict" and w.stack.enabled
 
 

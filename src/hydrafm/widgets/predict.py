@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from ..predict.predictor import Prediction
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+WARM_UP_NAME = "hydrafm warm-up"
+_WARM = False  # the points renderer has been warmed up in this process
 NO_MODEL = "(no model: choose a file)"
 
 
@@ -100,6 +102,31 @@ class PredictWidget(Container):
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(self._refresh_stacks)
         self._refresh_stacks()
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._warm_up)
+
+    def _warm_up(self) -> None:
+        """Build and draw one transparent atoms layer once, so the first result appears without a hitch."""
+        from qtpy.QtCore import QTimer
+
+        from ..io.xyz import points_to_atoms
+
+        global _WARM
+        if _WARM:
+            return
+        _WARM = True
+        try:
+            data, kwargs, _ = atoms_layer_data(points_to_atoms(np.zeros((1, 3)), {"label": ["O"]}), WARM_UP_NAME)
+            layer = self._viewer.add_points(data, **kwargs, opacity=0.0)
+        except Exception:  # noqa: BLE001 - a warm-up never gets in the way
+            return
+
+        def remove() -> None:
+            if layer in self._viewer.layers:
+                self._viewer.layers.remove(layer)
+
+        QTimer.singleShot(50, remove)
 
     # ------------------------------------------------------------- choices
     def _stack_choices(self, *_: Any) -> list[tuple[str, Any]]:
@@ -200,7 +227,12 @@ class PredictWidget(Container):
             atoms = pred.atoms(self.threshold.value)
         meta = {"model": pred.model, "threshold": float(self.threshold.value), "stack": stack_layer.name}
         data, kwargs, _ = atoms_layer_data(atoms, f"atoms ({stack_layer.name})", meta)
-        layer = self._viewer.add_points(data, **kwargs)
+        # napari builds the layer (~50 ms) and draws it (~70 ms with software OpenGL); doing the two in
+        # separate event-loop turns keeps every main-thread stall short
+        layer = self._viewer.add_points(data, **kwargs, visible=False)
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(30, lambda layer=layer: setattr(layer, "visible", True))
         self._results[id(layer)] = (pred, False)
         self._last_result = layer
         layer.events.data.connect(lambda *_, layer=layer: self._on_edited(layer))
