@@ -58,10 +58,13 @@ def main() -> None:
 
     # 2. Predict on the sample
     viewer.window.remove_dock_widget(dock)
-    _, predict = viewer.window.add_plugin_dock_widget("hydrafm", "Predict atoms")
+    predict_dock, predict = viewer.window.add_plugin_dock_widget("hydrafm", "Predict atoms")
     from hydrafm.models.registry import model_path
 
-    predict.model_file.value = model_path(args.model)
+    if args.model in predict.model.choices:
+        predict.model.value = args.model
+    else:
+        predict.model_file.value = model_path(args.model)
     predict.predict()
     _wait(app, predict)
     viewer.layers.selection.active = predict._last_result
@@ -72,8 +75,9 @@ def main() -> None:
     _wait(app, predict)
     viewer.grid.enabled = True
     viewer.grid.shape = (1, -1)
+    stack_name = predict.stack.value.name
     for layer in viewer.layers:
-        layer.visible = layer.name.startswith(("simulated", "residual", "water bilayer"))
+        layer.visible = layer.name.startswith(("simulated", "residual")) or layer.name == stack_name
     viewer.reset_view()
     _settle(app)
     viewer.screenshot(str(OUT / "predict_verify.png"), canvas_only=False)
@@ -85,13 +89,16 @@ def main() -> None:
 
     os.environ["HYDRAFM_DATA"] = tempfile.mkdtemp(prefix="hydrafm-screenshots-")
     for layer in viewer.layers:
-        layer.visible = layer._type_string == "points" or layer.name.startswith("water bilayer")
+        layer.visible = layer._type_string == "points" or layer.name == stack_name
+    viewer.reset_view()
     atoms = predict._last_result
     from hydrafm._layers import atoms_layer_data
 
     data, kwargs, _ = atoms_layer_data(predict.layer_atoms(atoms), "atoms (corrected)",
                                        atoms.metadata.get("hydrafm_atoms"))
     copy = viewer.add_points(data, **kwargs, visible=False)
+    viewer.window.remove_dock_widget(predict_dock)
+    viewer.window.resize(1300, 950)
     _, ft = viewer.window.add_plugin_dock_widget("hydrafm", "Fine-tune a model")
     ft.atoms_layers.value = [atoms, copy]
     ft.name.value = "my-bilayer"

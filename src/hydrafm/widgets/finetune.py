@@ -161,6 +161,7 @@ class FinetuneWidget(Container):
         self.extend([self.source, self.folder, self.per_structure, self.atoms_layers, self.base, self.freeze,
                      self.epochs, self.lr, self.batch_size, self.val_fraction, self.device, self.name,
                      self.train_button, self.resume_button, self.progress, self.info])
+        self.plot.canvas.setMinimumHeight(200)
         self.native.layout().addWidget(self.plot.canvas)
         self.source.changed.connect(self._on_source)
         self.train_button.changed.connect(self._on_train_clicked)
