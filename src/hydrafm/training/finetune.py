@@ -18,6 +18,7 @@ from typing import Generator
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.registry import SHIPPED_MODELS, model_path, user_models_dir
 from ..progress import Progress
@@ -118,4 +119,5 @@ def _write_card(out: Path, base, data, config: TrainConfig, best: EpochStats | N
             lines.append(f"\nH orientation accuracy among matched H: {scores['H_orientation']:.3f}")
         lines.append("\nScores on the validation samples at the best epoch (lateral match within 0.75 Å, "
                      "top 3 Å).")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    with atomic_path(out.with_suffix(".md"), ".md") as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
