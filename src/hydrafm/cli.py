@@ -325,6 +325,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         stack = load_stack(path, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
                            heights=args.heights, z_order=args.z_order)
         atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips)
+        atoms.info["model"] = str(args.model)
         target = args.out / f"{Path(path).stem}.xyz" if several else args.out
         write_xyz(atoms, target, overwrite=args.overwrite)
         counts = {lab: int((atoms.arrays["label"] == lab).sum()) for lab in sorted(set(atoms.arrays["label"]))}
