@@ -218,3 +218,19 @@ def test_mixed_and_unknown_inputs(tmp_path, testdata):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(AFMFileError, match="unknown file type"):
         load_stack(tmp_path / "notes.txt")
+
+
+def test_z_order_of_frame_normalised_stacks_follows_the_detail(testdata):
+    """Jiang lab water (ml-spm layout, farthest frame first, each frame normalised): the far frames carry a
+    large smooth blob with more raw contrast than the close ones, so only the detail tells the order."""
+    import numpy as np
+
+    from hydrafm.io import load_stack
+
+    path = testdata / "jiang_lab_water_Au111" / "L1_20_L2_1Ying_Jiang_1.npz"
+    from hydrafm.io.npz import frame_contrast, frame_sharpness
+
+    stack = load_stack(path)
+    assert "closest last" in stack.metadata["z_order"]  # the file's last frame is now frame 0
+    assert frame_sharpness(stack.data)[0] > frame_sharpness(stack.data)[-1]
+    assert frame_contrast(stack.data)[0] < frame_contrast(stack.data)[-1]  # what fooled the old rule
