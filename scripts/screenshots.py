@@ -111,6 +111,24 @@ def main() -> None:
     viewer.screenshot(str(OUT / "finetune_widget.png"), canvas_only=False)
     viewer.close()
 
+    # 5. A real scan: Jiang lab water on Au(111) from ../shared/testdata (not shipped), if present
+    real = Path(os.environ.get("HYDRAFM_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata"))
+    real = real / "jiang_lab_water_Au111" / "L1_20_L2_1Ying_Jiang_1.npz"
+    if real.exists():
+        viewer = napari.Viewer(title="HydrAFM", show=True)
+        viewer.window.resize(1300, 800)
+        viewer.open(str(real), plugin="hydrafm")
+        _, predict = viewer.window.add_plugin_dock_widget("hydrafm", "Predict atoms")
+        if args.model in predict.model.choices:
+            predict.model.value = args.model
+        predict.predict()
+        _wait(app, predict)
+        viewer.dims.set_point(0, 0)
+        viewer.reset_view()
+        _settle(app)
+        viewer.screenshot(str(OUT / "predict_real.png"), canvas_only=False)
+        viewer.close()
+
 
 if __name__ == "__main__":
     main()

@@ -227,6 +227,8 @@ class PredictWidget(Container):
             atoms = pred.atoms(self.threshold.value)
         meta = {"model": pred.model, "threshold": float(self.threshold.value), "stack": stack_layer.name}
         data, kwargs, _ = atoms_layer_data(atoms, f"atoms ({stack_layer.name})", meta)
+        if len(getattr(stack_layer, "units", ())) == 3:
+            kwargs["units"] = tuple(str(u) for u in stack_layer.units)  # same axes as the stack's layer
         # napari builds the layer (~50 ms) and draws it (~70 ms with software OpenGL); doing the two in
         # separate event-loop turns keeps every main-thread stall short
         layer = self._viewer.add_points(data, **kwargs, visible=False)
