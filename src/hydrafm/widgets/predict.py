@@ -118,6 +118,9 @@ class PredictWidget(Container):
         _WARM = True
         try:
             data, kwargs, _ = atoms_layer_data(points_to_atoms(np.zeros((1, 3)), {"label": ["O"]}), WARM_UP_NAME)
+            stacks = [lay for lay in self._viewer.layers if len(getattr(lay, "units", ())) == 3]
+            if stacks:
+                kwargs["units"] = tuple(str(u) for u in stacks[0].units)
             layer = self._viewer.add_points(data, **kwargs, opacity=0.0)
         except Exception:  # noqa: BLE001 - a warm-up never gets in the way
             return
@@ -250,6 +253,7 @@ class PredictWidget(Container):
 
             colors = [(0, 0, 0, 0), cmap.get(lab, (1, 1, 1, 1))]
             self._viewer.add_image(pred.maps[k], name=f"{lab} map ({name})", scale=pred.pixel_size,
+                                   units=("angstrom", "angstrom"),
                                    translate=pred.origin, colormap=Colormap(colors, name=f"hydrafm-{lab}"),
                                    blending="additive", contrast_limits=(0, 1), opacity=0.7,
                                    metadata={"hydrafm_derived": "label map"})
@@ -357,7 +361,7 @@ class PredictWidget(Container):
 
     def _on_verified(self, v: Any, stack_layer: Any) -> None:
         common = {"scale": tuple(stack_layer.scale), "translate": tuple(stack_layer.translate),
-                  "metadata": {"hydrafm_derived": "verification"}}
+                  "units": tuple(str(u) for u in stack_layer.units), "metadata": {"hydrafm_derived": "verification"}}
         self._viewer.add_image(v.simulated.data, name=f"simulated ({stack_layer.name})", colormap="gray", **common)
         lim = float(np.percentile(np.abs(v.residual), 99.5)) or 1.0
         self._viewer.add_image(v.residual, name=f"residual ({stack_layer.name})", colormap="PiYG",
