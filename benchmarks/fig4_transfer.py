@@ -24,6 +24,7 @@ import numpy as np
 
 
 def main() -> None:
+    from hydrafm.models.registry import model_path
     from hydrafm.models.unet import UNetConfig
     from hydrafm.predict.evaluate import evaluate_dataset
     from hydrafm.progress import drive
@@ -33,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("train_dataset", type=Path)
     ap.add_argument("val_dataset", type=Path)
-    ap.add_argument("--pretrained", type=Path, required=True)
+    ap.add_argument("--pretrained", required=True, help="model name (e.g. water) or checkpoint file")
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 500, 1000, 1500])
     ap.add_argument("--modes", nargs="+", default=["scratch", "pretrained"], choices=["scratch", "pretrained"])
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps per run")
@@ -68,7 +69,7 @@ def main() -> None:
             epochs = max(1, int(np.ceil(args.steps * args.batch_size / n)))
             cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
                               device=args.device, patience=max(6, epochs // 3))
-            init = args.pretrained if mode == "pretrained" else None
+            init = model_path(args.pretrained) if mode == "pretrained" else None
             gen = train(tr, ckpt, cfg, UNetConfig(base_channels=args.base_channels), init_from=init,
                         train_indices=np.arange(n), val_dataset=va, val_indices=select)
             for rec in gen:
