@@ -126,9 +126,14 @@ def test_split_by_run_keeps_runs_apart(tmp_path):
     assert len(tr) == len(ds) and len(va) == 0
 
 
-def test_fig4_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
+def _run_benchmark(script: str, tmp_path, monkeypatch, args) -> None:
+    """Run benchmarks/<script> on a tiny fake train (8) / validation (4) pair with a tiny pretrained model.
+
+    ``args`` may use the placeholders TR, VA and PRE for the two datasets and the model.
+    """
     import runpy
     import sys
+    from pathlib import Path
 
     from hydrafm.models.checkpoint import save_checkpoint
 
@@ -137,14 +142,17 @@ def test_fig4_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
     cfg = UNetConfig(base_channels=4)
     pre = save_checkpoint(tmp_path / "pre.pt", StructureUNet(cfg),
                           ModelInfo(config=cfg, pixel_size=tr.settings.pixel_size))
-    out = tmp_path / "fig4"
-    monkeypatch.setattr(sys, "argv", ["fig4", str(tmp_path / "tr"), str(tmp_path / "va"), "--pretrained", str(pre),
-                                      "--sizes", "2", "4", "--steps", "1", "--batch-size", "2", "--select", "2",
-                                      "--n-eval", "2", "--base-channels", "4", "--crop", "0",
-                                      "--device", "cpu", "--out", str(out)])
-    from pathlib import Path
+    subst = {"TR": str(tmp_path / "tr"), "VA": str(tmp_path / "va"), "PRE": str(pre)}
+    monkeypatch.setattr(sys, "argv", [script] + [subst.get(a, a) for a in args])
+    runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / script), run_name="__main__")
 
-    runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "fig4_transfer.py"), run_name="__main__")
+
+def test_fig4_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
+    out = tmp_path / "fig4"
+    _run_benchmark("fig4_transfer.py", tmp_path, monkeypatch,
+                   ["TR", "VA", "--pretrained", "PRE", "--sizes", "2", "4", "--steps", "1", "--batch-size", "2",
+                    "--select", "2", "--n-eval", "2", "--base-channels", "4", "--crop", "0", "--device", "cpu",
+                    "--out", str(out)])
     results = json.loads(out.with_suffix(".json").read_text())
     assert sorted((r["n"], r["mode"]) for r in results) == [(2, "pretrained"), (2, "scratch"), (4, "pretrained"),
                                                              (4, "scratch")]
@@ -153,21 +161,9 @@ def test_fig4_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
 
 
 def test_finetune_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
-    import runpy
-    import sys
-    from pathlib import Path
-
-    from hydrafm.models.checkpoint import save_checkpoint
-
-    tr = fake_dataset(tmp_path / "tr", n=8, shard=4, seed=1)
-    fake_dataset(tmp_path / "va", n=4, shard=4, seed=2)
-    cfg = UNetConfig(base_channels=4)
-    pre = save_checkpoint(tmp_path / "pre.pt", StructureUNet(cfg),
-                          ModelInfo(config=cfg, pixel_size=tr.settings.pixel_size))
     out = tmp_path / "ft.json"
-    monkeypatch.setattr(sys, "argv", ["ft", str(tmp_path / "tr"), str(tmp_path / "va"), "--base", str(pre),
-                                      "-n", "4", "--epochs", "1", "--select", "2", "--n-eval", "2",
-                                      "--threads", "1", "--out", str(out)])
-    runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "bench_finetune.py"), run_name="__main__")
+    _run_benchmark("bench_finetune.py", tmp_path, monkeypatch,
+                   ["TR", "VA", "--base", "PRE", "-n", "4", "--epochs", "1", "--select", "2", "--n-eval", "2",
+                    "--threads", "1", "--out", str(out)])
     results = json.loads(out.read_text())
     assert [r["mode"] for r in results] == ["finetuned", "scratch"] and all(r["stacks"] == 2 for r in results)
