@@ -93,8 +93,9 @@ def main() -> None:
     viewer.reset_view()
     atoms = predict._last_result
     from hydrafm._layers import atoms_layer_data
+    from hydrafm.widgets._common import atoms_of_layer
 
-    data, kwargs, _ = atoms_layer_data(predict.layer_atoms(atoms), "atoms (corrected)",
+    data, kwargs, _ = atoms_layer_data(atoms_of_layer(atoms), "atoms (corrected)",
                                        atoms.metadata.get("hydrafm_atoms"))
     copy = viewer.add_points(data, **kwargs, visible=False)
     viewer.window.remove_dock_widget(predict_dock)

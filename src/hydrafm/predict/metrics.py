@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..simulate.labels import within_top
+
 __all__ = ["Scores", "score_atoms", "GROUPS"]
 
 GROUPS = {"O": ("O",), "Na": ("Na",), "K": ("K",), "H": ("H_up", "H_flat", "H_down")}
@@ -74,7 +76,7 @@ def score_atoms(
     pred_labels = np.asarray(pred_labels).astype(str)
     true_labels = np.asarray(true_labels).astype(str)
     if len(true_xyz):
-        in_top = true_xyz[:, 2] >= true_xyz[:, 2].max() - top
+        in_top = within_top(true_xyz, top)
         true_xyz, true_labels = true_xyz[in_top], true_labels[in_top]
     s = Scores(stacks=1)
     for g, members in GROUPS.items():

@@ -33,7 +33,7 @@ from ..io.xyz import LABELS
 from ..progress import Progress
 from ..structures.pool import BadStructureError, StructurePool
 from .afm import AFMSimulator, SampledTip, SimulationSettings
-from .labels import atom_labels, label_index, label_maps
+from .labels import atom_labels, label_index, label_maps, within_top
 
 __all__ = ["make_dataset", "AFMDataset", "Sample", "draw_structure", "KINDS"]
 
@@ -278,7 +278,7 @@ class AFMDataset:
         st = self.settings
         mpos, mlab = pos, lab
         if self.label_depth is not None and len(pos):
-            seen = pos[:, 2] >= pos[:, 2].max() - self.label_depth
+            seen = within_top(pos, self.label_depth)
             mpos, mlab = pos[seen], lab[seen]
         maps = label_maps(mpos, mlab, stack.shape[1:], st.pixel_size, (st.pixel_size / 2, st.pixel_size / 2),
                           self.sigma)

@@ -38,6 +38,7 @@ __all__ = [
     "label_maps",
     "vdw_sphere_image",
     "LABEL_COLORS",
+    "within_top",
 ]
 
 H_ANGLE_DEG = 30.0
@@ -87,6 +88,12 @@ def atom_labels(positions: np.ndarray, numbers: Sequence[int]) -> np.ndarray:
         elev = np.degrees(np.arcsin(np.clip(v[:, 2] / np.linalg.norm(v, axis=1), -1, 1)))
         out[h] = np.where(elev > H_ANGLE_DEG, "H_up", np.where(elev < -H_ANGLE_DEG, "H_down", "H_flat"))
     return out
+
+
+def within_top(positions: np.ndarray, depth: float) -> np.ndarray:
+    """Mask of the atoms within ``depth`` Å of the structure's highest atom (what a scan sees)."""
+    z = np.asarray(positions, dtype=np.float64).reshape(-1, 3)[:, 2]
+    return z >= z.max() - depth if len(z) else np.zeros(0, bool)
 
 
 def label_index(labels: Sequence[str]) -> np.ndarray:

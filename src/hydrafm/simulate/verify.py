@@ -43,10 +43,9 @@ class Verification:
 
 
 def _zscore(frames: np.ndarray) -> np.ndarray:
-    f = np.asarray(frames, dtype=np.float64)
-    mu = f.mean(axis=(-2, -1), keepdims=True)
-    sd = f.std(axis=(-2, -1), keepdims=True)
-    return (f - mu) / np.where(sd > 0, sd, 1.0)
+    from ..models.preprocess import normalize_stack
+
+    return normalize_stack(frames, "frame-zscore")
 
 
 def frame_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:

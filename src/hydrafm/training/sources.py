@@ -22,7 +22,7 @@ import numpy as np
 
 from ..progress import Progress
 from ..simulate.dataset import Sample
-from ..simulate.labels import atom_labels, label_index, label_maps
+from ..simulate.labels import atom_labels, label_index, label_maps, within_top
 from ..stack import AFMStack
 
 __all__ = ["MemoryDataset", "TrainingDataError", "simulate_structures", "stack_atom_samples",
@@ -72,7 +72,7 @@ class MemoryDataset:
         s = self.samples[i]
         pos, lab = s.positions, s.labels
         if self.label_depth is not None and len(pos):
-            seen = pos[:, 2] >= pos[:, 2].max() - self.label_depth
+            seen = within_top(pos, self.label_depth)
             pos, lab = pos[seen], lab[seen]
         px = self.settings.pixel_size
         maps = label_maps(pos, lab, s.stack.shape[1:], px, (px / 2, px / 2), self.sigma)

@@ -18,7 +18,7 @@ from typing import Generator, Sequence
 import numpy as np
 import torch
 
-from ..progress import Progress
+from ..progress import Progress, drive
 from ..simulate.dataset import AFMDataset
 from ..models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from ..models.preprocess import normalize_stack
@@ -260,13 +260,8 @@ def train(
         if config.epoch_scores:
             from ..predict.evaluate import evaluate_dataset
 
-            gen = evaluate_dataset(val_dataset or dataset, (model, info), val_indices, device=device)
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    scores = stop.value.summary()
-                    break
+            scores = drive(evaluate_dataset(val_dataset or dataset, (model, info), val_indices, device=device),
+                           show=False).summary()
             model.train()
         yield EpochStats(epoch + 1, config.epochs, total / max(count, 1), val, best, improved,
                          time.perf_counter() - t0, str(device), scores)

@@ -28,8 +28,8 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from .._layers import ATOMS_KEY, layer_stack
 from ..progress import Progress
+from ._common import atoms_of_layer, report_error, stack_layer_for, stack_of_layer
 
 if TYPE_CHECKING:
     import napari
@@ -212,28 +212,12 @@ class FinetuneWidget(Container):
             self.start(resume=False)
 
     def _pairs(self) -> tuple[list[tuple[Any, Any]], list[str]]:
-        from .predict import PredictWidget
-
         pairs, names = [], []
         for points in self.atoms_layers.value or []:
-            stack_layer = self._stack_of(points)
-            stack = layer_stack(stack_layer.data, stack_layer.metadata, tuple(stack_layer.scale),
-                                tuple(stack_layer.translate))
-            pairs.append((stack, PredictWidget.layer_atoms(points)))
+            stack_layer = stack_layer_for(self._viewer, points)
+            pairs.append((stack_of_layer(stack_layer), atoms_of_layer(points)))
             names.append(f"{points.name} on {stack_layer.name}")
         return pairs, names
-
-    def _stack_of(self, points: Any) -> Any:
-        name = points.metadata.get(ATOMS_KEY, {}).get("stack")
-        images = [layer for layer in self._viewer.layers if layer._type_string == "image"
-                  and getattr(layer.data, "ndim", 0) == 3 and "hydrafm_derived" not in layer.metadata]
-        for layer in images:
-            if layer.name == name:
-                return layer
-        if len(images) == 1:
-            return images[0]
-        raise ValueError(f"{points.name}: which stack do these atoms belong to? Predict them from a stack first, "
-                         "or keep one stack in the viewer.")
 
     def start(self, resume: bool = False) -> None:
         """Build the data and train in a worker thread."""
@@ -319,8 +303,4 @@ class FinetuneWidget(Container):
             self.info.value = message
 
     def _fail(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        message = str(exc) or type(exc).__name__
-        self.info.value = "Error: " + message
-        show_error(message)
+        report_error(exc, self.info)

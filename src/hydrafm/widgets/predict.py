@@ -23,9 +23,10 @@ from magicgui.widgets import (
     PushButton,
 )
 
-from .._layers import ATOMS_KEY, STACK_KEY, atoms_layer_data, label_colormap, layer_stack, point_sizes
-from ..io.xyz import LABELS, points_to_atoms, write_xyz
+from .._layers import ATOMS_KEY, STACK_KEY, atoms_layer_data, label_colormap, point_sizes
+from ..io.xyz import LABELS, write_xyz
 from ..progress import Progress
+from ._common import atoms_of_layer, is_stack_layer, report_error, stack_layer_for, stack_of_layer
 
 if TYPE_CHECKING:
     import napari
@@ -133,9 +134,7 @@ class PredictWidget(Container):
 
     # ------------------------------------------------------------- choices
     def _stack_choices(self, *_: Any) -> list[tuple[str, Any]]:
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if layer._type_string == "image" and np.ndim(layer.data) == 3 and ATOMS_KEY not in layer.metadata
-                and "hydrafm_derived" not in layer.metadata]
+        return [(layer.name, layer) for layer in self._viewer.layers if is_stack_layer(layer)]
 
     def _refresh_stacks(self, *_: Any) -> None:
         current = self.stack.value
@@ -193,7 +192,7 @@ class PredictWidget(Container):
         try:
             if layer is None:
                 raise ValueError("Choose a stack layer first (load a scan or the sample).")
-            stack = layer_stack(layer.data, layer.metadata, tuple(layer.scale), tuple(layer.translate))
+            stack = stack_of_layer(layer)
             model = self.chosen_model()
         except Exception as exc:  # noqa: BLE001 - shown to the user, the widget stays usable
             self._fail(exc)
@@ -335,10 +334,9 @@ class PredictWidget(Container):
             return
         try:
             points = self.result_layer()
-            stack_layer = self._stack_for(points)
-            stack = layer_stack(stack_layer.data, stack_layer.metadata, tuple(stack_layer.scale),
-                                tuple(stack_layer.translate))
-            atoms = self.layer_atoms(points)
+            stack_layer = stack_layer_for(self._viewer, points, self.stack.value)
+            stack = stack_of_layer(stack_layer)
+            atoms = atoms_of_layer(points)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return
@@ -349,15 +347,6 @@ class PredictWidget(Container):
         self._worker.errored.connect(self._fail)
         self._worker.finished.connect(self._on_finished)
         self._worker.start()
-
-    def _stack_for(self, points: Any) -> Any:
-        name = points.metadata.get(ATOMS_KEY, {}).get("stack")
-        for layer in self._viewer.layers:
-            if layer.name == name and layer._type_string == "image":
-                return layer
-        if self.stack.value is None:
-            raise ValueError("Choose the stack layer the atoms belong to.")
-        return self.stack.value
 
     def _on_verified(self, v: Any, stack_layer: Any) -> None:
         common = {"scale": tuple(stack_layer.scale), "translate": tuple(stack_layer.translate),
@@ -372,13 +361,6 @@ class PredictWidget(Container):
         self._notify(f"Verification: similarity {v.similarity:.3f}")
 
     # ------------------------------------------------------------- export
-    @staticmethod
-    def layer_atoms(layer: Any):
-        """The atoms (ase) of a points layer, in Å (world coordinates)."""
-        pts = np.asarray(layer.data, dtype=np.float64)
-        world = pts * np.asarray(layer.scale) + np.asarray(layer.translate) if len(pts) else pts
-        return points_to_atoms(world, layer.features)
-
     def _on_export_clicked(self, *_: Any) -> None:
         self.export()
 
@@ -390,7 +372,7 @@ class PredictWidget(Container):
                 raise ValueError("Choose a file to export to.")
             if target.suffix.lower() != ".xyz":
                 target = target.with_suffix(".xyz")
-            atoms = self.layer_atoms(self.result_layer())
+            atoms = atoms_of_layer(self.result_layer())
             if target.exists() and not self._confirm(f"{target} exists. Replace it?"):
                 self._set_info(f"Not exported: {target} exists.")
                 return None
@@ -434,11 +416,7 @@ class PredictWidget(Container):
         (show_warning if warning else show_info)(text)
 
     def _fail(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        message = str(exc) or type(exc).__name__
-        self._set_info("Error: " + message)
-        show_error(message)
+        report_error(exc, self.info)
 
 
 __all__ = ["PredictWidget", "STACK_KEY"]
