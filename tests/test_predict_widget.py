@@ -116,10 +116,11 @@ def test_no_model_at_all_is_a_clear_message(widget):
     assert "model" in widget.info.value.lower() and not widget.running
 
 
-def test_threshold_refilters_without_the_network_until_edited(widget):
+def test_threshold_refilters_without_the_network_until_edited(widget, qtbot):
     stack_layer = widget.stack.value
     widget.threshold.value = 0.5
-    widget._on_prediction(_peaks_prediction(), None, stack_layer)
+    widget._on_prediction(_peaks_prediction(), None, None, stack_layer)
+    _wait(qtbot, widget)
     layer = widget._last_result
     assert len(layer.data) == 2
     widget.threshold.value = 0.2
@@ -131,8 +132,9 @@ def test_threshold_refilters_without_the_network_until_edited(widget):
     assert len(layer.data) == 4 and "edited" in widget.info.value
 
 
-def test_edit_relabel_and_export_with_overwrite_confirmation(widget, tmp_path):
-    widget._on_prediction(_peaks_prediction(), None, widget.stack.value)
+def test_edit_relabel_and_export_with_overwrite_confirmation(widget, tmp_path, qtbot):
+    widget._on_prediction(_peaks_prediction(), None, None, widget.stack.value)
+    _wait(qtbot, widget)
     layer = widget._last_result
     widget.new_label.value = "H_up"
     layer.add([0.5, 8.0, 3.0])  # a new atom gets the chosen label and confidence 1

@@ -10,6 +10,13 @@ Built-in surfaces (``build_surface(name, ...)``):
 - ``aragonite-010`` and ``aragonite-001``: aragonite in the **Pmcn** setting
   (a = 4.96062, b = 7.97006, c = 5.74181 Å; Antao & Hassan 2009); (010) and (001) are
   in that setting, i.e. (001) and (100) of the Pnma setting.
+- ``vaterite-010``: vaterite as the **ordered orthorhombic (Meyer-type, Pbnm) model** of
+  the hexagonal 2H sub-cell, a = 4.13, b = 7.15 (= √3 a), c = 8.48 Å: Ca in hexagonal
+  layers stacked straight above each other, every carbonate in a Ca trigonal prism with
+  its plane parallel to c, the apical O towards a prism edge, alternating by the 6₃
+  screw. (010) of this cell is (010) of the hexagonal setting (a prism face). It is not
+  the P3₂21 model of Demichelis et al. 2012, whose coordinates were not reachable here;
+  load a slab file for that.
 
 Slabs are cut where their dipole along z vanishes (formal charges), in whole
 stoichiometric layers (one d_hkl each: 3.04 Å for calcite (10-14), 7.97 Å for
@@ -32,7 +39,7 @@ from ase import Atoms
 __all__ = ["SURFACES", "build_surface", "load_surface", "surface_plane", "add_vacancies", "SurfaceError",
            "carbonate_groups"]
 
-SURFACES = ("calcite-104", "aragonite-010", "aragonite-001")
+SURFACES = ("calcite-104", "aragonite-010", "aragonite-001", "vaterite-010")
 CO_BOND_MAX = 1.5  # Å
 
 
@@ -68,6 +75,27 @@ def _aragonite() -> Atoms:
     # back to Pmcn axes: x_Pmcn = y_Pnma, y_Pmcn = z_Pnma, z_Pmcn = x_Pnma
     pos = pnma.positions[:, [1, 2, 0]]
     return Atoms(pnma.get_chemical_symbols(), positions=pos, cell=np.diag([a, b, c]), pbc=True)
+
+
+def _vaterite() -> Atoms:
+    """The ordered orthorhombic vaterite cell (4 CaCO3, 2.66 g cm⁻³) described in the module docstring."""
+    a, c, r = 4.13, 8.48, 1.28  # Å; C–O as in calcite
+    b = np.sqrt(3) * a
+    cell = np.diag([a, b, c])
+    ca = [(0, 0, 0), (0.5, 0.5, 0), (0, 0, 0.5), (0.5, 0.5, 0.5)]
+    # carbonate centres (fractional) and the direction (±b) of their apical O
+    co3 = [((0, 1 / 3, 0.25), -1), ((0.5, 5 / 6, 0.25), -1), ((0.5, 1 / 6, 0.75), 1), ((0, 2 / 3, 0.75), 1)]
+    symbols, pos = [], []
+    for f in ca:
+        symbols.append("Ca")
+        pos.append(np.array(f) @ cell)
+    for f, sign in co3:
+        centre = np.array(f) @ cell
+        u = np.array([0, sign, 0.0])
+        symbols += ["C", "O", "O", "O"]
+        pos += [centre, centre + r * u, centre - 0.5 * r * u + [0, 0, r * np.sqrt(3) / 2],
+                centre - 0.5 * r * u - [0, 0, r * np.sqrt(3) / 2]]
+    return Atoms(symbols, positions=np.array(pos), cell=cell, pbc=True)
 
 
 def carbonate_groups(atoms: Atoms) -> list[np.ndarray]:
@@ -195,9 +223,11 @@ def build_surface(
     if name == "calcite-104":
         unit = _orthogonal_calcite_104(n_layers + 3)
         period = _d_spacing(_calcite(), (1, 0, 4))
-    elif name in ("aragonite-010", "aragonite-001"):
-        unit = _aragonite_slab(name, n_layers + 3)
-        period = _d_spacing(_aragonite(), (0, 1, 0) if name == "aragonite-010" else (0, 0, 1))
+    elif name in ("aragonite-010", "aragonite-001", "vaterite-010"):
+        bulk = _vaterite() if name.startswith("vaterite") else _aragonite()
+        hkl = (0, 0, 1) if name == "aragonite-001" else (0, 1, 0)
+        unit = _orthorhombic_slab(name, bulk, hkl, n_layers + 3)
+        period = _d_spacing(bulk, hkl)
     else:
         raise SurfaceError(f"unknown surface {name!r}; built in: {', '.join(SURFACES)} (or give a slab file)")
     unit = _nonpolar_layers(unit, period, n_layers)
@@ -211,11 +241,9 @@ def build_surface(
     return slab
 
 
-def _aragonite_slab(name: str, n_layers: int) -> Atoms:
+def _orthorhombic_slab(name: str, bulk: Atoms, hkl: tuple[int, int, int], n_layers: int) -> Atoms:
     from ase.build import surface
 
-    bulk = _aragonite()
-    hkl = (0, 1, 0) if name == "aragonite-010" else (0, 0, 1)
     slab = surface(bulk, hkl, n_layers, vacuum=None)
     cell = slab.cell.array
     lx, ly = np.linalg.norm(cell[0]), np.linalg.norm(cell[1])
@@ -231,12 +259,12 @@ def _aragonite_slab(name: str, n_layers: int) -> Atoms:
 
 
 def _place(slab: Atoms, vacuum: float) -> Atoms:
-    """Shift so the top Ca plane is at z = 0; the cell's z spans the slab plus ``vacuum``."""
+    """Shift so the top Ca plane is at z = 0; the cell's z spans the slab plus ``vacuum`` (and 2 Å)."""
     slab = slab.copy()
     top = surface_plane(slab)
     slab.positions[:, 2] -= top
     bottom = slab.positions[:, 2].min()
-    slab.cell[2] = [0, 0, -bottom + vacuum + 2.0]
+    slab.cell[2] = [0, 0, slab.positions[:, 2].max() - bottom + vacuum + 2.0]
     slab.info["z_top_ca"] = 0.0
     slab.info["z_bottom"] = float(bottom - 2.0)
     return slab

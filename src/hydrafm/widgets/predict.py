@@ -8,6 +8,8 @@ latest run's maps without running the network again, until the atoms are edited.
 
 from __future__ import annotations
 
+import gc
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +41,32 @@ _WARM = False  # the points renderer has been warmed up in this process
 NO_MODEL = "(no model: choose a file)"
 
 
-def _predict_job(stack: Any, model: Any, device: Any, threshold: float):
-    """Worker body: the maps tile by tile (progress, cancel), then the atoms, all off the main thread."""
+def _predict_job(stack: Any, model: Any, device: Any, threshold: float, stack_name: str, units: tuple | None):
+    """Worker body: the maps tile by tile (progress, cancel), the atoms and their (hidden) Points layer.
+
+    Everything but inserting the layer into the viewer happens here, off the main thread.
+    """
     from ..predict.predictor import iter_predict_maps
 
     pred = yield from iter_predict_maps(stack, model, device)
-    return pred, pred.atoms(threshold)
+    atoms = pred.atoms(threshold)
+    return pred, atoms, _result_layer(pred, atoms, threshold, stack_name, units)
+
+
+def _result_layer(pred: Prediction, atoms: Any, threshold: float, stack_name: str, units: tuple | None) -> Any:
+    """A hidden Points layer of predicted atoms, in the stack layer's units."""
+    from napari.layers import Points
+
+    meta = {"model": pred.model, "threshold": float(threshold), "stack": stack_name}
+    data, kwargs, _ = atoms_layer_data(atoms, f"atoms ({stack_name})", meta)
+    if units is not None:
+        kwargs["units"] = units  # same axes as the stack's layer
+    return Points(data, **kwargs, visible=False)
+
+
+def _units_of(layer: Any) -> tuple | None:
+    units = getattr(layer, "units", ())
+    return tuple(str(u) for u in units) if len(units) == 3 else None
 
 
 def _leave_a_core_for_the_viewer() -> None:
@@ -65,6 +87,7 @@ class PredictWidget(Container):
         self._worker: Any = None
         self._results: dict[int, tuple[Prediction, bool]] = {}  # id(points layer) → (maps, edited?)
         self._last_result: Any = None
+        self._settling = False  # a result was added; its maps and summary follow in a later turn
 
         self.stack = ComboBox(label="Stack", choices=self._stack_choices, nullable=True,
                               tooltip="An image layer holding a multi-height stack")
@@ -105,6 +128,9 @@ class PredictWidget(Container):
         self._refresh_stacks()
         from qtpy.QtCore import QTimer
 
+        from ._vispy_cache import install
+
+        install()
         QTimer.singleShot(0, self._warm_up)
 
     def _warm_up(self) -> None:
@@ -129,6 +155,10 @@ class PredictWidget(Container):
         def remove() -> None:
             if layer in self._viewer.layers:
                 self._viewer.layers.remove(layer)
+            # napari and Qt make millions of long-lived objects at start-up; a full garbage collection
+            # walks them all (100-200 ms on the main thread, whenever it happens to trigger). Freezing
+            # them moves them out of the collector's way; objects made later are collected as usual.
+            gc.freeze()
 
         QTimer.singleShot(50, remove)
 
@@ -174,7 +204,8 @@ class PredictWidget(Container):
     # ------------------------------------------------------------- predict
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        """True while a prediction runs or its result is still being shown."""
+        return self._worker is not None or self._settling
 
     def _on_predict_clicked(self, *_: Any) -> None:
         if self.running:
@@ -203,8 +234,8 @@ class PredictWidget(Container):
         if device.type == "cpu":
             _leave_a_core_for_the_viewer()
         self._busy(True, "Predicting…", "Cancel")
-        self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value,
-                                     _ignore_errors=True)
+        self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value, layer.name,
+                                     _units_of(layer), _ignore_errors=True)
         self._worker.yielded.connect(self._on_progress)
         self._worker.returned.connect(lambda res, layer=layer: self._on_prediction(*res, layer))
         self._worker.errored.connect(self._fail)
@@ -224,26 +255,31 @@ class PredictWidget(Container):
             self.progress.value = min(rec.done, rec.total)
             self.progress.label = rec.stage
 
-    def _on_prediction(self, pred: Prediction, atoms: Any, stack_layer: Any) -> None:
-        if atoms is None or atoms.info.get("threshold") != self.threshold.value:
-            atoms = pred.atoms(self.threshold.value)
-        meta = {"model": pred.model, "threshold": float(self.threshold.value), "stack": stack_layer.name}
-        data, kwargs, _ = atoms_layer_data(atoms, f"atoms ({stack_layer.name})", meta)
-        if len(getattr(stack_layer, "units", ())) == 3:
-            kwargs["units"] = tuple(str(u) for u in stack_layer.units)  # same axes as the stack's layer
-        # napari builds the layer (~50 ms) and draws it (~70 ms with software OpenGL); doing the two in
-        # separate event-loop turns keeps every main-thread stall short
-        layer = self._viewer.add_points(data, **kwargs, visible=False)
+    def _on_prediction(self, pred: Prediction, atoms: Any, layer: Any, stack_layer: Any) -> None:
         from qtpy.QtCore import QTimer
 
+        if layer is None or atoms is None or atoms.info.get("threshold") != self.threshold.value:
+            atoms = pred.atoms(self.threshold.value)  # (the slider moved while predicting)
+            layer = _result_layer(pred, atoms, self.threshold.value, stack_layer.name, _units_of(stack_layer))
+        # The worker built the layer; napari inserts it (~50 ms) and draws it in separate event-loop turns,
+        # and the widget's own updates come after, so that no main-thread stall adds them up.
+        self._viewer.add_layer(layer)
         QTimer.singleShot(30, lambda layer=layer: setattr(layer, "visible", True))
         self._results[id(layer)] = (pred, False)
         self._last_result = layer
         layer.events.data.connect(lambda *_, layer=layer: self._on_edited(layer))
-        if self.show_maps.value:
-            self._add_maps(pred, stack_layer.name)
-        self._on_new_label(self.new_label.value)
-        self._set_info(self._summary(layer) + f"\nmodel {Path(pred.model).stem}")
+        self._settling = True
+        QTimer.singleShot(60, lambda: self._after_prediction(pred, layer, stack_layer.name))
+
+    def _after_prediction(self, pred: Prediction, layer: Any, stack_name: str) -> None:
+        self._settling = False
+        try:
+            if self.show_maps.value:
+                self._add_maps(pred, stack_name)
+            self._on_new_label(self.new_label.value)
+            self._set_info(self._summary(layer) + f"\nmodel {Path(pred.model).stem}")
+        except RuntimeError:  # the widget was closed in the meantime
+            pass
 
     def _add_maps(self, pred: Prediction, name: str) -> None:
         cmap = label_colormap()
