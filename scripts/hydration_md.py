@@ -67,6 +67,10 @@ def run_one(surface: str, vacancies: int, seed: int, out: Path, production_ps: f
         np.savez_compressed(tmp, density=dens.density.astype(np.float16), spacing=dens.spacing,
                             origin=dens.origin, frames=dens.frames, ps=dens.ps, surface=surface,
                             vacancies=vacancies, seed=seed, size=np.asarray(size), layers=layers, split=split)
+    if split:  # campaign: keep every round's density too, for the half-vs-half noise estimate
+        import shutil
+
+        shutil.copyfile(out / f"{name}_density.npz", out / f"{name}_density_{dens.ps:g}ps.npz")
     z, rho = dens.profile()
     return {"surface": name, "split": split, "ps": dens.ps, "frames": dens.frames,
             "bulk_like_mean_8_15A": round(float(rho[(z > 8) & (z < 15)].mean()), 5),

@@ -159,7 +159,39 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--flips", action="store_true", help="average over the four mirror images")
     ev.add_argument("--val-runs", help="water datasets: score only samples from these MD runs (e.g. 4,13, "
                                        "the runs `hydrafm train` holds out)")
+    hy = sub.add_parser("hydrate", help="predict the water density above a CaCO3 slab → Gaussian .cube")
+    hy.add_argument("surface", help="a built-in surface (calcite-104, aragonite-010, aragonite-001, "
+                                    "vaterite-010) or a slab file ase reads")
+    hy.add_argument("-o", "--out", type=Path, required=True, help="the .cube to write")
+    hy.add_argument("--model", default="hydration-calcite", help="density model name or file")
+    hy.add_argument("--vacancies", type=int, default=0, help="Ca2+/CO3 2- vacancy pairs in the top layer")
+    hy.add_argument("--seed", type=int, default=0, help="where the vacancies go")
+    hy.add_argument("--size", type=float, nargs=2, default=(25.0, 25.0), metavar=("X", "Y"),
+                    help="built-in surfaces: at least this many Å wide")
+    hy.add_argument("--layers", type=int, default=3, help="built-in surfaces: layers in the slab")
+    hy.add_argument("--device", default="cpu")
+    hy.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     return parser
+
+
+def cmd_hydrate(args: argparse.Namespace) -> int:
+    """Predict the density; print one JSON line (file, grid, ρ(z) peaks)."""
+    from .hydration.density import iter_predict_density
+    from .hydration.workflow import density_profile_peaks, slab_from_spec, write_density_cube
+    from .progress import drive
+
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out}: exists; give --overwrite to replace it")
+    slab = slab_from_spec(args.surface, vacancies=args.vacancies, seed=args.seed, size=tuple(args.size),
+                          layers=args.layers)
+    dens = drive(iter_predict_density(slab, args.model, args.device))
+    write_density_cube(args.out, slab, dens, overwrite=args.overwrite)
+    z, rho = dens.profile()
+    print(json.dumps({"cube": str(args.out), "grid": list(dens.density.shape),
+                      "spacing_A": [round(float(s), 4) for s in dens.spacing],
+                      "peaks_A": [round(p, 2) for p in density_profile_peaks(dens)],
+                      "bulk_like_mean_8_14A": round(float(rho[(z > 8) & (z < 14)].mean()), 5)}))
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -409,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "view": cmd_view, "pool": cmd_pool, "simulate": cmd_simulate,
-                "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "finetune": cmd_finetune}
+                "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+                "hydrate": cmd_hydrate}
     try:
         with warnings.catch_warnings():
             # Show HydrAFM's own warnings (incomplete scans, guessed channels) as one line each;

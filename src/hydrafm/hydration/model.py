@@ -5,6 +5,11 @@ its skip connections pass through additive attention gates (Oktay et al. 2018), 
 "attention U-Net" variant of the paper, and :meth:`DensityUNet.attention_maps` returns
 the gates' maps for display. The output is a non-negative density (softplus) in
 Å⁻³ × ``scale``.
+
+With ``periodic=True`` (the default) every convolution wraps around in x and y and
+pads with zeros in z: a whole periodic slab cell goes through in one pass, with no
+window seams, as long as its x and y voxel counts are multiples of 2**levels
+(:func:`hydrafm.hydration.density.slab_grid` chooses them so).
 """
 
 from __future__ import annotations
@@ -26,15 +31,32 @@ class DensityConfig:
     levels: int = 3
     attention: bool = False
     scale: float = 30.0  # the network predicts density × scale (bulk water ≈ 1)
+    periodic: bool = True  # wrap around in x and y
+
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+class _Conv(nn.Module):
+    """3×3×3 convolution, wrapping around in x and y (periodic) or zero-padded everywhere."""
+
+    def __init__(self, cin: int, cout: int, periodic: bool) -> None:
+        super().__init__()
+        self.periodic = periodic
+        self.conv = nn.Conv3d(cin, cout, 3, padding=0 if periodic else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.periodic:
+            x = nn.functional.pad(x, (0, 0, 1, 1, 1, 1), mode="circular")  # y and x wrap
+            x = nn.functional.pad(x, (1, 1))  # z: zeros
+        return self.conv(x)
+
+
+def _block(cin: int, cout: int, periodic: bool = False) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, padding=1), nn.GroupNorm(min(4, cout), cout), nn.LeakyReLU(0.1, inplace=True),
-        nn.Conv3d(cout, cout, 3, padding=1), nn.GroupNorm(min(4, cout), cout), nn.LeakyReLU(0.1, inplace=True),
+        _Conv(cin, cout, periodic), nn.GroupNorm(min(4, cout), cout), nn.LeakyReLU(0.1, inplace=True),
+        _Conv(cout, cout, periodic), nn.GroupNorm(min(4, cout), cout), nn.LeakyReLU(0.1, inplace=True),
     )
 
 
@@ -62,16 +84,16 @@ class DensityUNet(nn.Module):
         self.enc = nn.ModuleList()
         cin = c.in_channels
         for k in range(c.levels):
-            self.enc.append(_block(cin, chans[k]))
+            self.enc.append(_block(cin, chans[k], c.periodic))
             cin = chans[k]
-        self.bottom = _block(cin, chans[c.levels])
+        self.bottom = _block(cin, chans[c.levels], c.periodic)
         self.ups = nn.ModuleList()
         self.gates = nn.ModuleList()
         self.dec = nn.ModuleList()
         for k in reversed(range(c.levels)):
             self.ups.append(nn.ConvTranspose3d(chans[k + 1], chans[k], 2, stride=2))
             self.gates.append(_Gate(chans[k], chans[k], max(1, chans[k] // 2)) if c.attention else nn.Identity())
-            self.dec.append(_block(2 * chans[k], chans[k]))
+            self.dec.append(_block(2 * chans[k], chans[k], c.periodic))
         self.head = nn.Conv3d(chans[0], 1, 1)
         self._attention: list[torch.Tensor] = []
 

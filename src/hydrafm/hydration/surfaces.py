@@ -236,6 +236,7 @@ def build_surface(
     slab = unit.repeat(reps)
     slab = _place(slab, vacuum)
     slab.info["surface"] = name
+    slab.info["repeats"] = (int(reps[0]), int(reps[1]))  # copies of the surface cell in x and y
     if vacancies:
         slab = add_vacancies(slab, vacancies, seed)
     return slab
@@ -329,4 +330,5 @@ def load_surface(path: str | os.PathLike, vacuum_needed: float = 10.0) -> Atoms:
     top_ca = surface_plane(slab)
     slab.positions[:, 2] -= top_ca
     slab.info["surface"] = str(path)
+    slab.info["z_shift"] = -top_ca  # add −z_shift to get back to the file's coordinates
     return slab

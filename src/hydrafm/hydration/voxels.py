@@ -40,17 +40,19 @@ def slab_channels(
     z_min: float = -3.0,
     height: float = 20.0,
     sigma: float = 0.3,
+    shape_xy: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, VoxelGrid]:
     """``(channels (3, nx, ny, nz) Å⁻³, grid)`` of the slab's C, O and Ca atoms.
 
     The slab must have z = 0 at its top Ca plane (as :mod:`~hydrafm.hydration.surfaces`
     makes it) and an orthogonal cell; x and y are periodic over the cell, and the grid
-    spacing in x and y is adjusted so a whole number of voxels fits the cell.
+    spacing in x and y is adjusted so a whole number of voxels fits the cell (or
+    ``shape_xy`` voxels, when given).
     """
     lx, ly = float(slab.cell[0, 0]), float(slab.cell[1, 1])
     if lx <= 0 or ly <= 0 or abs(slab.cell[0, 1]) > 1e-6 or abs(slab.cell[1, 0]) > 1e-6:
         raise ValueError("the slab needs an orthogonal cell with x and y vectors along the axes")
-    nx, ny = max(1, round(lx / spacing)), max(1, round(ly / spacing))
+    nx, ny = shape_xy or (max(1, round(lx / spacing)), max(1, round(ly / spacing)))
     nz = int(round(height / spacing))
     dx, dy, dz = lx / nx, ly / ny, spacing
     grid = VoxelGrid((nx, ny, nz), (dx, dy, dz), (dx / 2, dy / 2, z_min + dz / 2))
