@@ -10,7 +10,7 @@ from .._layers import ATOMS_KEY, layer_stack
 from ..io.xyz import points_to_atoms
 from ..stack import AFMStack
 
-__all__ = ["stack_of_layer", "atoms_of_layer", "stack_layer_for", "is_stack_layer", "report_error"]
+__all__ = ["stack_of_layer", "atoms_of_layer", "stack_layer_for", "is_stack_layer", "report_error", "confirm"]
 
 
 def is_stack_layer(layer: Any) -> bool:
@@ -57,3 +57,13 @@ def report_error(exc: BaseException, info: Any) -> None:
     message = str(exc) or type(exc).__name__
     info.value = "Error: " + message
     show_error(message)
+
+
+def confirm(parent: Any, question: str) -> bool:
+    """Ask Yes/No (No is the default); True on Yes."""
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(parent, "HydrAFM", question,
+                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes

@@ -28,7 +28,7 @@ from magicgui.widgets import (
 from .._layers import ATOMS_KEY, STACK_KEY, atoms_layer_data, label_colormap, point_sizes
 from ..io.xyz import LABELS, write_xyz
 from ..progress import Progress
-from ._common import atoms_of_layer, is_stack_layer, report_error, stack_layer_for, stack_of_layer
+from ._common import atoms_of_layer, confirm, is_stack_layer, report_error, stack_layer_for, stack_of_layer
 
 if TYPE_CHECKING:
     import napari
@@ -420,12 +420,7 @@ class PredictWidget(Container):
         return out
 
     def _confirm(self, question: str) -> bool:
-        from qtpy.QtWidgets import QMessageBox
-
-        answer = QMessageBox.question(self.native, "HydrAFM", question,
-                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                      QMessageBox.StandardButton.No)
-        return answer == QMessageBox.StandardButton.Yes
+        return confirm(self.native, question)
 
     # ------------------------------------------------------------- helpers
     @staticmethod

@@ -1,0 +1,203 @@
+"""The hydration tool: teacher examples, the periodic density network, hydrafm hydrate and the widget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hydrafm.hydration.density import DensityModelInfo, predict_density, save_density_model, slab_grid
+from hydrafm.hydration.model import DensityConfig, DensityUNet
+from hydrafm.hydration.surfaces import SurfaceError, build_surface
+from hydrafm.hydration.teacher import fold_repeats, load_example
+from hydrafm.hydration.train import profile_peaks, score, train_density
+
+TINY = DensityConfig(base_channels=4, levels=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-density.pt"
+    return save_density_model(path, DensityUNet(TINY), DensityModelInfo(config=TINY))
+
+
+def _md_file(tmp_path, surface="calcite-104", vacancies=0, size=(10.0, 10.0), noise=0.0, split="train"):
+    """An MD-style density file whose density is a known function: two layers at 2.1 and 3.3 Å plus bulk."""
+    slab = build_surface(surface, size, 2, vacuum=25.0, vacancies=vacancies, seed=1)
+    lx, ly = slab.cell[0, 0], slab.cell[1, 1]
+    nx, ny, nz = round(lx / 0.2), round(ly / 0.2), 100
+    z = -1.0 + 0.1 + 0.2 * np.arange(nz)
+    prof = 0.0334 * (1 / (1 + np.exp(-(z - 4) * 3)) + 2.5 * np.exp(-(z - 2.1) ** 2 / 0.05)
+                     + 1.5 * np.exp(-(z - 3.3) ** 2 / 0.08))
+    x = (np.arange(nx) + 0.5) * lx / nx
+    lateral = 1 + 0.3 * np.cos(2 * np.pi * x / (lx / slab.info["repeats"][0]))  # periodic with the surface cell
+    rho = lateral[:, None, None] * np.ones(ny)[None, :, None] * prof[None, None, :]
+    rho = rho + noise * np.random.default_rng(0).standard_normal(rho.shape) * (rho > 0.001)
+    path = tmp_path / f"{surface}_v{vacancies}_s1_density.npz"
+    np.savez_compressed(path, density=rho.astype(np.float16), spacing=(lx / nx, ly / ny, 0.2),
+                        origin=(lx / nx / 2, ly / ny / 2, -0.9), frames=10, ps=1.0, surface=surface,
+                        vacancies=vacancies, seed=1, size=np.asarray(size), layers=2, split=split)
+    return path, prof, z
+
+
+def test_teacher_examples_resample_and_fold(tmp_path):
+    path, prof, z_md = _md_file(tmp_path, noise=0.01)
+    ex = load_example(path, fold=False)
+    folded = load_example(path, fold=True)
+    g = ex.grid
+    assert ex.channels.shape == (3, *g.shape) and ex.density.shape == g.shape
+    assert g.shape[0] % 8 == 0 and g.shape[1] % 8 == 0
+    z = g.z()
+    assert np.all(ex.density[:, :, z < -1.2] == 0)  # below the MD grid: no water, not NaN
+    (tmp_path / "clean").mkdir()
+    clean = load_example(_md_file(tmp_path / "clean", noise=0.0)[0], fold=False)
+    want = np.interp(z, z_md, prof)
+    got = np.nanmean(clean.density, axis=(0, 1)) / np.mean(1 + 0.3 * np.cos(np.linspace(0, 2 * np.pi, 9)[:-1]))
+    inside = (z > -0.8) & (z < 15)
+    assert np.allclose(got[inside], want[inside], atol=2e-3)
+    # folding over the repeated surface cells keeps the periodic signal and cuts the noise
+    signal = clean.density
+    assert np.abs(folded.density - signal)[:, :, inside].mean() < 0.6 * np.abs(ex.density - signal)[:, :, inside].mean()
+    assert fold_repeats(signal, (1, 1)) is signal
+    assert profile_peaks(z, np.nanmean(signal, axis=(0, 1))) == pytest.approx([2.1, 3.3], abs=0.06)
+    bad = tmp_path / "bad_density.npz"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ValueError, match="bad_density.npz"):
+        load_example(bad)
+
+
+def test_periodic_network_is_translation_equivariant_and_checks_slabs(tiny_model):
+    slab = build_surface("calcite-104", (10, 10), 2, vacuum=25.0)
+    grid = slab_grid(slab)
+    dens = predict_density(slab, tiny_model)
+    assert dens.density.shape == grid.shape and np.all(dens.density >= 0)
+    shifted = slab.copy()
+    k = 8  # whole voxels: the density must roll with the atoms, with no seam at the cell edge
+    shifted.positions[:, 0] += k * grid.spacing[0]
+    shifted.wrap()
+    moved = predict_density(shifted, tiny_model)
+    np.testing.assert_allclose(moved.density, np.roll(dens.density, k, axis=0), atol=2e-5)
+    water = slab[slab.numbers == 8]
+    with pytest.raises(SurfaceError, match="no Ca, C"):
+        predict_density(water, tiny_model)
+    with pytest.raises(ValueError, match="no density model named"):
+        predict_density(slab, "no-such-model")
+
+
+def test_training_learns_the_layers(tmp_path):
+    path, _, _ = _md_file(tmp_path, size=(8.0, 4.0))  # one 8.1 × 5.0 Å surface cell: quick steps
+    ex = load_example(path)
+    torch.set_num_threads(2)
+    from hydrafm.progress import drive
+
+    net = drive(train_density([ex], TINY, steps=60, lr=5e-3), show=False)
+    s = score(net, ex)
+    assert s["mae"] < 0.8 * s["mae_bulk_mean_predictor"]  # better than guessing the mean density
+    assert len(s["peaks_md"]) == 2
+
+
+def test_cli_hydrate_writes_a_cube_in_the_slab_coordinates(tmp_path, tiny_model, capsys):
+    from ase.io import write
+    from ase.io.cube import read_cube_data
+
+    from hydrafm.cli import main
+
+    out = tmp_path / "calcite.cube"
+    assert main(["hydrate", "calcite-104", "-o", str(out), "--model", str(tiny_model), "--size", "10", "10",
+                 "--layers", "2", "--vacancies", "1"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    data, atoms = read_cube_data(str(out))
+    assert list(data.shape) == line["grid"] and data.min() >= 0
+    assert main(["hydrate", "calcite-104", "-o", str(out), "--model", str(tiny_model)]) == 2  # no overwrite
+    assert "exists" in capsys.readouterr().err
+    # a user slab file keeps its own coordinates in the cube
+    slab = build_surface("aragonite-001", (10, 10), 2, vacuum=25.0)
+    slab.positions[:, 2] += 7.5
+    write(tmp_path / "slab.extxyz", slab)
+    out2 = tmp_path / "user.cube"
+    assert main(["hydrate", str(tmp_path / "slab.extxyz"), "-o", str(out2), "--model", str(tiny_model)]) == 0
+    _, atoms2 = read_cube_data(str(out2))
+    assert atoms2.positions[:, 2].max() == pytest.approx(slab.positions[:, 2].max(), abs=1e-4)
+    assert main(["hydrate", "dolomite-104", "-o", str(tmp_path / "x.cube")]) == 2
+    assert "built-in surface" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- widget (Xvfb)
+@pytest.fixture
+def hydration_widget(make_napari_viewer, tiny_model):
+    from hydrafm.widgets.hydration import HydrationWidget
+
+    viewer = make_napari_viewer()
+    w = HydrationWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model_file.value = tiny_model
+    w.size.value = 10
+    w.layers_n.value = 2
+    return w
+
+
+def _run(qtbot, w):
+    w.predict()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+
+
+def test_widget_predicts_shows_and_exports(hydration_widget, qtbot, tmp_path, monkeypatch):
+    from hydrafm.widgets import hydration as mod
+
+    w = hydration_widget
+    viewer = w._viewer
+    w.surface.value = "calcite-104"
+    w.vacancies.value = 1
+    _run(qtbot, w)
+    names = [lay.name for lay in viewer.layers]
+    assert "water density (calcite-104 v1 s0)" in names and "slab (calcite-104 v1 s0)" in names
+    dens = viewer.layers["water density (calcite-104 v1 s0)"]
+    assert dens.rendering == "iso" and dens.data.ndim == 3
+    w.isovalue.value = 1.0
+    assert dens.iso_threshold == pytest.approx(0.0334)
+    w.isovalues.value = f"{0.5 * dens.data.max() / 0.0334:.3f}"
+    assert len(w.add_isosurfaces()) == 1
+    w.isovalues.value = "1000"
+    assert w.add_isosurfaces() == [] and "outside" in w.info.value
+    w.add_peak_slices()
+    assert w.plot.ax.lines  # ρ(z) plotted
+    # export, then refuse to overwrite unless confirmed
+    target = tmp_path / "d.cube"
+    assert w.export_cube(target) == target and target.exists()
+    before = target.read_bytes()
+    monkeypatch.setattr(mod, "confirm", lambda *a: False)
+    assert w.export_cube(target) is None and target.read_bytes() == before
+    monkeypatch.setattr(mod, "confirm", lambda *a: True)
+    assert w.export_cube(target) == target
+
+
+def test_widget_takes_files_and_edited_layers_and_reports_errors(hydration_widget, qtbot, tmp_path):
+    from ase.io import write
+
+    w = hydration_widget
+    viewer = w._viewer
+    slab = build_surface("vaterite-010", (10, 10), 1, vacuum=25.0)
+    write(tmp_path / "vaterite.extxyz", slab)
+    w.surface.value = "structure file…"
+    w.file.value = tmp_path / "vaterite.extxyz"
+    _run(qtbot, w)
+    assert "water density (vaterite)" in [lay.name for lay in viewer.layers]
+    # delete two atoms in the slab layer and predict from it
+    pts = viewer.layers["slab (vaterite)"]
+    n = len(pts.data)
+    pts.selected_data = {0, 1}
+    pts.remove_selected()
+    w.surface.value = "atoms layer…"
+    w.layer.reset_choices()
+    w.layer.value = pts
+    _run(qtbot, w)
+    assert len(viewer.layers["slab (slab (vaterite))"].data) == n - 2
+    # bad input: an unreadable file → message, widget usable
+    (tmp_path / "junk.cif").write_text("not a cif")
+    w.surface.value = "structure file…"
+    w.file.value = tmp_path / "junk.cif"
+    _run(qtbot, w)
+    assert "junk.cif" in w.info.value and w.predict_button.enabled
