@@ -93,7 +93,7 @@ def test_training_learns_the_layers(tmp_path):
     torch.set_num_threads(2)
     from hydrafm.progress import drive
 
-    net = drive(train_density([ex], TINY, steps=60, lr=5e-3), show=False)
+    net = drive(train_density([ex], TINY, steps=100, lr=5e-3), show=False)
     s = score(net, ex)
     assert s["mae"] < 0.8 * s["mae_bulk_mean_predictor"]  # better than guessing the mean density
     assert len(s["peaks_md"]) == 2
