@@ -4,6 +4,11 @@
 
 Writes docs/images/load_widget.png, predict_widget.png, predict_verify.png and
 finetune_widget.png. The Predict shots use the given model (a shipped name or a file).
+
+    xvfb-run -a -s "-screen 0 1400x1000x24" python scripts/screenshots.py --only hydration \
+        [--density-model hydration-calcite]
+
+writes docs/images/hydration_widget.png (calcite (10-14) with two vacancy pairs).
 """
 
 from __future__ import annotations
@@ -37,7 +42,12 @@ def _wait(app, widget) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="water")
+    ap.add_argument("--only", choices=["hydration"])
+    ap.add_argument("--density-model", default="hydration-calcite")
     args = ap.parse_args()
+    if args.only == "hydration":
+        hydration_shot(args.density_model)
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     app = None
 
@@ -129,6 +139,34 @@ def main() -> None:
         _settle(app)
         viewer.screenshot(str(OUT / "predict_real.png"), canvas_only=False)
         viewer.close()
+
+
+def hydration_shot(model: str) -> None:
+    """The Hydration widget on calcite (10-14) with vacancies: density isosurface, slab, ρ(z)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(title="HydrAFM", show=True)
+    viewer.window.resize(1300, 950)
+    _, w = viewer.window.add_plugin_dock_widget("hydrafm", "Hydration density (CaCO3)")
+    app = QApplication.instance()
+    if model in w.model.choices:
+        w.model.value = model
+    else:
+        w.model_file.value = model
+    w.surface.value = "calcite-104"
+    w.vacancies.value = 2
+    w.seed.value = 3
+    w.predict()
+    _wait(app, w)
+    w.isovalues.value = "2.5"
+    w.add_isosurfaces()
+    for layer in viewer.layers:
+        if layer.metadata.get("hydrafm_derived") == "water density":
+            layer.visible = False
+    viewer.camera.angles = (-20, 35, 70)
+    viewer.reset_view()
+    _settle(app, 1.0)
+    viewer.screenshot(str(OUT / "hydration_widget.png"), canvas_only=False)
+    viewer.close()
 
 
 if __name__ == "__main__":

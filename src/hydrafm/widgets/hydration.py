@@ -121,6 +121,8 @@ class HydrationWidget(Container):
                      self.isovalue, self.isovalues, self.surfaces_button, self.slices_button, self.export_file,
                      self.export_button, self.info])
         self.native.layout().addWidget(self.plot.canvas)
+        self.plot.canvas.setMinimumHeight(190)
+        self.native.setMaximumWidth(480)
 
         self.surface.changed.connect(self._on_surface)
         self.predict_button.changed.connect(self._on_predict_clicked)
