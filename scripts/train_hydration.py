@@ -21,26 +21,19 @@ from pathlib import Path
 import numpy as np
 
 
-def half_noise(folder: Path, name: str, info) -> float | None:
-    """MAE (Å⁻³) of the full-length MD density against the truth, from its first and second halves."""
-    from hydrafm.hydration.teacher import load_example
+def half_noise(folder: Path, name: str) -> float | None:
+    """Counting noise (MAE, Å⁻³) of a run's full-length MD density, from its snapshot at about half length."""
+    from hydrafm.hydration.teacher import snapshots, voxel_noise
 
-    snaps = sorted(folder.glob(f"{name}_density_*ps.npz"), key=lambda p: float(p.stem.split("_")[-1][:-2]))
+    snaps = snapshots(folder, name)
     if len(snaps) < 2:
         return None
-    full = snaps[-1]
-    ps_full = float(full.stem.split("_")[-1][:-2])
-    half = min(snaps[:-1], key=lambda p: abs(float(p.stem.split("_")[-1][:-2]) - ps_full / 2))
-    ps_half = float(half.stem.split("_")[-1][:-2])
-    a = load_example(half, info, fold=False).density
-    b = load_example(full, info, fold=False).density
-    w = ps_half / ps_full
-    second = (b - w * a) / (1 - w)  # the density of the second part of the run alone
-    z = load_example(full, info, fold=False).grid.z()
-    keep = (z >= -1) & (z <= 16)
-    d = np.abs(a - second)[:, :, keep]
-    # |a - b'| of two independent estimates ≈ √2 × the error of each; the full run has ~1/√2 of that
-    return float(np.nanmean(d) / np.sqrt(2) / np.sqrt(2))
+    full = max(snaps)
+    half = min((t for t in snaps if t < full), key=lambda t: abs(t - full / 2))
+    with np.load(snaps[half]) as a, np.load(snaps[full]) as b:
+        z = float(b["origin"][2]) + float(b["spacing"][2]) * np.arange(b["density"].shape[2])
+        return voxel_noise(a["density"].astype(np.float64), b["density"].astype(np.float64), half / full,
+                           (z >= -1) & (z <= 16))
 
 
 def main() -> None:
@@ -78,7 +71,7 @@ def main() -> None:
     scores = []
     for e in test + train:
         s = score(net, e)
-        s["md_noise_mae"] = half_noise(args.campaign, e.name, info)
+        s["md_noise_mae"] = half_noise(args.campaign, e.name)
         scores.append(s)
         print(json.dumps(s))
     info.provenance = {

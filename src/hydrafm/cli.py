@@ -220,7 +220,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a window
-    """Open napari with the Load and Predict widgets and the given stacks."""
+    """Open napari with the HydrAFM widgets (Load, Predict, Fine-tune, Hydration) and the given stacks."""
     import napari
 
     from ._sample_data import sample_path
@@ -229,6 +229,7 @@ def cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a win
     viewer.window.add_plugin_dock_widget("hydrafm", "Load AFM stack")
     _, predict = viewer.window.add_plugin_dock_widget("hydrafm", "Predict atoms")
     viewer.window.add_plugin_dock_widget("hydrafm", "Fine-tune a model", tabify=True)
+    viewer.window.add_plugin_dock_widget("hydrafm", "Hydration density (CaCO3)", tabify=True)
     paths = [str(p) for p in args.paths]
     if args.sample:
         paths.append(str(sample_path()))

@@ -21,7 +21,8 @@ from ase import Atoms
 from .density import DensityModelInfo, slab_input
 from .voxels import VoxelGrid
 
-__all__ = ["Example", "load_example", "load_examples", "resample_density", "fold_repeats", "TeacherError"]
+__all__ = ["Example", "load_example", "load_examples", "resample_density", "fold_repeats", "TeacherError",
+           "snapshots", "voxel_noise"]
 
 
 class TeacherError(ValueError):
@@ -107,3 +108,24 @@ def load_examples(folder: str | os.PathLike, info: DensityModelInfo | None = Non
     if not files:
         raise TeacherError(f"{folder}: no MD densities (*_density.npz); run scripts/hydration_md.py campaign")
     return [load_example(f, info) for f in files]
+
+
+def snapshots(folder: str | os.PathLike, run: str) -> dict[float, Path]:
+    """The saved lengths of one campaign run: ``{ps: <run>_density_<ps>ps.npz}``, shortest first."""
+    out = {}
+    for p in Path(folder).glob(f"{run}_density_*ps.npz"):
+        try:
+            out[float(p.stem.split("_")[-1][:-2])] = p
+        except ValueError:
+            continue
+    return dict(sorted(out.items()))
+
+
+def voxel_noise(first_half: np.ndarray, full: np.ndarray, w: float, keep: np.ndarray) -> float:
+    """Counting noise (MAE, Å⁻³) of ``full`` from a snapshot of the same run at fraction ``w`` of its length.
+
+    The rest of the run alone is ``(full − w·first)/(1 − w)``; two independent estimates
+    differ by about √2 × the error of one, and the full run has about 1/√2 of that error.
+    """
+    second = (full - w * first_half) / (1 - w)
+    return float(np.nanmean(np.abs(first_half - second)[:, :, keep]) / 2)

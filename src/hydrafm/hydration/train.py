@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..progress import Progress
-from .density import DensityModelInfo
 from .model import DensityConfig, DensityUNet
 from .teacher import Example
 
@@ -38,12 +37,13 @@ def _tensors(ex: Example, shift: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor
 
 
 def train_density(
-    examples: list[Example], config: DensityConfig = DensityConfig(base_channels=4), *, steps: int = 600,
+    examples: list[Example], config: DensityConfig | None = None, *, steps: int = 600,
     lr: float = 2e-3, seed: int = 0, log_every: int = 20,
 ) -> Generator[Progress | EpochStats, None, DensityUNet]:
     """Train from scratch for ``steps`` steps (one example per step); yields progress, returns the net."""
     if not examples:
         raise ValueError("no training examples")
+    config = config or DensityConfig(base_channels=4)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = DensityUNet(config)
@@ -61,7 +61,7 @@ def train_density(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         yield Progress("training the density network", step, steps)
         if step % log_every == 0 or step == steps:
             yield EpochStats(step, float(np.mean(losses[-log_every:])), time.perf_counter() - t0)
@@ -87,7 +87,7 @@ def profile_peaks(z: np.ndarray, rho: np.ndarray, n: int = 2, above: float = 1.0
 
 def score(net: DensityUNet, ex: Example, z_range: tuple[float, float] = (-1.0, 16.0)) -> dict:
     """MAE (Å⁻³) against the MD over the water-accessible voxels, and the first two peaks of ρ(z)."""
-    x, y = _tensors(ex)
+    x, _ = _tensors(ex)
     with torch.no_grad():
         pred = net(x)[0].numpy()
     z = ex.grid.z()
