@@ -6,7 +6,7 @@ For every run of a campaign folder and every saved length (``<run>_density_<ps>p
 the heights of the first two maxima of the laterally averaged water-O density above the
 top Ca plane, the mean density 8-15 Å above it (bulk 0.0334 Å⁻³), and, from the shortest
 snapshot of at least half the length, the voxel noise of the full-length density
-(first half against second half, scaled to the full run).
+(first part against the rest, scaled to the full run; RMS, Å⁻³).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
             half = [t for t in dens if ps / 2 - 1e-9 <= t < ps]
             if half:
                 t = min(half)
-                row["voxel_noise_mae"] = round(voxel_noise(dens[t], d, t / ps, (h >= -1) & (h <= 16)), 5)
+                row["voxel_noise_rms"] = round(voxel_noise(dens[t], d, t / ps, (h >= -1) & (h <= 16)), 5)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

@@ -22,7 +22,7 @@ import numpy as np
 
 
 def half_noise(folder: Path, name: str) -> float | None:
-    """Counting noise (MAE, Å⁻³) of a run's full-length MD density, from its snapshot at about half length."""
+    """Counting noise (RMS, Å⁻³) of a run's full-length MD density, from its snapshot at about half length."""
     from hydrafm.hydration.teacher import snapshots, voxel_noise
 
     snaps = snapshots(folder, name)
@@ -71,7 +71,10 @@ def main() -> None:
     scores = []
     for e in test + train:
         s = score(net, e)
-        s["md_noise_mae"] = half_noise(args.campaign, e.name)
+        noise = half_noise(args.campaign, e.name)
+        s["md_noise_rms"] = noise
+        if noise is not None:  # independent errors add in quadrature: the network's RMSE against the truth
+            s["rmse_vs_truth_est"] = float(np.sqrt(max(s["rmse"] ** 2 - noise**2, 0.0)))
         scores.append(s)
         print(json.dumps(s))
     info.provenance = {

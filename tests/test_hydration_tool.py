@@ -201,3 +201,22 @@ def test_widget_takes_files_and_edited_layers_and_reports_errors(hydration_widge
     w.file.value = tmp_path / "junk.cif"
     _run(qtbot, w)
     assert "junk.cif" in w.info.value and w.predict_button.enabled
+
+
+def test_voxel_noise_estimates_the_error_of_a_counted_density(tmp_path):
+    from hydrafm.hydration.teacher import snapshots, voxel_noise
+
+    rng = np.random.default_rng(0)
+    truth = np.full((30, 30, 40), 0.0334)
+    frames, vol = 400, 0.008
+    counts = rng.poisson(truth * vol, size=(frames, *truth.shape)).astype(float)  # one count field per frame
+    first = counts[: frames // 2].mean(0) / vol
+    full = counts.mean(0) / vol
+    keep = np.ones(40, bool)
+    assert voxel_noise(first, full, 0.5, keep) == pytest.approx(np.sqrt(np.mean((full - truth) ** 2)), rel=0.05)
+    quarter = counts[: frames // 4].mean(0) / vol
+    assert voxel_noise(quarter, full, 0.25, keep) == pytest.approx(np.sqrt(np.mean((full - truth) ** 2)), rel=0.05)
+    for ps in (4, 8, 16):
+        np.savez(tmp_path / f"run_density_{ps}ps.npz", density=np.zeros(1))
+    (tmp_path / "run_density_xps.npz").write_bytes(b"")
+    assert list(snapshots(tmp_path, "run")) == [4.0, 8.0, 16.0]

@@ -122,10 +122,13 @@ def snapshots(folder: str | os.PathLike, run: str) -> dict[float, Path]:
 
 
 def voxel_noise(first_half: np.ndarray, full: np.ndarray, w: float, keep: np.ndarray) -> float:
-    """Counting noise (MAE, Å⁻³) of ``full`` from a snapshot of the same run at fraction ``w`` of its length.
+    """Counting noise (RMS, Å⁻³) of ``full`` from a snapshot of the same run at fraction ``w`` of its length.
 
-    The rest of the run alone is ``(full − w·first)/(1 − w)``; two independent estimates
-    differ by about √2 × the error of one, and the full run has about 1/√2 of that error.
+    The rest of the run alone is ``(full − w·first)/(1 − w)``. Variances of independent
+    estimates add, so the difference of the two has variance σ²/w + σ²/(1 − w) in units of
+    the full run's σ² (with w = 1/2: 4 σ²). RMS rather than MAE: it adds up correctly for
+    sparse counts too, and a model's RMSE against the truth is √(RMSE² against the MD − noise²).
     """
     second = (full - w * first_half) / (1 - w)
-    return float(np.nanmean(np.abs(first_half - second)[:, :, keep]) / 2)
+    diff = (first_half - second)[:, :, keep]
+    return float(np.sqrt(np.nanmean(diff**2) / (1 / w + 1 / (1 - w))))

@@ -86,7 +86,7 @@ def profile_peaks(z: np.ndarray, rho: np.ndarray, n: int = 2, above: float = 1.0
 
 
 def score(net: DensityUNet, ex: Example, z_range: tuple[float, float] = (-1.0, 16.0)) -> dict:
-    """MAE (Å⁻³) against the MD over the water-accessible voxels, and the first two peaks of ρ(z)."""
+    """MAE and RMSE (Å⁻³) against the MD over the water-accessible voxels, and the first two peaks of ρ(z)."""
     x, _ = _tensors(ex)
     with torch.no_grad():
         pred = net(x)[0].numpy()
@@ -99,6 +99,7 @@ def score(net: DensityUNet, ex: Example, z_range: tuple[float, float] = (-1.0, 1
     return {
         "surface": ex.name, "split": ex.split, "md_ps": ex.ps,
         "mae": float(np.abs(pred[:, :, keep][ok] - truth[ok]).mean()),
+        "rmse": float(np.sqrt(np.mean((pred[:, :, keep][ok] - truth[ok]) ** 2))),
         "mae_bulk_mean_predictor": float(np.abs(np.nanmean(truth) - truth[ok]).mean()),
         "peaks_md": [round(p, 3) for p in p_md], "peaks_net": [round(p, 3) for p in p_net],
     }
