@@ -21,19 +21,22 @@ from pathlib import Path
 import numpy as np
 
 
-def half_noise(folder: Path, name: str) -> float | None:
-    """Counting noise (RMS, Å⁻³) of a run's full-length MD density, from its snapshot at about half length."""
-    from hydrafm.hydration.teacher import snapshots, voxel_noise
+def half_noise(folder: Path, name: str, info) -> float | None:
+    """Counting noise (RMS, Å⁻³) of a run's target density, from its snapshot at about half length.
+
+    Computed on the network grid after the same resampling and folding as the target
+    (both linear), so it is the noise of exactly what the network is scored against.
+    """
+    from hydrafm.hydration.teacher import load_example, snapshots, voxel_noise
 
     snaps = snapshots(folder, name)
     if len(snaps) < 2:
         return None
     full = max(snaps)
     half = min((t for t in snaps if t < full), key=lambda t: abs(t - full / 2))
-    with np.load(snaps[half]) as a, np.load(snaps[full]) as b:
-        z = float(b["origin"][2]) + float(b["spacing"][2]) * np.arange(b["density"].shape[2])
-        return voxel_noise(a["density"].astype(np.float64), b["density"].astype(np.float64), half / full,
-                           (z >= -1) & (z <= 16))
+    a, b = load_example(snaps[half], info), load_example(snaps[full], info)
+    z = b.grid.z()
+    return voxel_noise(a.density, b.density, half / full, (z >= -1) & (z <= 16))
 
 
 def main() -> None:
@@ -71,7 +74,7 @@ def main() -> None:
     scores = []
     for e in test + train:
         s = score(net, e)
-        noise = half_noise(args.campaign, e.name)
+        noise = half_noise(args.campaign, e.name, info)
         s["md_noise_rms"] = noise
         if noise is not None:  # independent errors add in quadrature: the network's RMSE against the truth
             s["rmse_vs_truth_est"] = float(np.sqrt(max(s["rmse"] ** 2 - noise**2, 0.0)))
