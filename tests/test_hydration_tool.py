@@ -10,7 +10,7 @@ import torch
 
 from hydrafm.hydration.density import DensityModelInfo, predict_density, save_density_model, slab_grid
 from hydrafm.hydration.model import DensityConfig, DensityUNet
-from hydrafm.hydration.surfaces import SurfaceError, build_surface
+from hydrafm.hydration.surfaces import SURFACES, SurfaceError, build_surface
 from hydrafm.hydration.teacher import fold_repeats, load_example
 from hydrafm.hydration.train import profile_peaks, score, train_density
 
@@ -121,6 +121,10 @@ def test_cli_hydrate_writes_a_cube_in_the_slab_coordinates(tmp_path, tiny_model,
     assert main(["hydrate", str(tmp_path / "slab.extxyz"), "-o", str(out2), "--model", str(tiny_model)]) == 0
     _, atoms2 = read_cube_data(str(out2))
     assert atoms2.positions[:, 2].max() == pytest.approx(slab.positions[:, 2].max(), abs=1e-4)
+    for name in SURFACES:  # every built-in surface
+        assert main(["hydrate", name, "-o", str(tmp_path / f"{name}.cube"), "--model", str(tiny_model),
+                     "--size", "10", "10", "--layers", "1"]) == 0
+        assert read_cube_data(str(tmp_path / f"{name}.cube"))[0].shape[2] == 96
     assert main(["hydrate", "dolomite-104", "-o", str(tmp_path / "x.cube")]) == 2
     assert "built-in surface" in capsys.readouterr().err
 
