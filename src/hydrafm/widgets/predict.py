@@ -157,7 +157,9 @@ class PredictWidget(Container):
                 self._viewer.layers.remove(layer)
             # napari and Qt make millions of long-lived objects at start-up; a full garbage collection
             # walks them all (100-200 ms on the main thread, whenever it happens to trigger). Freezing
-            # them moves them out of the collector's way; objects made later are collected as usual.
+            # them (once, after collecting what is garbage now) moves them out of the collector's way;
+            # objects made later are collected as usual.
+            gc.collect()
             gc.freeze()
 
         QTimer.singleShot(50, remove)
