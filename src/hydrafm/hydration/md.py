@@ -288,7 +288,7 @@ def _save(path: Path, ctx, run: HydrationRun, slab: Atoms, counts, frames: int, 
     pos = st.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
     vel = st.getVelocities(asNumpy=True).value_in_unit(unit.angstrom / unit.picosecond)
     with atomic_path(path, ".npz") as tmp:
-        np.savez(tmp, positions=np.asarray(pos), velocities=np.asarray(vel), counts=counts.astype(np.float32),
+        np.savez_compressed(tmp, positions=np.asarray(pos), velocities=np.asarray(vel), counts=counts.astype(np.float32),
                  frames=frames, step=step, n_atoms=len(pos), run=_run_key(run, slab))
 
 
