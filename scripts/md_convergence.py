@@ -4,8 +4,8 @@
 
 For every run of a campaign folder and every saved length (``<run>_density_<ps>ps.npz``):
 the heights of the first two maxima of the laterally averaged water-O density above the
-top Ca plane, the mean density 8-15 Å above it (bulk 0.0334 Å⁻³), and, from the shortest
-snapshot of at least half the length, the voxel noise of the full-length density
+top Ca plane, the mean density 8-15 Å above it (bulk 0.0334 Å⁻³), and, from the snapshot
+closest to half the length, the voxel noise of the full-length density
 (first part against the rest, scaled to the full run; RMS, Å⁻³).
 """
 
@@ -39,9 +39,9 @@ def main() -> None:
             prof = d.mean(axis=(0, 1))
             row = {"run": run, "ps": ps, "peaks_A": [round(v, 2) for v in profile_peaks(h, prof)],
                    "bulk_8_15A": round(float(prof[(h > 8) & (h < 15)].mean()), 5)}
-            half = [t for t in dens if ps / 2 - 1e-9 <= t < ps]
+            half = [t for t in dens if t < ps]
             if half:
-                t = min(half)
+                t = min(half, key=lambda t: abs(t - ps / 2))
                 row["voxel_noise_rms"] = round(voxel_noise(dens[t], d, t / ps, (h >= -1) & (h <= 16)), 5)
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -162,8 +162,9 @@ def hydration_shot(model: str) -> None:
     for layer in viewer.layers:
         if layer.metadata.get("hydrafm_derived") == "water density":
             layer.visible = False
-    viewer.camera.angles = (-20, 35, 70)
     viewer.reset_view()
+    viewer.camera.angles = (0, -75, 100)  # looking at the layers from the side, slightly from above
+    viewer.camera.zoom *= 0.8
     _settle(app, 1.0)
     viewer.screenshot(str(OUT / "hydration_widget.png"), canvas_only=False)
     viewer.close()

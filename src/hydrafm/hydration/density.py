@@ -35,7 +35,7 @@ __all__ = ["DensityModelInfo", "save_density_model", "load_density_model", "slab
 
 FORMAT = "hydrafm-density-net/1"
 Z_MIN, HEIGHT, SPACING, SIGMA = -3.2, 19.2, 0.2, 0.3
-SHIPPED_DENSITY_MODELS = ("hydration-calcite",)
+SHIPPED_DENSITY_MODELS = ("hydration-calcite", "hydration-calcite-attention")
 WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights"
 
 
