@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .._atomic import atomic_path
 from ..progress import Progress
 from .md import HydrationDensity
 from .model import DensityConfig, DensityUNet
@@ -68,13 +67,10 @@ class DensityModelInfo:
 
 def save_density_model(path: str | os.PathLike, model: DensityUNet, info: DensityModelInfo) -> Path:
     """Write the network and its info atomically."""
-    path = Path(path)
-    payload = {"format": FORMAT, "info": info.to_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    from ..models.checkpoint import write_payload
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_payload(path, FORMAT, info.to_dict(), model)
 
 
 def density_model_path(model: str | os.PathLike) -> Path:
@@ -92,15 +88,10 @@ def density_model_path(model: str | os.PathLike) -> Path:
 
 def load_density_model(model: str | os.PathLike) -> tuple[DensityUNet, DensityModelInfo]:
     """``(network in eval mode, info)`` from a name or a file."""
+    from ..models.checkpoint import read_payload
+
     path = density_model_path(model)
-    if not path.is_file():
-        raise DensityModelError(f"{path}: no such model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - say which file and why
-        raise DensityModelError(f"{path}: not a readable model file ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DensityModelError(f"{path}: not a HydrAFM density-network checkpoint")
+    payload = read_payload(path, FORMAT, "density-network", DensityModelError)
     try:
         info = DensityModelInfo.from_dict(payload["info"])
         net = DensityUNet(info.config)

@@ -19,7 +19,7 @@ from .._atomic import atomic_path
 from ..io.xyz import LABELS
 from .unet import StructureUNet, UNetConfig
 
-__all__ = ["ModelInfo", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+__all__ = ["ModelInfo", "save_checkpoint", "load_checkpoint", "CheckpointError", "write_payload", "read_payload"]
 
 FORMAT = "hydrafm-structure-net/1"
 
@@ -61,6 +61,32 @@ class ModelInfo:
         )
 
 
+def write_payload(path: str | os.PathLike, fmt: str, info: dict[str, Any], model: torch.nn.Module,
+                  **extra: Any) -> Path:
+    """Write ``{format, info, state_dict, **extra}`` atomically with ``torch.save``."""
+    path = Path(path)
+    payload = {"format": fmt, "info": info,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def read_payload(path: str | os.PathLike, fmt: str, what: str, error: type[ValueError] = ValueError,
+                 map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint dict of format ``fmt``; ``error`` (naming the file) when missing, unreadable or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - report which file and why
+        raise error(f"{path}: not a readable model file ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise error(f"{path}: not a HydrAFM {what} checkpoint")
+    return payload
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: StructureUNet,
@@ -68,16 +94,7 @@ def save_checkpoint(
     training_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write model + info (+ optimizer/epoch state for resuming) atomically to ``path``."""
-    path = Path(path)
-    payload = {
-        "format": FORMAT,
-        "info": info.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "training_state": training_state,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return write_payload(path, FORMAT, info.to_dict(), model, training_state=training_state)
 
 
 def load_checkpoint(
@@ -85,14 +102,7 @@ def load_checkpoint(
 ) -> tuple[StructureUNet, ModelInfo, dict[str, Any] | None]:
     """Read a checkpoint: ``(model in eval mode, info, training state or None)``."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such model file")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report which file and why
-        raise CheckpointError(f"{path}: not a readable model file ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a HydrAFM structure-network checkpoint")
+    payload = read_payload(path, FORMAT, "structure-network", CheckpointError, map_location)
     try:
         info = ModelInfo.from_dict(payload["info"])
         model = StructureUNet(info.config)
