@@ -10,7 +10,8 @@ from .._layers import ATOMS_KEY, layer_stack
 from ..io.xyz import points_to_atoms
 from ..stack import AFMStack
 
-__all__ = ["stack_of_layer", "atoms_of_layer", "stack_layer_for", "is_stack_layer", "report_error", "confirm"]
+__all__ = ["stack_of_layer", "atoms_of_layer", "stack_layer_for", "is_stack_layer", "report_error", "confirm",
+           "show_progress"]
 
 
 def is_stack_layer(layer: Any) -> bool:
@@ -67,3 +68,15 @@ def confirm(parent: Any, question: str) -> bool:
                                   QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
                                   QMessageBox.StandardButton.No)
     return answer == QMessageBox.StandardButton.Yes
+
+
+def show_progress(bar: Any, rec: Any) -> bool:
+    """Show a :class:`~hydrafm.progress.Progress` record on a magicgui ProgressBar; False for other records."""
+    from ..progress import Progress
+
+    if not isinstance(rec, Progress):
+        return False
+    bar.max = max(1, rec.total)
+    bar.value = min(rec.done, rec.total)
+    bar.label = rec.stage
+    return True

@@ -28,8 +28,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ..progress import Progress
-from ._common import atoms_of_layer, report_error, stack_layer_for, stack_of_layer
+from ._common import atoms_of_layer, report_error, show_progress, stack_layer_for, stack_of_layer
 
 if TYPE_CHECKING:
     import napari
@@ -266,11 +265,7 @@ class FinetuneWidget(Container):
             self.info.value = "Stopping…"
 
     def _on_record(self, rec: Any) -> None:
-        if isinstance(rec, Progress):
-            self.progress.max = max(1, rec.total)
-            self.progress.value = min(rec.done, rec.total)
-            self.progress.label = rec.stage
-        else:
+        if not show_progress(self.progress, rec):
             self.plot.add(rec)
             f1 = ", ".join(f"{g} {v['f1']:.2f}" for g, v in (rec.scores or {}).items() if isinstance(v, dict))
             self.info.value = (f"epoch {rec.epoch}/{rec.epochs}: loss {rec.train_loss:.4f}, "

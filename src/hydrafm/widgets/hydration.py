@@ -35,7 +35,7 @@ from magicgui.widgets import (
 
 from ..hydration.surfaces import SURFACES
 from ..progress import Progress
-from ._common import confirm, report_error
+from ._common import confirm, report_error, show_progress
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -215,10 +215,7 @@ class HydrationWidget(Container):
         self._worker.start()
 
     def _on_progress(self, rec: Any) -> None:
-        if isinstance(rec, Progress):
-            self.progress.max = max(1, rec.total)
-            self.progress.value = min(rec.done, rec.total)
-            self.progress.label = rec.stage
+        show_progress(self.progress, rec)
 
     def _on_finished(self) -> None:
         self._worker = None

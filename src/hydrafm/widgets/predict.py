@@ -27,8 +27,8 @@ from magicgui.widgets import (
 
 from .._layers import ATOMS_KEY, STACK_KEY, atoms_layer_data, label_colormap, point_sizes
 from ..io.xyz import LABELS, write_xyz
-from ..progress import Progress
-from ._common import atoms_of_layer, confirm, is_stack_layer, report_error, stack_layer_for, stack_of_layer
+from ._common import (atoms_of_layer, confirm, is_stack_layer, report_error, show_progress, stack_layer_for,
+                      stack_of_layer)
 
 if TYPE_CHECKING:
     import napari
@@ -252,10 +252,7 @@ class PredictWidget(Container):
             self._set_info("Cancelling…")
 
     def _on_progress(self, rec: Any) -> None:
-        if isinstance(rec, Progress):
-            self.progress.max = max(1, rec.total)
-            self.progress.value = min(rec.done, rec.total)
-            self.progress.label = rec.stage
+        show_progress(self.progress, rec)
 
     def _on_prediction(self, pred: Prediction, atoms: Any, layer: Any, stack_layer: Any) -> None:
         from qtpy.QtCore import QTimer
