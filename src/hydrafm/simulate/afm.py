@@ -15,77 +15,16 @@ OpenCL runs on a GPU where there is one, otherwise on the CPU through apt's
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..stack import AFMStack
 from ..structures.pool import BadStructureError, check_structure
+from .settings import CHARGES, SampledTip, SimulationError, SimulationSettings
 
-__all__ = ["SimulationSettings", "AFMSimulator", "CHARGES", "opencl_available", "SimulationError"]
-
-#: Point charges (e) by atomic number: SPC/E water, monovalent cations.
-CHARGES = {1: 0.4238, 8: -0.8476, 11: 1.0, 19: 1.0}
-
-
-class SimulationError(RuntimeError):
-    """The simulator cannot run (no OpenCL device, ppafm missing)."""
-
-
-@dataclass(frozen=True)
-class SimulationSettings:
-    """Tip, scan and randomisation parameters of the AFM simulation (Å, N/m, e, Hz)."""
-
-    n_pixels: int = 128
-    scan_size: float = 25.0
-    n_heights: int = 10
-    dz: float = 0.1
-    df_steps: int = 10  # oscillation amplitude = df_steps × dz = 1 Å
-    pix_per_angstrom: int = 5  # force-field grid density
-    lateral_pad: float = 0.3  # FF box beyond the scan; 3 Å gives the same images (corr 1 - 1e-9) at 2.25× the cost
-    tip_charge: float = -0.05
-    k_lateral: float = 0.5
-    k_radial: float = 20.0
-    probe_length: float = 3.0  # tipR0: probe below the tip apex
-    closest_distance: tuple[float, float] = (2.3, 2.9)  # probe above the highest atom, closest height
-    max_tilt_deg: float = 8.0  # rest tilt of the CO probe, uniform in [0, max] with random azimuth
-    f0: float = 30300.0
-    k_cantilever: float = 1800.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SimulationSettings":
-        d = dict(d)
-        if "closest_distance" in d:
-            d["closest_distance"] = tuple(d["closest_distance"])
-        return cls(**d)
-
-    @property
-    def pixel_size(self) -> float:
-        return self.scan_size / self.n_pixels
-
-
-@dataclass
-class SampledTip:
-    """Per-stack random draws: closest probe distance above the top atom and tip rest offset."""
-
-    distance: float
-    tilt_xy: tuple[float, float] = field(default=(0.0, 0.0))
-
-    @classmethod
-    def draw(cls, settings: SimulationSettings, rng: np.random.Generator) -> "SampledTip":
-        lo, hi = settings.closest_distance
-        distance = float(rng.uniform(lo, hi))
-        tilt = math.radians(float(rng.uniform(0.0, settings.max_tilt_deg)))
-        phi = float(rng.uniform(0.0, 2 * math.pi))
-        r = settings.probe_length * math.tan(tilt)
-        return cls(distance, (r * math.cos(phi), r * math.sin(phi)))
-
+__all__ = ["SimulationSettings", "SampledTip", "AFMSimulator", "CHARGES", "opencl_available", "SimulationError"]
 
 def opencl_platform() -> tuple[int, str]:
     """Index and device name of the OpenCL platform to use: a GPU if there is one, else the first."""
@@ -196,26 +135,52 @@ class AFMSimulator:
         shift = probe_closest - tip.distance - z_top
         xyz = positions + np.array([0.0, 0.0, shift])
         self._afm.tipR0 = [tip.tilt_xy[0], tip.tilt_xy[1], s.probe_length]
+        k_lat = s.k_lateral if tip.k_lateral is None else tip.k_lateral
+        self._afm.setStiffness([k_lat, k_lat, 0.0, s.k_radial])
+        q = s.tip_charge if tip.charge is None else tip.charge
+        if tip.quadrupole:
+            from .engine import QUAD_D
+
+            qd = tip.quadrupole / QUAD_D**2
+            self._afm.setQs([q, qd, -2 * qd, qd], [0.0, QUAD_D, 0.0, -QUAD_D])
+        else:
+            self._afm.setQs([q, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*retrieved more than once.*")
             X = self._afm(xyz, numbers, charges)
         data = np.asarray(X).transpose(2, 1, 0)[::-1]
-        if not np.all(np.isfinite(data)) or np.abs(data).max() > 1e3:
-            raise BadStructureError(f"{name}: the simulation diverged (probe too close to an atom?)")
-        return AFMStack(
-            data=data,
-            pixel_size=(s.pixel_size, s.pixel_size),
-            heights=np.arange(s.n_heights) * s.dz,
-            origin=(s.pixel_size / 2, s.pixel_size / 2),
-            metadata={
-                "channel": "df",
-                "units": "Hz",
-                "format": "ppafm simulation",
-                "simulation": {
-                    **s.to_dict(),
-                    "distance": tip.distance,
-                    "tilt_xy": list(tip.tilt_xy),
-                    "structure_z_shift": float(shift),
-                },
+        return stack_from_frames(data, s, tip, shift, name, "ppafm")
+
+
+def stack_from_frames(
+    data: np.ndarray, settings: SimulationSettings, tip: SampledTip, shift: float, name: str, engine: str
+) -> AFMStack:
+    """Wrap simulated frames ``(n_heights, ny, nx)`` (frame 0 closest) as an :class:`AFMStack`.
+
+    Raises :class:`BadStructureError` when the simulation diverged.
+    """
+    s = settings
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)) or np.abs(data).max() > 1e3:
+        raise BadStructureError(f"{name}: the simulation diverged (probe too close to an atom?)")
+    return AFMStack(
+        data=data,
+        pixel_size=(s.pixel_size, s.pixel_size),
+        heights=np.arange(s.n_heights) * s.dz,
+        origin=(s.pixel_size / 2, s.pixel_size / 2),
+        metadata={
+            "channel": "df",
+            "units": "Hz",
+            "format": f"{engine} simulation",
+            "simulation": {
+                **s.to_dict(),
+                "engine": engine,
+                "distance": tip.distance,
+                "tilt_xy": list(tip.tilt_xy),
+                "k_lateral": s.k_lateral if tip.k_lateral is None else tip.k_lateral,
+                "tip_charge": s.tip_charge if tip.charge is None else tip.charge,
+                "quadrupole": tip.quadrupole,
+                "structure_z_shift": float(shift),
             },
-        )
+        },
+    )

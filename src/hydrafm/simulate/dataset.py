@@ -32,7 +32,8 @@ from .._atomic import atomic_path
 from ..io.xyz import LABELS
 from ..progress import Progress
 from ..structures.pool import BadStructureError, StructurePool
-from .afm import AFMSimulator, SampledTip, SimulationSettings
+from .settings import SampledTip, SimulationSettings
+from .simulators import make_simulator
 from .labels import atom_labels, label_index, label_maps, within_top
 
 __all__ = ["make_dataset", "AFMDataset", "Sample", "draw_structure", "KINDS"]
@@ -118,8 +119,13 @@ def make_dataset(
     shard_size: int = 64,
     pool_name: str = "",
     layer_depth: float | None = None,
+    engine: str = "torch",
+    device: str = "cpu",
 ) -> Generator[Progress, None, Path]:
     """Simulate ``n`` stacks of ``kind`` structures from ``pool`` into the folder ``out``.
+
+    ``engine`` is the simulator (``torch``, the default, or ``ppafm``) and ``device`` the
+    torch device it runs on.
 
     Yields :class:`Progress` per stack; returns the folder. Re-running with the
     same arguments resumes; different arguments in an existing folder raise
@@ -140,12 +146,14 @@ def make_dataset(
         "pool": {"name": pool_name, "structures": len(pool), "atoms": int(pool.offsets[-1])},
         "labels": list(LABELS),
         "format": 1,
+        "engine": engine,
     }
     if layer_depth is not None:
         manifest["layer_depth"] = float(layer_depth)
     mpath = out / MANIFEST
     if mpath.exists():
         old = json.loads(mpath.read_text())
+        old.setdefault("engine", "ppafm")  # datasets made before the torch engine existed
         if old != json.loads(json.dumps(manifest)):
             raise ValueError(
                 f"{out} already holds a different dataset ({mpath.name} differs); choose another folder"
@@ -154,7 +162,7 @@ def make_dataset(
         mpath.write_text(json.dumps(manifest, indent=1))
 
     n_shards = (n + shard_size - 1) // shard_size
-    sim: AFMSimulator | None = None
+    sim = None
     done = 0
     for s in range(n_shards):
         k = min(shard_size, n - s * shard_size)
@@ -164,7 +172,7 @@ def make_dataset(
             yield Progress("simulating stacks", done, n)
             continue
         if sim is None:
-            sim = AFMSimulator(settings)
+            sim = make_simulator(settings, engine, device)
         rng = np.random.default_rng(np.random.SeedSequence([seed, s]))
         stacks, pos_l, lab_l, offsets, dist, tilt, source = [], [], [], [0], [], [], []
         rejected = 0

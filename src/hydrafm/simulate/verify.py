@@ -23,7 +23,8 @@ from ase import Atoms
 from ..progress import Progress
 from ..stack import AFMStack
 from ..structures.pool import BadStructureError
-from .afm import AFMSimulator, SampledTip, SimulationSettings
+from .settings import SampledTip, SimulationSettings
+from .simulators import make_simulator
 
 __all__ = ["Verification", "verify_atoms", "iter_verify_atoms", "frame_similarity"]
 
@@ -66,8 +67,14 @@ def iter_verify_atoms(
     atoms: Atoms,
     distances: Sequence[float] = (2.3, 2.6, 2.9, 3.2),
     settings: SimulationSettings | None = None,
+    engine: str = "torch",
+    device: str = "cpu",
 ) -> Generator[Progress, None, Verification]:
-    """Simulate ``atoms`` under the scan for each closest distance; return the best :class:`Verification`."""
+    """Simulate ``atoms`` under the scan for each closest distance; return the best :class:`Verification`.
+
+    ``engine``: ``torch`` (default; runs anywhere torch does) or ``ppafm`` (the OpenCL
+    reference; inside napari it runs in a separate process).
+    """
     if len(atoms) == 0:
         raise ValueError("there are no atoms to simulate")
     if stack.n_heights < 1:
@@ -94,7 +101,7 @@ def iter_verify_atoms(
         raise ValueError("none of the atoms lies inside the scan")
     pos, numbers, dropped = _drop_overlaps(pos, numbers)
     yield Progress("simulating", 0, len(distances))
-    sim = AFMSimulator(settings)
+    sim = make_simulator(settings, engine, device)
     best: Verification | None = None
     failures = []
     for k, d in enumerate(distances):
@@ -109,7 +116,7 @@ def iter_verify_atoms(
         score = float(per.mean())
         if best is None or score > best.similarity:
             simulated = AFMStack(frames.astype(np.float32), stack.pixel_size, stack.heights, stack.origin,
-                                 {"channel": "df", "units": "Hz", "format": "ppafm simulation",
+                                 {"channel": "df", "units": "Hz", "format": f"{engine} simulation",
                                   "scan_angle_deg": stack.scan_angle, "simulation": out.metadata["simulation"]})
             best = Verification(simulated, (_zscore(stack.data) - _zscore(frames)).astype(np.float32), score,
                                 per, float(d), dropped)
@@ -149,8 +156,9 @@ def _on_grid(sim: AFMStack, stack: AFMStack, heights: np.ndarray) -> np.ndarray:
 
 
 def verify_atoms(stack: AFMStack, atoms: Atoms, distances: Sequence[float] = (2.3, 2.6, 2.9, 3.2),
-                 settings: SimulationSettings | None = None) -> Verification:
+                 settings: SimulationSettings | None = None, engine: str = "torch",
+                 device: str = "cpu") -> Verification:
     """:func:`iter_verify_atoms` run to the end."""
     from ..progress import drive
 
-    return drive(iter_verify_atoms(stack, atoms, distances, settings), show=False)
+    return drive(iter_verify_atoms(stack, atoms, distances, settings, engine, device), show=False)

@@ -20,12 +20,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
-from ase import Atoms
 
 from .._atomic import atomic_path
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 __all__ = ["StructurePool", "POSITION_UNIT", "BadStructureError", "check_structure"]
 
@@ -51,15 +53,33 @@ def check_structure(
     which lets H atoms of edge molecules stick out); no two atoms closer than
     ``min_distance`` Å (covalent O–H bonds are ~1 Å).
     """
-    numbers = atoms.get_atomic_numbers()
+    check_structure_arrays(atoms.get_positions(), atoms.get_atomic_numbers(), window, margin=margin,
+                           min_distance=min_distance, name=name)
+
+
+def check_structure_arrays(
+    positions: np.ndarray,
+    numbers: Sequence[int],
+    window: Sequence[float] | None = None,
+    *,
+    margin: float = 1.5,
+    min_distance: float = 0.8,
+    name: str = "structure",
+) -> None:
+    """:func:`check_structure` on ``(positions Å, atomic numbers)`` arrays (no ase needed)."""
+    numbers = np.asarray(numbers).reshape(-1)
     bad = sorted({int(z) for z in numbers} - set(KNOWN_NUMBERS))
     if bad:
-        from ase.data import chemical_symbols
+        try:
+            from ase.data import chemical_symbols
 
+            names = [chemical_symbols[z] for z in bad]
+        except ImportError:  # a bare node without ase
+            names = bad
         raise BadStructureError(
-            f"{name}: unknown element(s) {[chemical_symbols[z] for z in bad]}; HydrAFM simulates H, O, Na, K"
+            f"{name}: unknown element(s) {names}; HydrAFM simulates H, O, Na, K"
         )
-    pos = atoms.get_positions()
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     if len(pos) == 0:
         raise BadStructureError(f"{name}: no atoms")
     if not np.all(np.isfinite(pos)):
@@ -167,7 +187,9 @@ class StructurePool:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.positions[a:b].astype(np.float64) * POSITION_UNIT, self.numbers[a:b].astype(int)
 
-    def __getitem__(self, i: int) -> Atoms:
+    def __getitem__(self, i: int) -> "Atoms":
+        from ase import Atoms
+
         pos, numbers = self.arrays(i)
         atoms = Atoms(numbers=numbers, positions=pos, cell=list(self.window), pbc=False)
         atoms.info.update({k: _py(v[i]) for k, v in self.info.items()})

@@ -1,7 +1,7 @@
 """Training data for fine-tuning, from three sources, all with the interface :func:`train` uses.
 
 (a) a folder (or list) of structure files (xyz, extxyz, POSCAR, cif … anything ase reads),
-    simulated with ppafm on the fly: :func:`simulate_structures`;
+    simulated on the fly (torch engine, or ppafm): :func:`simulate_structures`;
 (b) stacks paired with their (corrected) atoms, e.g. experimental scans and the edited
     Points layer: :func:`stack_atom_samples`;
 (c) dataset shards made by ``hydrafm simulate``: :class:`~hydrafm.simulate.dataset.AFMDataset`.
@@ -119,6 +119,8 @@ def simulate_structures(
     per_structure: int = 8,
     seed: int = 0,
     settings=None,
+    engine: str = "torch",
+    device: str = "cpu",
 ) -> Generator[Progress, None, MemoryDataset]:
     """Simulate each structure ``per_structure`` times (random tip, rotation, position) → a MemoryDataset.
 
@@ -127,7 +129,8 @@ def simulate_structures(
     z, centres its water/ion part in the scan window with a random offset of up to 2 Å,
     and keeps the atoms inside the window.
     """
-    from ..simulate.afm import AFMSimulator, SampledTip, SimulationSettings
+    from ..simulate.settings import SampledTip, SimulationSettings
+    from ..simulate.simulators import make_simulator
 
     settings = settings or SimulationSettings()
     files = structure_files(source)
@@ -143,7 +146,7 @@ def simulate_structures(
         except ValueError as exc:
             raise TrainingDataError(f"{f}: {exc}") from None
         structures.append((f, pos - pos.mean(axis=0), numbers))
-    sim = AFMSimulator(settings)
+    sim = make_simulator(settings, engine, device)
     rng = np.random.default_rng(seed)
     samples = []
     total = len(structures) * per_structure

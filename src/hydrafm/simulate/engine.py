@@ -1,0 +1,584 @@
+"""The probe-particle model in PyTorch: batched, differentiable, on any torch device.
+
+A port of ppafm's OpenCL point-charge path (``AFMulator`` with ``method='point-charge'``),
+written from its kernels (``ppafm/ocl/cl/FF.cl``: ``evalLJC_QZs_noPos``, ``getLJ``,
+``getCoulomb``; ``ppafm/ocl/cl/relax.cl``: ``relaxStrokesTilted``, ``update_FIRE``,
+``tipForce``, ``convolveZ``; ``ppafm/common.py``: ``getAtomsREA``, ``REA2LJ``,
+``get_simple_df_weight``; ``ppafm/ocl/AFMulator.py``: ``get_lvec``):
+
+1. **Force field on a grid.** Lennard-Jones between the probe (O, ``iZPP = 8``) and every
+   atom with ppafm's mixing rule (R = R_probe + R_atom, E = √(E_probe E_atom),
+   C6 = 2 E R⁶, C12 = E R¹²), plus the Coulomb force of the atoms' point charges on the
+   tip charge(s) (``Qs`` at ``QZs`` along z). The grid is ppafm's: the scan window padded
+   by ``lateral_pad`` Å, ``pix_per_angstrom`` points per Å rounded up to ppafm's valid
+   sizes, origin shifted down by the probe length. Only the z planes the probe can
+   reach are evaluated (ppafm computes the whole 12.8 Å box).
+2. **Relaxation.** At every pixel the tip approaches from the top in steps of ``dz``;
+   at each height the probe relaxes under the sample force (trilinear interpolation of
+   the grid, periodic laterally as ppafm's ``CLK_ADDRESS_REPEAT`` sampler) plus the
+   lateral and radial springs (``tipForce``), by FIRE with ppafm's constants
+   (dt 0.5, damping 0.1, ≤ 128 steps, stop at |F|² < 1e-8 eV²/Å²; dt and damping carry over
+   from one height to the next; the velocity is reset).
+3. **Δf.** The sample's F_z at the relaxed probe, convolved along z with ppafm's
+   finite-amplitude weights (``df_steps`` points, peak-to-peak amplitude = df_steps × dz),
+   scaled by f0 / k_cantilever.
+
+Everything is batched over structures (padded atom lists) and pixels. Gradients of any
+loss on the Δf stack with respect to atom positions, charges and tip parameters flow by
+implicit differentiation at the relaxed equilibrium (one Newton step on detached relaxed
+positions), so memory does not grow with the number of relaxation steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .settings import CHARGES, SampledTip, SimulationSettings
+
+__all__ = ["TorchSimulator", "LJ_PARAMS", "lj_coefficients", "df_weights", "ff_box", "TipBatch"]
+
+#: ppafm's default atom types (``ppafm/defaults/atomtypes.ini``): Z → (R_min Å, E_min eV)
+LJ_PARAMS = {
+    1: (1.4870, 0.000681),
+    6: (1.9080, 0.003729),
+    7: (1.7800, 0.007372),
+    8: (1.6612, 0.009106),
+    9: (1.7500, 0.002645),
+    11: (2.7700, 0.010000),
+    17: (1.9480, 0.011491),
+    19: (3.0200, 0.010000),
+    20: (2.7800, 0.010000),
+}
+COULOMB_CONST = 14.399644  # eV Å / e²
+EVA_NM = 16.0217662  # (eV/Å²) per (N/m)
+R2SAFE = 1e-6  # FF.cl
+F2CONV = 1e-8  # relax.cl: stop when |F|² < F2CONV (eV²/Å²)
+N_RELAX_STEP_MAX = 128
+DT, DAMP = 0.5, 0.1  # AFMulator.relaxParams
+FTDEC, FTINC, FDAMP, F2SAFE = 0.5, 1.1, 0.99, 1e-8
+PROBE_Z = 8  # the probe particle is an O (CO tip)
+VALID_SIZES = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+
+
+def lj_coefficients(numbers: Sequence[int] | np.ndarray, probe: int = PROBE_Z) -> np.ndarray:
+    """``(n, 2)`` Lennard-Jones ``(C6, C12)`` of each atom with the probe (ppafm's mixing rule)."""
+    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+    missing = sorted({int(z) for z in numbers} - set(LJ_PARAMS))
+    if missing:
+        raise ValueError(f"no Lennard-Jones parameters for atomic numbers {missing}")
+    rp, ep = LJ_PARAMS[probe]
+    r = np.array([LJ_PARAMS[int(z)][0] for z in numbers]) + rp
+    e = np.sqrt(np.array([LJ_PARAMS[int(z)][1] for z in numbers]) * ep)
+    r6 = r**6
+    return np.stack([2 * e * r6, e * r6 * r6], axis=1)
+
+
+def df_weights(n: int, dz: float) -> np.ndarray:
+    """ppafm's ``get_simple_df_weight``: F_z → Δf weights over ``n`` heights (1/Å units)."""
+    n = max(int(n), 2)
+    t = np.linspace(-1 + 0.5 / n, 1 - 0.5 / n, n - 1)
+    f = np.sqrt(1 - t * t)
+    w = np.zeros(n)
+    w[:-1] = f
+    w[1:] -= f
+    t = np.linspace(-1, 1, n)
+    return w / (np.sum(t * w) * n * dz)
+
+
+@dataclass(frozen=True)
+class FFBox:
+    """ppafm's force-field box for a scan: origin (Å), grid step (Å) and points per axis."""
+
+    origin: tuple[float, float, float]
+    step: tuple[float, float, float]
+    shape: tuple[int, int, int]  # (nx, ny, nz)
+
+
+def ff_box(settings: SimulationSettings, z_top: float, z_pad: float = 5.0) -> FFBox:
+    """The box of ``ppafm.ocl.AFMulator.get_lvec`` for the scan window of ``settings``."""
+    s = settings
+    half = s.pixel_size / 2
+    nz = s.n_heights + s.df_steps - 1
+    lo = np.array([half, half, z_top - nz * s.dz])
+    hi = np.array([s.scan_size - half, s.scan_size - half, z_top])
+    pad = np.array([s.lateral_pad, s.lateral_pad, z_pad])
+    center = (lo + hi) / 2
+    box = (hi - lo) + 2 * pad
+    n = (s.pix_per_angstrom * box).round().astype(np.int64)
+    n = np.array([next(v for v in VALID_SIZES if v >= d) for d in n])
+    box = n / s.pix_per_angstrom
+    origin = center - box / 2 - np.array([0.0, 0.0, s.probe_length])
+    return FFBox(tuple(float(v) for v in origin), tuple(float(v) for v in box / n), tuple(int(v) for v in n))
+
+
+@dataclass
+class TipBatch:
+    """Per-stack tip parameters of a batch, as tensors of shape ``(B,)`` (``(B, 2)`` for tilt)."""
+
+    distance: torch.Tensor  # probe above the highest atom at the closest height (Å)
+    tilt_xy: torch.Tensor  # rest offset of the probe (Å)
+    k_lateral: torch.Tensor  # N/m
+    k_radial: torch.Tensor  # N/m
+    charge: torch.Tensor  # monopole (e)
+    quadrupole: torch.Tensor  # d_z² quadrupole (e·Å², as ppafm's Qs = q/d²·[1, −2, 1] at QZs ±d)
+
+    @classmethod
+    def from_tips(
+        cls, tips: Sequence[SampledTip], settings: SimulationSettings, device=None, dtype=torch.float32
+    ) -> "TipBatch":
+        def t(values):
+            return torch.as_tensor(np.asarray(values, dtype=np.float64), device=device, dtype=dtype)
+
+        return cls(
+            distance=t([tp.distance for tp in tips]),
+            tilt_xy=t([tp.tilt_xy for tp in tips]).reshape(-1, 2),
+            k_lateral=t([settings.k_lateral if tp.k_lateral is None else tp.k_lateral for tp in tips]),
+            k_radial=t([settings.k_radial for _ in tips]),
+            charge=t([settings.tip_charge if tp.charge is None else tp.charge for tp in tips]),
+            quadrupole=t([tp.quadrupole for tp in tips]),
+        )
+
+
+#: separation of the quadrupole's point charges along z (Å), as in ppafm's examples (QZs ±0.1)
+QUAD_D = 0.1
+
+
+class TorchSimulator:
+    """Simulate Δf stacks with the probe-particle model in torch (ppafm's physics).
+
+    Parameters
+    ----------
+    settings
+        Tip and scan parameters (the same object the ppafm engine takes).
+    device, dtype
+        Where and in which precision to compute (float32 for data, float64 for tests).
+    z_margin
+        Å of force field computed below / above the probe's rest positions; the probe
+        relaxes within it (beyond, the grid's edge value is used).
+    chunk
+        Grid points × atoms evaluated at once in the force field (memory vs speed).
+    """
+
+    Z_TOP = 20.0  # tip apex at the farthest height, as in the ppafm engine
+
+    def __init__(
+        self,
+        settings: SimulationSettings = SimulationSettings(),
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        z_margin: tuple[float, float] = (0.6, 0.4),
+        chunk: int = 1 << 21,
+    ) -> None:
+        self.settings = s = settings
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.chunk = int(chunk)
+        self.nz = s.n_heights + s.df_steps - 1
+        self.box = box = ff_box(s, self.Z_TOP)
+        self.z_closest_tip = self.Z_TOP - self.nz * s.dz
+        nx, ny, _ = box.shape
+        dx, dy, dzg = box.step
+        # the z planes the probe can reach: rest heights minus/plus a margin
+        z_lo = self.z_closest_tip - s.probe_length - z_margin[0]
+        z_hi = self.Z_TOP - s.probe_length * math.cos(math.radians(s.max_tilt_deg + 2)) + z_margin[1]
+        k0 = max(0, int(math.floor((z_lo - box.origin[2]) / dzg)))
+        k1 = min(box.shape[2] - 1, int(math.ceil((z_hi - box.origin[2]) / dzg)))
+        self.k0, self.nk = k0, k1 - k0 + 1
+        kw = dict(device=self.device, dtype=dtype)
+        self.gx = box.origin[0] + dx * torch.arange(nx, **kw)
+        self.gy = box.origin[1] + dy * torch.arange(ny, **kw)
+        self.gz = box.origin[2] + dzg * torch.arange(k0, k1 + 1, **kw)
+        half = s.pixel_size / 2
+        xs = torch.linspace(half, s.scan_size - half, s.n_pixels, **kw)
+        # tip apex positions of the strokes: (P, 2), x fastest? no: pixel p = ix * n + iy as ppafm's (nx, ny) scan
+        X, Y = torch.meshgrid(xs, xs, indexing="ij")
+        self.tip_xy = torch.stack([X.reshape(-1), Y.reshape(-1)], dim=1)
+        w = df_weights(s.df_steps, s.dz) * EVA_NM * s.f0 / s.k_cantilever
+        self.df_weight = torch.as_tensor(w, **kw)
+
+    # ------------------------------------------------------------------ force field
+    def force_field(
+        self,
+        positions: torch.Tensor,
+        cLJ: torch.Tensor,
+        charges: torch.Tensor,
+        tip_charges: Sequence[tuple[torch.Tensor, float]],
+    ) -> torch.Tensor:
+        """Sample force on the probe on the grid planes: ``(B, 3, nk, ny, nx)`` eV/Å.
+
+        ``positions`` ``(B, N, 3)`` Å, ``cLJ`` ``(B, N, 2)`` (C6, C12), ``charges``
+        ``(B, N)`` e (padding atoms have all-zero coefficients and charges);
+        ``tip_charges`` a list of ``(Q (B,) e, z offset Å)``.
+        """
+        B, N, _ = positions.shape
+        nx, ny, nk = len(self.gx), len(self.gy), len(self.gz)
+        cx, cy = float(self.gx.mean()), float(self.gy.mean())
+        gx, gy = self.gx - cx, self.gy - cy  # centred: the sums below lose less precision
+        ax, ay = positions[..., 0] - cx, positions[..., 1] - cy
+        dX2 = (gx[None, :, None] - ax[:, None, :]) ** 2  # (B, nx, N)
+        dY2 = (gy[None, :, None] - ay[:, None, :]) ** 2  # (B, ny, N)
+        c6 = (6.0 * cLJ[..., 0])[:, None, None, :]
+        c12 = (12.0 * cLJ[..., 1])[:, None, None, :]
+        qk = [((COULOMB_CONST * Q)[:, None] * charges)[:, None, None, :] for Q, _ in tip_charges]
+        # [1, x, y, z] of the atoms: Σ_a c_a (g − a) = g Σ c_a − Σ c_a a, as one matrix product
+        ones = torch.ones_like(ax)
+        out = positions.new_zeros((B, 3, nk, ny, nx))
+        rows = max(1, min(ny, self.chunk // max(1, nx * N)))
+        for j0 in range(0, ny, rows):
+            j1 = min(ny, j0 + rows)
+            r2xy = dY2[:, j0:j1, None, :] + dX2[:, None, :, :]  # (B, rows, nx, N)
+            for k in range(nk):
+                dZ = self.gz[k] - positions[..., 2]  # (B, N)
+                ir2 = 1.0 / (r2xy + (dZ * dZ + R2SAFE)[:, None, None, :])
+                ir6 = ir2 * ir2 * ir2
+                coef = (c12 * ir6 - c6) * ir6 * ir2
+                fz_extra = 0.0
+                for (_, zoff), qq in zip(tip_charges, qk):
+                    if zoff == 0.0:
+                        coef = coef + qq * ir2 * torch.sqrt(ir2)
+                    else:
+                        dZo = dZ + zoff
+                        i2 = 1.0 / (r2xy + (dZo * dZo + R2SAFE)[:, None, None, :])
+                        c = qq * i2 * torch.sqrt(i2)
+                        coef = coef + c
+                        fz_extra = fz_extra + zoff * c.sum(-1)
+                A = torch.stack([ones, ax, ay, dZ], dim=-1)  # (B, N, 4); dZ already includes the plane
+                S = torch.matmul(coef.reshape(B, -1, N), A).reshape(B, j1 - j0, nx, 4)
+                out[:, 0, k, j0:j1] = gx[None, None, :] * S[..., 0] - S[..., 1]
+                out[:, 1, k, j0:j1] = gy[None, j0:j1, None] * S[..., 0] - S[..., 2]
+                out[:, 2, k, j0:j1] = S[..., 3] + fz_extra
+        return out
+
+    # ------------------------------------------------------------------ relaxation
+    def field(self, grid: torch.Tensor) -> "_Field":
+        """The trilinear sampler of a force-field grid ``(B, 3, nk, ny, nx)``."""
+        return _Field(grid, self.box, self.k0)
+
+    @staticmethod
+    def _tip_force(dpos: torch.Tensor, k: torch.Tensor, d0: torch.Tensor, length: float) -> torch.Tensor:
+        """ppafm's ``tipForce``: lateral springs to the rest offset plus a radial spring (eV/Å)."""
+        r = torch.sqrt((dpos * dpos).sum(-1, keepdim=True))
+        return (dpos - d0) * k[..., :3] + dpos * (k[..., 3:4] * (r - length) / r)
+
+    @staticmethod
+    def _tip_jacobian(dpos: torch.Tensor, k: torch.Tensor, length: float) -> torch.Tensor:
+        """``∂ tipForce / ∂ dpos`` ``(..., 3, 3)``."""
+        r2 = (dpos * dpos).sum(-1, keepdim=True)
+        r = torch.sqrt(r2)
+        kr = k[..., 3:4]
+        J = torch.diag_embed(k[..., :3] + kr * (1 - length / r))
+        return J + (kr * length / (r2 * r))[..., None] * dpos[..., :, None] * dpos[..., None, :]
+
+    def _springs(self, tips: TipBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Spring constants ``(B, 1, 4)`` in eV/Å² (negative: restoring) and rest offsets ``(B, 1, 3)``."""
+        L = self.settings.probe_length
+        zero = torch.zeros_like(tips.k_lateral)
+        k = torch.stack([tips.k_lateral, tips.k_lateral, zero, tips.k_radial], dim=-1) / -EVA_NM
+        tx, ty = tips.tilt_xy[:, 0], tips.tilt_xy[:, 1]
+        d0 = torch.stack([tx, ty, -torch.sqrt(L * L - tx * tx - ty * ty)], dim=-1)
+        return k[:, None, :], d0[:, None, :]
+
+    def relax(
+        self,
+        grid: torch.Tensor,
+        tips: TipBatch,
+        solver: str = "newton",
+        steps: int = N_RELAX_STEP_MAX,
+        f2conv: float = F2CONV,
+        newton_iters: int = 5,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relaxed probe positions ``(B, P, nz, 3)`` and the tip apexes ``(P, nz, 3)`` (no gradients).
+
+        ``solver='fire'`` is ppafm's FIRE relaxation step by step; ``'newton'`` (default)
+        solves the same equilibrium F_sample + F_spring = 0 by damped Newton steps from the
+        previous height's position (the same branch as the stroke) and hands every pixel
+        that is not converged to a stable equilibrium after a few steps to FIRE.
+        """
+        if solver not in ("newton", "fire"):
+            raise ValueError(f"unknown relaxation solver {solver!r}; choose 'newton' or 'fire'")
+        s = self.settings
+        L = s.probe_length
+        B = grid.shape[0]
+        P = self.tip_xy.shape[0]
+        kw = dict(device=self.device, dtype=self.dtype)
+        with torch.no_grad():
+            fld = self.field(grid.detach())
+            k, d0 = self._springs(tips)
+            bidx = torch.arange(B, device=self.device).repeat_interleave(P)  # batch of each point
+            kM, d0M = k.expand(B, P, 4).reshape(-1, 4), d0.expand(B, P, 3).reshape(-1, 3)
+            tip = torch.cat([self.tip_xy, torch.full((P, 1), self.Z_TOP, **kw)], dim=1).repeat(B, 1)  # (M, 3)
+            pos = tip + d0M
+            dt = torch.full((B * P, 1), DT, **kw)
+            damp = torch.full((B * P, 1), DAMP, **kw)
+            out = torch.empty((B * P, self.nz, 3), **kw)
+            for iz in range(self.nz):
+                todo = torch.arange(B * P, device=self.device)
+                if solver == "newton":
+                    pos_n, ok = self._newton(fld, pos, tip, kM, d0M, bidx, L, f2conv, newton_iters)
+                    pos = torch.where(ok[:, None], pos_n, pos)
+                    todo = todo[~ok]
+                if len(todo):
+                    p, d, m = self._fire(fld, pos[todo], tip[todo], kM[todo], d0M[todo], bidx[todo], dt[todo],
+                                         damp[todo], L, steps, f2conv)
+                    pos[todo], dt[todo], damp[todo] = p, d, m
+                out[:, iz] = pos
+                tip = tip.clone()
+                tip[:, 2] -= s.dz
+                pos = pos.clone()
+                pos[:, 2] -= s.dz
+        tips_z = self.Z_TOP - s.dz * torch.arange(self.nz, **kw)
+        apex = torch.cat(
+            [self.tip_xy[:, None, :].expand(P, self.nz, 2), tips_z[None, :, None].expand(P, self.nz, 1)], dim=-1
+        )
+        return out.reshape(B, P, self.nz, 3), apex
+
+    def _newton(self, fld, pos, tip, k, d0, bidx, L, f2conv, iters: int = 5, max_step: float = 0.25):
+        """Damped Newton steps on G(p) = F_sample + F_spring; ``(positions, converged & stable)``."""
+        p = pos
+        for it in range(iters + 1):
+            val, jac = fld.sample(p, bidx, jacobian=True)
+            d = p - tip
+            G = val + self._tip_force(d, k, d0, L)
+            J = jac + self._tip_jacobian(d, k, L)
+            conv = (G * G).sum(-1) < f2conv
+            if it == iters or bool(conv.all()):
+                break
+            step = -_solve3(J, G)
+            n = torch.sqrt((step * step).sum(-1, keepdim=True))
+            # converged points stay put, so a point's result does not depend on the rest of the batch
+            p = torch.where(conv[:, None], p, p + step * torch.clamp(max_step / (n + 1e-12), max=1.0))
+        ok = conv & _stable(J) & torch.isfinite(p).all(-1)
+        return p, ok
+
+    def _fire(self, fld, pos, tip, k, d0, bidx, dt, damp, L, steps, f2conv):
+        """ppafm's FIRE relaxation of the given points (only unconverged points are computed)."""
+        pos, dt, damp = pos.clone(), dt.clone(), damp.clone()
+        v = torch.zeros_like(pos)
+        idx = torch.arange(len(pos), device=pos.device)
+        for _ in range(steps):
+            if len(idx) == 0:
+                break
+            p, vi, dti, dmi = pos[idx], v[idx], dt[idx], damp[idx]
+            f = fld.sample(p, bidx[idx]) + self._tip_force(p - tip[idx], k[idx], d0[idx], L)
+            ff = (f * f).sum(-1, keepdim=True)
+            vv = (vi * vi).sum(-1, keepdim=True)
+            vf = (vi * f).sum(-1, keepdim=True)
+            back = vf < 0
+            vi = torch.where(back, 0.0, vi * (1 - dmi) + f * (dmi * torch.sqrt(vv / (ff + F2SAFE))))
+            dti = torch.where(back, torch.clamp(dti * FTDEC, min=DT * 0.1), torch.clamp(dti * FTINC, max=DT))
+            dmi = torch.where(back, torch.full_like(dmi, DAMP), dmi * FDAMP)
+            vi = vi + f * dti
+            pos[idx], v[idx], dt[idx], damp[idx] = p + vi * dti, vi, dti, dmi
+            idx = idx[ff[:, 0] >= f2conv]  # ppafm stops a pixel after the step in which |F|² < F2CONV
+        return pos, dt, damp
+
+    def forces_at(
+        self, grid: torch.Tensor, relaxed: torch.Tensor, apex: torch.Tensor, tips: TipBatch
+    ) -> torch.Tensor:
+        """Sample F_z ``(B, P, nz)`` at the relaxed probe, differentiable by implicit differentiation.
+
+        With ``p*`` the relaxed positions (detached) and ``G(p) = F_sample(p) + F_spring(p)``,
+        ``p = p* − J⁻¹ G(p*)`` (``J = ∂G/∂p`` detached) has the value ``p*`` at equilibrium and
+        the gradient of the equilibrium position; ``F_sample(p)`` is then exact to first order.
+        """
+        B, P, nz, _ = relaxed.shape
+        fld = self.field(grid)
+        ps = relaxed.reshape(B * P * nz, 3)
+        bidx = torch.arange(B, device=self.device).repeat_interleave(P * nz)
+        needs_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (grid, tips.k_lateral, tips.k_radial, tips.tilt_xy)
+        )
+        if not needs_grad:
+            return fld.sample(ps, bidx)[:, 2].reshape(B, P, nz)
+        k, d0 = self._springs(tips)
+        kM = k.expand(B, P * nz, 4).reshape(-1, 4)
+        d0M = d0.expand(B, P * nz, 3).reshape(-1, 3)
+        a = apex.reshape(1, P * nz, 3).expand(B, P * nz, 3).reshape(-1, 3)
+        L = self.settings.probe_length
+        p0 = ps.detach()
+        with torch.no_grad():
+            _, jac = self.field(grid.detach()).sample(p0, bidx, jacobian=True)
+            J = jac + self._tip_jacobian(p0 - a, kM.detach(), L)
+        G = fld.sample(p0, bidx) + self._tip_force(p0 - a, kM, d0M, L)
+        p = p0 - _solve3(J, G)
+        return fld.sample(p, bidx)[:, 2].reshape(B, P, nz)
+
+    # ------------------------------------------------------------------ Δf
+    def df(self, fz: torch.Tensor) -> torch.Tensor:
+        """Δf stack ``(B, n_heights, ny, nx)`` (frame 0 closest) from F_z ``(B, P, nz)`` (top first)."""
+        B = fz.shape[0]
+        n = self.settings.n_pixels
+        w = self.df_weight
+        out = F.conv1d(fz.reshape(B * fz.shape[1], 1, -1), w[None, None])  # a correlation, as convolveZ
+        out = out.reshape(B, n, n, -1)  # (B, ix, iy, izo): izo 0 = farthest
+        return out.flip(-1).permute(0, 3, 2, 1)  # (B, heights closest first, y, x)
+
+    # ------------------------------------------------------------------ whole pipeline
+    def prepare(
+        self,
+        positions: Sequence[np.ndarray] | torch.Tensor,
+        numbers: Sequence[Sequence[int]],
+        tips: TipBatch,
+        charges: Sequence[np.ndarray] | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded ``(positions shifted under the tip, cLJ, charges)`` tensors of a batch.
+
+        Positions may be a list of arrays or a ``(B, N, 3)`` tensor (then gradients flow
+        to it); the structure is shifted in z so that the probe's rest position at the
+        closest height is ``tips.distance`` above its highest atom (as the ppafm engine).
+        """
+        kw = dict(device=self.device, dtype=self.dtype)
+        B = len(numbers)
+        N = max(len(z) for z in numbers)
+        cLJ = torch.zeros((B, N, 2), **kw)
+        mask = torch.zeros((B, N), dtype=torch.bool, device=self.device)
+        q = torch.zeros((B, N), **kw)
+        if isinstance(positions, torch.Tensor):
+            pos = positions.to(**kw)
+        else:
+            pos = torch.zeros((B, N, 3), **kw)
+        for b, z in enumerate(numbers):
+            n = len(z)
+            cLJ[b, :n] = torch.as_tensor(lj_coefficients(z), **kw)
+            mask[b, :n] = True
+            if not isinstance(positions, torch.Tensor):
+                pos[b, :n] = torch.as_tensor(np.asarray(positions[b], dtype=np.float64).reshape(-1, 3), **kw)
+            if charges is None or isinstance(charges, torch.Tensor):
+                if charges is None:
+                    q[b, :n] = torch.as_tensor([CHARGES.get(int(a), 0.0) for a in z], **kw)
+            else:
+                q[b, :n] = torch.as_tensor(np.asarray(charges[b], dtype=np.float64), **kw)
+        if isinstance(charges, torch.Tensor):
+            q = charges.to(**kw) * mask
+        ztop = torch.where(mask, pos[..., 2], torch.full_like(pos[..., 2], -1e9)).amax(dim=1)
+        probe_closest = self.z_closest_tip - self.settings.probe_length
+        shift = probe_closest - tips.distance - ztop  # (B,)
+        pos = pos + torch.stack([torch.zeros_like(shift), torch.zeros_like(shift), shift], dim=-1)[:, None, :]
+        pos = torch.where(mask[..., None], pos, torch.tensor([0.0, 0.0, -1e3], **kw))
+        return pos, cLJ, q
+
+    def tip_charges(self, tips: TipBatch) -> list[tuple[torch.Tensor, float]]:
+        """The tip's point charges ``(Q, z offset)``: monopole, plus a d_z² quadrupole when set."""
+        out = [(tips.charge, 0.0)]
+        if bool((tips.quadrupole != 0).any()):
+            qd = tips.quadrupole / (QUAD_D * QUAD_D)
+            out += [(qd, QUAD_D), (-2 * qd, 0.0), (qd, -QUAD_D)]
+        return out
+
+    def __call__(
+        self,
+        positions: Sequence[np.ndarray] | torch.Tensor,
+        numbers: Sequence[Sequence[int]],
+        tips: TipBatch,
+        charges: Sequence[np.ndarray] | torch.Tensor | None = None,
+        solver: str = "newton",
+        steps: int = N_RELAX_STEP_MAX,
+        f2conv: float = F2CONV,
+        newton_iters: int = 5,
+    ) -> torch.Tensor:
+        """Δf stacks ``(B, n_heights, ny, nx)`` in Hz, frame 0 closest (AFMStack convention)."""
+        pos, cLJ, q = self.prepare(positions, numbers, tips, charges)
+        grid = self.force_field(pos, cLJ, q, self.tip_charges(tips))
+        relaxed, apex = self.relax(grid, tips, solver=solver, steps=steps, f2conv=f2conv, newton_iters=newton_iters)
+        fz = self.forces_at(grid, relaxed, apex, tips)
+        return self.df(fz)
+
+    def simulate(
+        self,
+        positions: np.ndarray,
+        numbers: Sequence[int],
+        tip: SampledTip | None = None,
+        charges: np.ndarray | None = None,
+        name: str = "structure",
+    ):
+        """One structure → :class:`~hydrafm.stack.AFMStack`, the same API as the ppafm engine."""
+        from .afm import stack_from_frames
+
+        s = self.settings
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        from ..structures.pool import check_structure_arrays
+
+        check_structure_arrays(positions, numbers, (s.scan_size, s.scan_size), name=name)
+        tip = tip or SampledTip(float(np.mean(s.closest_distance)))
+        tb = TipBatch.from_tips([tip], s, self.device, self.dtype)
+        with torch.no_grad():
+            data = self([positions], [numbers], tb, None if charges is None else [charges])[0]
+        shift = (self.z_closest_tip - s.probe_length) - tip.distance - positions[:, 2].max()
+        return stack_from_frames(data.cpu().numpy().astype(np.float32), s, tip, shift, name, "torch")
+
+
+class _Field:
+    """Trilinear interpolation of a force-field grid, laterally periodic (ppafm's REPEAT sampler),
+    clamped at the computed z planes; value and optionally the Jacobian ``∂F/∂p``."""
+
+    def __init__(self, grid: torch.Tensor, box: FFBox, k0: int) -> None:
+        B, _, nk, ny, nx = grid.shape
+        self.flat = grid.permute(0, 2, 3, 4, 1).contiguous().reshape(-1, 3)  # (B·nk·ny·nx, 3)
+        self.n = (nx, ny, nk)
+        self.box, self.k0 = box, k0
+        self.strides = (1, nx, nx * ny, nx * ny * nk)
+
+    def sample(self, pos: torch.Tensor, bidx: torch.Tensor, jacobian: bool = False):
+        nx, ny, nk = self.n
+        o, st = self.box.origin, self.box.step
+        fx = (pos[:, 0] - o[0]) / st[0]
+        fy = (pos[:, 1] - o[1]) / st[1]
+        fz = ((pos[:, 2] - o[2]) / st[2] - self.k0).clamp(0.0, nk - 1 - 1e-4)
+        ix, iy, iz = torch.floor(fx), torch.floor(fy), torch.floor(fz)
+        tx, ty, tz = (fx - ix)[:, None], (fy - iy)[:, None], (fz - iz)[:, None]
+        ix, iy, iz = ix.long(), iy.long(), iz.long()
+        x0, x1 = ix % nx, (ix + 1) % nx
+        y0, y1 = (iy % ny) * nx, ((iy + 1) % ny) * nx
+        base = bidx * self.strides[3] + iz * self.strides[2]
+        z1 = self.strides[2]
+        idx = torch.stack([base + y0 + x0, base + y0 + x1, base + y1 + x0, base + y1 + x1], dim=0)
+        idx = torch.cat([idx, idx + z1], dim=0).reshape(-1)
+        c = self.flat.index_select(0, idx).reshape(8, -1, 3)
+        c000, c100, c010, c110, c001, c101, c011, c111 = c
+        a00 = c000 + (c100 - c000) * tx
+        a10 = c010 + (c110 - c010) * tx
+        a01 = c001 + (c101 - c001) * tx
+        a11 = c011 + (c111 - c011) * tx
+        b0 = a00 + (a10 - a00) * ty
+        b1 = a01 + (a11 - a01) * ty
+        val = b0 + (b1 - b0) * tz
+        if not jacobian:
+            return val
+        ux, uy, uz = 1 - tx, 1 - ty, 1 - tz
+        dx = ((c100 - c000) * uy * uz + (c110 - c010) * ty * uz + (c101 - c001) * uy * tz
+              + (c111 - c011) * ty * tz) / st[0]
+        dy = ((a10 - a00) * uz + (a11 - a01) * tz) / st[1]
+        dz = (b1 - b0) / st[2]
+        inside = ((pos[:, 2] - o[2]) / st[2] - self.k0 > 0) & ((pos[:, 2] - o[2]) / st[2] - self.k0 < nk - 1)
+        dz = dz * inside[:, None]
+        return val, torch.stack([dx, dy, dz], dim=-1)  # (M, 3 components, 3 directions)
+
+
+def _solve3(J: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``J⁻¹ b`` for a batch of 3 × 3 matrices by cofactors (fast for many small systems)."""
+    a, bb, c = J[:, 0, 0], J[:, 0, 1], J[:, 0, 2]
+    d, e, f = J[:, 1, 0], J[:, 1, 1], J[:, 1, 2]
+    g, h, i = J[:, 2, 0], J[:, 2, 1], J[:, 2, 2]
+    A, Bc, C = e * i - f * h, -(d * i - f * g), d * h - e * g
+    det = a * A + bb * Bc + c * C
+    det = torch.where(det.abs() < 1e-30, torch.full_like(det, 1e-30), det)
+    D, E, Fc = -(bb * i - c * h), a * i - c * g, -(a * h - bb * g)
+    G, H, I = bb * f - c * e, -(a * f - c * d), a * e - bb * d
+    x, y, z = b[:, 0], b[:, 1], b[:, 2]
+    return torch.stack([A * x + D * y + G * z, Bc * x + E * y + H * z, C * x + Fc * y + I * z], dim=-1) / det[:, None]
+
+
+def _stable(J: torch.Tensor) -> torch.Tensor:
+    """True where the symmetric part of −J is positive definite (a stable equilibrium)."""
+    S = -(J + J.transpose(-1, -2)) / 2
+    m1 = S[:, 0, 0]
+    m2 = S[:, 0, 0] * S[:, 1, 1] - S[:, 0, 1] * S[:, 1, 0]
+    m3 = torch.linalg.det(S)
+    return (m1 > 0) & (m2 > 0) & (m3 > 0)
