@@ -18,6 +18,7 @@ def write_sxm(
     scan_dir: str = "up",
     angle: float = 0.0,
     units: dict[str, str] | None = None,
+    offset_m: tuple[float, float] = (1.0e-8, 2.0e-8),
 ) -> Path:
     """Write an .sxm file. ``planes[name] = (forward_raw, backward_raw or None)`` in file order."""
     first = next(iter(planes.values()))[0]
@@ -31,7 +32,7 @@ def write_sxm(
         ":REC_DATE:", " 01.01.2026", ":REC_TIME:", "12:00:00",
         ":SCAN_PIXELS:", f"       {nx}       {ny}",
         ":SCAN_RANGE:", f"           {width_m:E}           {height_m:E}",
-        ":SCAN_OFFSET:", "             1.0E-8         2.0E-8",
+        ":SCAN_OFFSET:", f"             {offset_m[0]:E}         {offset_m[1]:E}",
         ":SCAN_ANGLE:", f"            {angle:E}",
         ":SCAN_DIR:", scan_dir, ":BIAS:", "            1.0E-3",
     ]
@@ -72,3 +73,50 @@ def write_createc(
     payload = np.concatenate([np.asarray(p, dtype="<f4").ravel() for p in planes] + [np.zeros(4 * nx + 32, "<f4")])
     path.write_bytes(text + b"DATA" + zlib.compress(payload.tobytes()))
     return path
+
+
+def write_stack_sxm(stack, folder: Path, prefix: str = "scan") -> list[Path]:
+    """Write each height of an AFMStack as one Nanonis .sxm file (Δf forward only), as a microscope would.
+
+    Returns the files in measurement order (closest height first), named ``<prefix>_001.sxm`` ….
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    heights = stack.heights if stack.heights is not None else np.arange(stack.n_heights) * 0.1
+    height_m, width_m = (v * 1e-10 for v in stack.extent)
+    return [write_sxm(folder / f"{prefix}_{k + 1:03d}.sxm", {"Frequency_Shift": (frame, None)},
+                      width_m=width_m, height_m=height_m, z_m=-3.2e-9 + float(h) * 1e-10)
+            for k, (frame, h) in enumerate(zip(stack.data, heights))]
+
+
+def slow_write(path: Path, data: bytes, rng: np.random.Generator, *, chunks: int = 3,
+               pause: tuple[float, float] = (0.005, 0.05), long_pause: float = 0.0, p_long: float = 0.0) -> float:
+    """Write ``data`` in ``chunks`` random pieces with random pauses, as a slow instrument or network share does.
+
+    With probability ``p_long`` a pause lasts ``long_pause`` seconds (make it longer than the
+    watcher's settle time: the file then looks finished while it is not). Returns ``time.time()``
+    at the moment the file is complete.
+    """
+    import time
+
+    cuts = sorted(int(c) for c in rng.choice(np.arange(1, len(data)), size=chunks - 1, replace=False))
+    with open(path, "wb") as fh:
+        start = 0
+        for end in [*cuts, len(data)]:
+            fh.write(data[start:end])
+            fh.flush()
+            start = end
+            if end < len(data):
+                time.sleep(long_pause if rng.random() < p_long else rng.uniform(*pause))
+    return time.time()
+
+
+def replay(files: list[Path], folder: Path, seed: int = 0, gap: float = 0.05, **slow) -> dict[str, float]:
+    """Copy ``files`` into ``folder`` one at a time with :func:`slow_write`; ``{name: time complete}``."""
+    import time
+
+    rng = np.random.default_rng(seed)
+    done = {}
+    for f in files:
+        done[f.name] = slow_write(folder / f.name, f.read_bytes(), rng, **slow)
+        time.sleep(gap)
+    return done

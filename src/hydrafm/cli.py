@@ -173,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     hy.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     return parser
 
+    wa = sub.add_parser("watch", help="live mode: watch the instrument's folder, stack frames as they are "
+                                      "written, predict each stack again as its heights come in")
+    wa.add_argument("folder", type=Path, metavar="FOLDER", help="the folder the instrument writes to")
+    wa.add_argument("-o", "--out", type=Path, metavar="OUT",
+                    help="folder receiving <stack>.xyz, replaced (atomically) whenever a stack's atoms change")
+    wa.add_argument("--model", default="water", help="shipped model name or checkpoint file")
+    wa.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    wa.add_argument("--threshold", type=float,
+                    help="minimum confidence of an atom (default: the model's recommended threshold)")
+    wa.add_argument("--no-predict", action="store_true", help="only watch and stack the frames")
+    wa.add_argument("--settle", type=float, default=0.3,
+                    help="seconds a file must stay unchanged before it is read (default 0.3)")
+    wa.add_argument("--idle-exit", type=float, metavar="S",
+                    help="stop once no file changed for S seconds and every prediction is done "
+                         "(default: watch until Ctrl-C)")
+    wa.add_argument("--channel", help="channel name or index (default: frequency shift Δf)")
+    wa.add_argument("--direction", default="forward", choices=["forward", "backward"])
+    wa.add_argument("--z-order", default="auto", choices=["auto", "closest_first", "closest_last"],
+                    help="frame order for files without heights (default: inferred from contrast)")
+
 
 def cmd_hydrate(args: argparse.Namespace) -> int:
     """Predict the density; print one JSON line (file, grid, ρ(z) peaks)."""
@@ -361,8 +381,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
         atoms.info["model"] = str(args.model)
         target = args.out / f"{Path(path).stem}.xyz" if several else args.out
         write_xyz(atoms, target, overwrite=args.overwrite)
-        counts = {lab: int((atoms.arrays["label"] == lab).sum()) for lab in sorted(set(atoms.arrays["label"]))}
-        print(json.dumps({"input": str(path), "output": str(target), "atoms": counts}), flush=True)
+        print(json.dumps({"input": str(path), "output": str(target), "atoms": _label_counts(atoms)}), flush=True)
+    return 0
+
+
+def _label_counts(atoms) -> dict[str, int]:
+    labels = np.asarray(atoms.arrays["label"]).astype(str)
+    return {lab: int((labels == lab).sum()) for lab in sorted(set(labels))}
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Live mode: one JSON line per stack change and prediction; OUT/<stack>.xyz kept up to date."""
+    from .io.xyz import write_xyz
+    from .predict.live import AtomsPredicted, FileProblem, PredictionFailed, StackChanged, watch_and_predict
+    from .training.train import pick_device
+
+    device = pick_device(args.device)
+    records = watch_and_predict(args.folder, args.model, channel=_channel_arg(args.channel),
+                                direction=args.direction, z_order=args.z_order, device=device,
+                                threshold=args.threshold, predict=not args.no_predict, settle=args.settle,
+                                until_idle=args.idle_exit)
+    written: dict[str, bytes] = {}
+    print(json.dumps({"watching": str(args.folder), "out": None if args.out is None else str(args.out)}),
+          flush=True)
+    try:
+        for rec in records:
+            if isinstance(rec, StackChanged):
+                print(json.dumps({"event": "frames", "stack": rec.name, "new_stack": rec.new,
+                                  "heights": rec.stack.n_heights, "files": [p.name for p in rec.paths]}),
+                      flush=True)
+            elif isinstance(rec, (FileProblem, PredictionFailed)):
+                print(f"hydrafm: warning: {_one_line(rec.message)}", file=sys.stderr, flush=True)
+            elif isinstance(rec, AtomsPredicted):
+                line = {"event": "atoms", "stack": rec.name, "heights": rec.n_heights,
+                        "atoms": _label_counts(rec.atoms), "seconds": round(rec.seconds, 3)}
+                atoms = rec.atoms
+                key = atoms.positions.round(4).tobytes() + "|".join(atoms.arrays["label"]).encode() + \
+                    atoms.arrays["confidence"].round(4).tobytes()
+                if args.out is not None and written.get(rec.name) != key:
+                    line["output"] = str(write_xyz(atoms, args.out / f"{rec.name}.xyz", overwrite=True))
+                    written[rec.name] = key
+                print(json.dumps(line), flush=True)
+    except KeyboardInterrupt:
+        print("hydrafm: stopped watching", file=sys.stderr)
     return 0
 
 
@@ -443,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "view": cmd_view, "pool": cmd_pool, "simulate": cmd_simulate,
                 "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-                "hydrate": cmd_hydrate}
+                "hydrate": cmd_hydrate, "watch": cmd_watch}
     try:
         with warnings.catch_warnings():
             # Show HydrAFM's own warnings (incomplete scans, guessed channels) as one line each;

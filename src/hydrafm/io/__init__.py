@@ -41,7 +41,9 @@ __all__ = [
     "detect_format",
     "list_channels",
     "load_stack",
+    "read_frame",
     "save_npz",
+    "stack_from_frames",
 ]
 
 #: File kinds by extension. ``frame`` kinds hold one height per file.
@@ -198,14 +200,39 @@ def _read_frame(kind: str, p: Path, channel, direction) -> Frame:
     return read_gwy(p, channel)
 
 
-def _stack_files(kind: str, files: list[Path], channel, direction, z_order: str) -> AFMStack:
-    frames = [_read_frame(kind, p, channel, direction) for p in files]
+def read_frame(path: str | Path, channel: str | int | None = None, direction: str = "forward") -> Frame:
+    """Read the one frame (one height) of a Nanonis .sxm, Createc .dat or Gwyddion .gwy file.
+
+    Raises
+    ------
+    AFMFileError
+        Naming the file, when it cannot be read or holds a whole stack.
+    """
+    p = Path(path)
+    kind = _kind(p)
+    if kind not in FRAME_KINDS:
+        raise UnsupportedFormatError(p, f"{kind} files hold a whole stack, not one frame")
+    return _read_frame(kind, p, channel, direction)
+
+
+def stack_from_frames(frames: Sequence[Frame], source: Path | None = None, z_order: str = "auto") -> AFMStack:
+    """One stack from frames read one file each, exactly as :func:`load_stack` stacks a folder.
+
+    Frames are sorted by height (ties keep the given order); without heights they keep
+    file-name order, and ``z_order`` says which end is the closest.
+    """
+    frames = list(frames)
     if any(f.z is None for f in frames):
         frames.sort(key=lambda f: f.path.name)
-    stack = stack_frames(frames, files[0].parent)
+    stack = stack_frames(frames, source)
     if stack.heights is None and stack.n_heights > 1:
         stack = _apply_z_order(stack, z_order, "file name order")
     return stack
+
+
+def _stack_files(kind: str, files: list[Path], channel, direction, z_order: str) -> AFMStack:
+    frames = [_read_frame(kind, p, channel, direction) for p in files]
+    return stack_from_frames(frames, files[0].parent, z_order)
 
 
 def _apply_z_order(stack: AFMStack, z_order: str, what: str) -> AFMStack:

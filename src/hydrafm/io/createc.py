@@ -187,6 +187,7 @@ def read_createc(path: str | Path, channel: str | int | None = None, direction: 
         "scan_direction": "down",
         "scan_angle_deg": float(angle),
         "scan_range_angstrom": [height, width],
+        "scan_offset_dac": [_opt(header, "OffsetX"), _opt(header, "OffsetY")],
         "df_channel_guessed": guessed_df,
         "constant_height": None if ch_mode is None else bool(ch_mode),
         "ch_mode_zoff": _opt(header, "CHModeZoff"),

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..stack import AFMStack
-from ._common import check_pixels, check_scan_size, read_bytes
+from ._common import Frame, check_pixels, check_scan_size, read_bytes
 from .errors import CorruptFileError, StackMismatchError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -128,15 +128,41 @@ def read_png_folder(
     return AFMStack(data=data, pixel_size=(size[0] / ny, size[1] / nx), heights=None, metadata=meta)
 
 
-def read_png(path: str | Path, scan_size: float | Sequence[float] | None = None) -> AFMStack:
-    """Read one PNG image as a one-frame stack (needs ``scan_size``)."""
-    path = Path(path)
+def _png_and_size(path: Path, scan_size: float | Sequence[float] | None) -> tuple[np.ndarray, tuple | None]:
+    """A checked PNG image and the scan size given for it (``None`` when none was)."""
     frame = _read_png(path)
     ny, nx = frame.shape
     check_pixels(nx, ny, path)
-    size = parse_scan_size(scan_size, path)
+    return frame, parse_scan_size(scan_size, path)
+
+
+def read_png_frame(path: str | Path, scan_size: float | Sequence[float] | None = None) -> Frame:
+    """One numbered frame ``N.png`` of a PNG folder, its scan size from ``cell.txt`` beside it.
+
+    The frame is oriented like :func:`read_png_folder`'s (row 0 = bottom); it has no
+    height (``N`` is its place in the stack, 0 = closest).
+    """
+    path = Path(path)
+    frame, size = _png_and_size(path, scan_size)
+    ny, nx = frame.shape
+    if size is None:
+        cell = path.parent / "cell.txt"
+        if not cell.exists():
+            raise CorruptFileError(path, "no cell.txt with the scan size (nm) beside this image")
+        size = read_cell(cell, (ny, nx))
+    meta = {"format": "PNG folder", "channel": "image", "units": "a.u.", "z_order": "0.png closest",
+            "scan_range_angstrom": [size[0], size[1]]}
+    return Frame(data=np.ascontiguousarray(frame[::-1]), pixel_size=(size[0] / ny, size[1] / nx),
+                 origin=(0.0, 0.0), path=path, channel="image", units="a.u.", metadata=meta)
+
+
+def read_png(path: str | Path, scan_size: float | Sequence[float] | None = None) -> AFMStack:
+    """Read one PNG image as a one-frame stack (needs ``scan_size``)."""
+    path = Path(path)
+    frame, size = _png_and_size(path, scan_size)
     if size is None:
         raise CorruptFileError(path, "a PNG image has no scan size; pass scan_size=<Å>")
+    ny, nx = frame.shape
     meta = {"format": "PNG", "channel": "image", "units": "a.u.", "sources": [str(path)]}
     return AFMStack(data=frame[::-1], pixel_size=(size[0] / ny, size[1] / nx), metadata=meta)
 
