@@ -19,7 +19,7 @@ from typing import Sequence
 
 from . import __version__
 from .io import AFMFileError, ChannelNotFoundError, load_stack
-from .simulate.afm import SimulationError
+from .simulate.settings import SimulationError
 
 EXIT_BAD_INPUT = 2
 
@@ -98,9 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="water: keep only molecules whose O is within this many Å of the highest O")
     sim.add_argument("--structures", metavar="A:B",
                      help="use only pool structures A..B-1 (e.g. 0:2000 for training, 2000:2400 for validation)")
+    _add_engine_options(sim)
 
-    tr = sub.add_parser("train", help="train (or fine-tune) the structure network on a simulated dataset")
-    tr.add_argument("dataset", type=Path, help="dataset folder made by `hydrafm simulate`")
+    tr = sub.add_parser("train", help="train (or fine-tune) the structure network on a simulated dataset, "
+                                      "or on batches simulated on the fly (--on-the-fly)")
+    tr.add_argument("dataset", type=Path, nargs="?", help="dataset folder made by `hydrafm simulate`")
+    tr.add_argument("--on-the-fly", action="store_true",
+                    help="no dataset: simulate every batch on the training device from the structure pools")
+    tr.add_argument("--pools", default="water",
+                    help="on the fly: comma-separated pools to draw from (water, hydrates, ice, or .npz files)")
+    tr.add_argument("--minutes", type=float, help="stop cleanly after this many minutes (best checkpoint kept)")
+    tr.add_argument("--steps-per-epoch", type=int, default=100, help="on the fly: batches per epoch")
+    tr.add_argument("--val-size", type=int, default=96, help="on the fly: held-out stacks scored every epoch")
+    tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("-o", "--out", type=Path, required=True, help="checkpoint to write (best epoch)")
     tr.add_argument("--init-from", help="start from this model (name or file): fine-tuning / transfer")
     tr.add_argument("--epochs", type=int, default=30)
@@ -128,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--flips", action="store_true",
                     help="average over the four mirror images (more accurate, ~4× slower)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing .xyz files")
+    pr.add_argument("--loose-atoms", action="store_true",
+                    help="write the peaks as they are instead of whole molecules (H2O with two H, ion shells)")
     _add_stack_options(pr)
 
     ft = sub.add_parser("finetune", help="fine-tune a model on structures, corrected scans or a dataset")
@@ -147,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--threads", type=int, help="CPU threads for torch")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--resume", action="store_true", help="continue the stopped run of this name")
+    _add_engine_options(ft)
     _add_stack_options(ft)
 
     ev = sub.add_parser("evaluate", help="precision / recall / F1 per label on a simulated dataset")
@@ -157,22 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threshold", type=float, help="default: the model's recommended threshold")
     ev.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the top")
     ev.add_argument("--flips", action="store_true", help="average over the four mirror images")
+    ev.add_argument("--loose-atoms", action="store_true", help="score the peaks as they are, not whole molecules")
     ev.add_argument("--val-runs", help="water datasets: score only samples from these MD runs (e.g. 4,13, "
                                        "the runs `hydrafm train` holds out)")
-    hy = sub.add_parser("hydrate", help="predict the water density above a CaCO3 slab → Gaussian .cube")
-    hy.add_argument("surface", help="a built-in surface (calcite-104, aragonite-010, aragonite-001, "
-                                    "vaterite-010) or a slab file ase reads")
-    hy.add_argument("-o", "--out", type=Path, required=True, help="the .cube to write")
-    hy.add_argument("--model", default="hydration-calcite", help="density model name or file")
-    hy.add_argument("--vacancies", type=int, default=0, help="Ca2+/CO3 2- vacancy pairs in the top layer")
-    hy.add_argument("--seed", type=int, default=0, help="where the vacancies go")
-    hy.add_argument("--size", type=float, nargs=2, default=(25.0, 25.0), metavar=("X", "Y"),
-                    help="built-in surfaces: at least this many Å wide")
-    hy.add_argument("--layers", type=int, default=3, help="built-in surfaces: layers in the slab")
-    hy.add_argument("--device", default="cpu")
-    hy.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    return parser
-
     wa = sub.add_parser("watch", help="live mode: watch the instrument's folder, stack frames as they are "
                                       "written, predict each stack again as its heights come in")
     wa.add_argument("folder", type=Path, metavar="FOLDER", help="the folder the instrument writes to")
@@ -192,6 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--direction", default="forward", choices=["forward", "backward"])
     wa.add_argument("--z-order", default="auto", choices=["auto", "closest_first", "closest_last"],
                     help="frame order for files without heights (default: inferred from contrast)")
+
+    hy = sub.add_parser("hydrate", help="predict the water density above a CaCO3 slab → Gaussian .cube")
+    hy.add_argument("surface", help="a built-in surface (calcite-104, aragonite-010, aragonite-001, "
+                                    "vaterite-010) or a slab file ase reads")
+    hy.add_argument("-o", "--out", type=Path, required=True, help="the .cube to write")
+    hy.add_argument("--model", default="hydration-calcite", help="density model name or file")
+    hy.add_argument("--vacancies", type=int, default=0, help="Ca2+/CO3 2- vacancy pairs in the top layer")
+    hy.add_argument("--seed", type=int, default=0, help="where the vacancies go")
+    hy.add_argument("--size", type=float, nargs=2, default=(25.0, 25.0), metavar=("X", "Y"),
+                    help="built-in surfaces: at least this many Å wide")
+    hy.add_argument("--layers", type=int, default=3, help="built-in surfaces: layers in the slab")
+    hy.add_argument("--device", default="cpu")
+    hy.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    return parser
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["torch", "ppafm"], default="torch",
+                   help="AFM simulator: torch (default; any torch device) or ppafm (OpenCL reference)")
+    p.add_argument("--sim-device", default="cpu", help="torch device of the torch engine (cpu, cuda, mps)")
 
 
 def cmd_hydrate(args: argparse.Namespace) -> int:
@@ -295,8 +315,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate (or resume) a dataset; prints its folder and size as JSON."""
     from .paths import cache_dir, pool_path
     from .progress import drive
-    from .simulate.afm import SimulationSettings
     from .simulate.dataset import make_dataset
+    from .simulate.settings import SimulationSettings
     from .structures.pool import StructurePool
 
     pool_file = args.pool or pool_path(args.kind)
@@ -318,7 +338,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                   pix_per_angstrom=args.pix_per_angstrom)
     out = args.out or cache_dir("datasets", f"{args.kind}-s{args.seed}")
     drive(make_dataset(out, args.n, args.kind, pool, settings, seed=args.seed, shard_size=args.shard_size,
-                       pool_name=pool_name, layer_depth=args.layer_depth))
+                       pool_name=pool_name, layer_depth=args.layer_depth, engine=args.engine,
+                       device=args.sim_device))
     print(json.dumps({"dataset": str(out), "stacks": args.n}))
     return 0
 
@@ -337,20 +358,24 @@ def _split_water_runs(ds, val_runs: str):
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train; prints one JSON line per epoch."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.on_the_fly:
+        return _train_on_the_fly(args)
     from .models.unet import UNetConfig
     from .predict.predictor import model_path
     from .progress import drive
     from .simulate.dataset import AFMDataset
     from .training.train import TrainConfig, train
 
+    if args.dataset is None:
+        raise ValueError("give a dataset folder (made by `hydrafm simulate`), or --on-the-fly")
     ds = AFMDataset(args.dataset)
     init = model_path(args.init_from) if args.init_from else None
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
                       device=args.device, label_depth=args.label_depth, patience=args.patience)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     split = _split_water_runs(ds, args.val_runs) if args.val_runs != "shard" else None
     train_idx, val_idx = split if split is not None else (None, None)
     if split is not None:
@@ -360,6 +385,26 @@ def cmd_train(args: argparse.Namespace) -> int:
                 train_indices=train_idx, val_indices=val_idx, max_batches_per_epoch=args.max_batches)
     drive(gen, on_record=lambda rec: print(
         json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))
+    return 0
+
+
+def _train_on_the_fly(args: argparse.Namespace) -> int:
+    """``hydrafm train --on-the-fly``: prints one JSON line per epoch (rank 0 under torchrun)."""
+    from .models.unet import UNetConfig
+    from .paths import cache_dir
+    from .progress import drive
+    from .training.onthefly import OnTheFlyConfig, train_on_the_fly
+
+    cfg = OnTheFlyConfig(pools=tuple(p.strip() for p in args.pools.split(",") if p.strip()),
+                         batch_size=args.batch_size, crop=args.crop or 64, steps_per_epoch=args.steps_per_epoch,
+                         epochs=args.epochs, minutes=args.minutes, val_size=args.val_size, lr=args.lr,
+                         patience=args.patience, seed=args.seed,
+                         label_depth=args.label_depth if args.label_depth is not None else 2.0)
+    gen = train_on_the_fly(args.out, cfg, UNetConfig(base_channels=args.base_channels), device=args.device,
+                           init_from=args.init_from, cache=cache_dir("otf"))
+    out = drive(gen, show=sys.stderr.isatty(), on_record=lambda rec: print(
+        json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))
+    print(json.dumps({"model": str(out)}))
     return 0
 
 
@@ -377,7 +422,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in args.paths:
         stack = load_stack(path, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
                            heights=args.heights, z_order=args.z_order)
-        atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips)
+        atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips,
+                              molecules=not args.loose_atoms)
         atoms.info["model"] = str(args.model)
         target = args.out / f"{Path(path).stem}.xyz" if several else args.out
         write_xyz(atoms, target, overwrite=args.overwrite)
@@ -445,7 +491,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.dataset}: --val-runs needs a water dataset made from the shipped pool")
         indices = split[1]
     indices = indices[: args.n] if args.n else indices
-    total = drive(evaluate_dataset(ds, model, indices, args.threshold, device, args.top, args.flips))
+    total = drive(evaluate_dataset(ds, model, indices, args.threshold, device, args.top, args.flips,
+                                   not args.loose_atoms))
     print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), "top": args.top, **total.summary()}))
     return 0
 
@@ -475,7 +522,8 @@ def _finetune_data(args: argparse.Namespace):
         return AFMDataset(items[0])
     from .progress import drive
 
-    return drive(simulate_structures(items[0] if len(items) == 1 else items, args.per_structure, args.seed))
+    return drive(simulate_structures(items[0] if len(items) == 1 else items, args.per_structure, args.seed,
+                                     engine=args.engine, device=args.sim_device))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

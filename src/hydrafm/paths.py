@@ -8,16 +8,19 @@ from pathlib import Path
 __all__ = ["cache_dir", "data_dir", "pool_path", "POOLS"]
 
 #: The structure pools shipped with the package (``hydrafm pool KIND`` remakes them).
-POOLS = {"water": "water_windows.npz", "hydrates": "hydrates.npz"}
+POOLS = {"water": "water_windows.npz", "hydrates": "hydrates.npz", "ice": "ice_windows.npz"}
 
 
 def cache_dir(*parts: str) -> Path:
     """The cache folder (``$HYDRAFM_CACHE`` or the platform's user cache dir), with sub-folders."""
     root = os.environ.get("HYDRAFM_CACHE")
     if not root:
-        from platformdirs import user_cache_dir
+        try:
+            from platformdirs import user_cache_dir
 
-        root = user_cache_dir("hydrafm")
+            root = user_cache_dir("hydrafm")
+        except ImportError:  # a bare node without platformdirs
+            root = os.path.join(os.path.expanduser("~"), ".cache", "hydrafm")
     return Path(root).joinpath(*parts)
 
 
@@ -32,7 +35,7 @@ def data_dir(*parts: str) -> Path:
 
 
 def pool_path(kind: str) -> Path:
-    """Path of a shipped structure pool (``water`` or ``hydrates``)."""
+    """Path of a shipped structure pool (``water``, ``hydrates`` or ``ice``)."""
     if kind not in POOLS:
         raise ValueError(f"unknown pool {kind!r}; choose one of {sorted(POOLS)} or give a .npz path")
     return Path(__file__).parent / "structures" / "pools" / POOLS[kind]

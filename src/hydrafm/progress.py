@@ -37,8 +37,10 @@ def drive(
     Records that are not :class:`Progress` (e.g. per-epoch statistics) go to
     ``on_record``, after the current bar is cleared.
     """
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a bare node without tqdm: no bars
+        show = False
     bar = None
     stage = None
     try:

@@ -1,8 +1,10 @@
 """Atoms with HydrAFM labels ↔ extended XYZ (Å), through ase.
 
 Every atom carries a ``label`` (O, Na, K, H_up, H_flat, H_down) and a
-``confidence`` (0–1); the element follows from the label. Writes are atomic
-(temporary file, then rename) and refuse to replace a file unless asked.
+``confidence`` (0–1); the element follows from the label. Predicted molecules also
+carry ``mol`` (molecule id; −1 = none) and ``shell`` (the ``mol`` of the ion whose
+hydration shell the atom is in; −1 = none), written as integer columns. Writes are
+atomic (temporary file, then rename) and refuse to replace a file unless asked.
 """
 
 from __future__ import annotations
@@ -10,14 +12,18 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-from ase import Atoms
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 from .errors import AFMFileError, CorruptFileError
 
 LABELS: tuple[str, ...] = ("O", "Na", "K", "H_up", "H_flat", "H_down")
+#: integer per-atom columns of predicted molecules (−1 = none)
+GROUP_COLUMNS: tuple[str, ...] = ("mol", "shell")
 ELEMENT: dict[str, str] = {"O": "O", "Na": "Na", "K": "K", "H_up": "H", "H_flat": "H", "H_down": "H"}
 
 
@@ -40,7 +46,8 @@ def points_to_atoms(
     """Atoms from napari-style point coordinates (``(z, y, x)`` or ``(y, x)``, Å) and features.
 
     ``features`` needs a ``label`` column; ``confidence`` defaults to 1 (atoms
-    placed by hand).
+    placed by hand). ``mol`` and ``shell`` columns, when present, are kept (missing
+    values become −1).
     """
     coords = np.asarray(coords, dtype=np.float64).reshape(len(coords), -1) if len(coords) else np.zeros((0, 3))
     n, d = coords.shape
@@ -61,25 +68,37 @@ def points_to_atoms(
     conf = np.ones(n) if conf is None else np.nan_to_num(np.asarray(conf, dtype=np.float64), nan=1.0)
     x, y = coords[:, -1], coords[:, -2]
     z = coords[:, -3] if d >= 3 else np.zeros(n)
+    from ase import Atoms
+
     atoms = Atoms(symbols=[ELEMENT[lab] for lab in labels], positions=np.column_stack([x, y, z]))
     atoms.new_array("label", labels.astype("<U6"))
     atoms.new_array("confidence", conf.astype(np.float64))
+    for name in GROUP_COLUMNS:
+        col = _column(features, name)
+        if col is not None and n:
+            atoms.new_array(name, np.nan_to_num(np.asarray(col, dtype=np.float64), nan=-1).astype(int))
     return atoms
 
 
 def atoms_to_points(atoms: Atoms) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``(z, y, x)`` coordinates and ``label``/``confidence`` features for a napari Points layer."""
+    """``(z, y, x)`` coordinates and ``label``/``confidence``/``mol``/``shell`` features for napari Points.
+
+    ``mol`` and ``shell`` are −1 for atoms without them.
+    """
     pos = atoms.get_positions()
     coords = pos[:, ::-1].copy()
     labels = atoms.arrays.get("label")
     if labels is None:
         labels = np.array(atoms.get_chemical_symbols())
     conf = atoms.arrays.get("confidence", np.ones(len(atoms)))
-    return coords, {"label": np.asarray(labels).astype(str), "confidence": np.asarray(conf, dtype=float)}
+    feats = {"label": np.asarray(labels).astype(str), "confidence": np.asarray(conf, dtype=float)}
+    for name in GROUP_COLUMNS:
+        feats[name] = np.asarray(atoms.arrays.get(name, np.full(len(atoms), -1)), dtype=int)
+    return coords, feats
 
 
 def write_xyz(atoms: Atoms, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write extended XYZ with ``label`` and ``confidence`` columns (positions in Å)."""
+    """Write extended XYZ with ``label``, ``confidence`` (and ``mol``, ``shell``) columns (positions in Å)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -89,7 +108,8 @@ def write_xyz(atoms: Atoms, path: str | Path, *, overwrite: bool = False) -> Pat
     try:
         from ase.io import write
 
-        columns = ["symbols", "positions"] + [c for c in ("label", "confidence") if c in atoms.arrays]
+        columns = ["symbols", "positions"] + [c for c in ("label", "confidence", *GROUP_COLUMNS)
+                                              if c in atoms.arrays]
         write(tmp, atoms, format="extxyz", columns=columns)
         os.replace(tmp, path)
     except BaseException:
@@ -116,4 +136,5 @@ def read_xyz(path: str | Path) -> Atoms:
     return atoms
 
 
-__all__ = ["LABELS", "ELEMENT", "AFMFileError", "points_to_atoms", "atoms_to_points", "write_xyz", "read_xyz"]
+__all__ = ["LABELS", "ELEMENT", "GROUP_COLUMNS", "AFMFileError", "points_to_atoms", "atoms_to_points",
+           "write_xyz", "read_xyz"]

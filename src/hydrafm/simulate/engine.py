@@ -100,8 +100,13 @@ class FFBox:
     shape: tuple[int, int, int]  # (nx, ny, nz)
 
 
-def ff_box(settings: SimulationSettings, z_top: float, z_pad: float = 5.0) -> FFBox:
-    """The box of ``ppafm.ocl.AFMulator.get_lvec`` for the scan window of ``settings``."""
+def ff_box(settings: SimulationSettings, z_top: float, z_pad: float = 5.0, ppafm_sizes: bool = True) -> FFBox:
+    """The box of ``ppafm.ocl.AFMulator.get_lvec`` for the scan window of ``settings``.
+
+    ppafm rounds the number of grid points up to its ``VALID_SIZES`` (a 13 Å box gets 128
+    points at 5/Å, i.e. 25.6 Å); with ``ppafm_sizes=False`` the box just covers the padded
+    scan (same grid step), which is much cheaper for small windows.
+    """
     s = settings
     half = s.pixel_size / 2
     nz = s.n_heights + s.df_steps - 1
@@ -111,7 +116,8 @@ def ff_box(settings: SimulationSettings, z_top: float, z_pad: float = 5.0) -> FF
     center = (lo + hi) / 2
     box = (hi - lo) + 2 * pad
     n = (s.pix_per_angstrom * box).round().astype(np.int64)
-    n = np.array([next(v for v in VALID_SIZES if v >= d) for d in n])
+    if ppafm_sizes:
+        n = np.array([next(v for v in VALID_SIZES if v >= d) for d in n])
     box = n / s.pix_per_angstrom
     origin = center - box / 2 - np.array([0.0, 0.0, s.probe_length])
     return FFBox(tuple(float(v) for v in origin), tuple(float(v) for v in box / n), tuple(int(v) for v in n))
@@ -163,6 +169,9 @@ class TorchSimulator:
         relaxes within it (beyond, the grid's edge value is used).
     chunk
         Grid points × atoms evaluated at once in the force field (memory vs speed).
+    ppafm_grid
+        Size the force-field grid as ppafm does (power-of-two-like point counts); ``False``
+        covers just the padded scan with the same grid step (cheaper; used for training).
     """
 
     Z_TOP = 20.0  # tip apex at the farthest height, as in the ppafm engine
@@ -174,13 +183,14 @@ class TorchSimulator:
         dtype: torch.dtype = torch.float32,
         z_margin: tuple[float, float] = (0.6, 0.4),
         chunk: int = 1 << 21,
+        ppafm_grid: bool = True,
     ) -> None:
         self.settings = s = settings
         self.device = torch.device(device)
         self.dtype = dtype
         self.chunk = int(chunk)
         self.nz = s.n_heights + s.df_steps - 1
-        self.box = box = ff_box(s, self.Z_TOP)
+        self.box = box = ff_box(s, self.Z_TOP, ppafm_sizes=ppafm_grid)
         self.z_closest_tip = self.Z_TOP - self.nz * s.dz
         nx, ny, _ = box.shape
         dx, dy, dzg = box.step
@@ -217,7 +227,7 @@ class TorchSimulator:
         ``tip_charges`` a list of ``(Q (B,) e, z offset Å)``.
         """
         B, N, _ = positions.shape
-        nx, ny, nk = len(self.gx), len(self.gy), len(self.gz)
+        nx, ny = len(self.gx), len(self.gy)
         cx, cy = float(self.gx.mean()), float(self.gy.mean())
         gx, gy = self.gx - cx, self.gy - cy  # centred: the sums below lose less precision
         ax, ay = positions[..., 0] - cx, positions[..., 1] - cy
@@ -226,34 +236,22 @@ class TorchSimulator:
         c6 = (6.0 * cLJ[..., 0])[:, None, None, :]
         c12 = (12.0 * cLJ[..., 1])[:, None, None, :]
         qk = [((COULOMB_CONST * Q)[:, None] * charges)[:, None, None, :] for Q, _ in tip_charges]
-        # [1, x, y, z] of the atoms: Σ_a c_a (g − a) = g Σ c_a − Σ c_a a, as one matrix product
-        ones = torch.ones_like(ax)
-        out = positions.new_zeros((B, 3, nk, ny, nx))
+        zoffs = tuple(float(z) for _, z in tip_charges)
         rows = max(1, min(ny, self.chunk // max(1, nx * N)))
+        # with gradients, each chunk is recomputed in the backward pass instead of keeping its
+        # (rows × nx × atoms) intermediates: memory stays at one chunk
+        ckpt = torch.is_grad_enabled() and any(t.requires_grad for t in (positions, charges, *qk))
+        parts = []
         for j0 in range(0, ny, rows):
             j1 = min(ny, j0 + rows)
-            r2xy = dY2[:, j0:j1, None, :] + dX2[:, None, :, :]  # (B, rows, nx, N)
-            for k in range(nk):
-                dZ = self.gz[k] - positions[..., 2]  # (B, N)
-                ir2 = 1.0 / (r2xy + (dZ * dZ + R2SAFE)[:, None, None, :])
-                ir6 = ir2 * ir2 * ir2
-                coef = (c12 * ir6 - c6) * ir6 * ir2
-                fz_extra = 0.0
-                for (_, zoff), qq in zip(tip_charges, qk):
-                    if zoff == 0.0:
-                        coef = coef + qq * ir2 * torch.sqrt(ir2)
-                    else:
-                        dZo = dZ + zoff
-                        i2 = 1.0 / (r2xy + (dZo * dZo + R2SAFE)[:, None, None, :])
-                        c = qq * i2 * torch.sqrt(i2)
-                        coef = coef + c
-                        fz_extra = fz_extra + zoff * c.sum(-1)
-                A = torch.stack([ones, ax, ay, dZ], dim=-1)  # (B, N, 4); dZ already includes the plane
-                S = torch.matmul(coef.reshape(B, -1, N), A).reshape(B, j1 - j0, nx, 4)
-                out[:, 0, k, j0:j1] = gx[None, None, :] * S[..., 0] - S[..., 1]
-                out[:, 1, k, j0:j1] = gy[None, j0:j1, None] * S[..., 0] - S[..., 2]
-                out[:, 2, k, j0:j1] = S[..., 3] + fz_extra
-        return out
+            args = (gx, gy[j0:j1], dX2, dY2[:, j0:j1], ax, ay, positions[..., 2], self.gz, c6, c12, *qk)
+            if ckpt:
+                from torch.utils.checkpoint import checkpoint
+
+                parts.append(checkpoint(_chunk_force, zoffs, *args, use_reentrant=False))
+            else:
+                parts.append(_chunk_force(zoffs, *args))
+        return torch.cat(parts, dim=3)
 
     # ------------------------------------------------------------------ relaxation
     def field(self, grid: torch.Tensor) -> "_Field":
@@ -512,6 +510,35 @@ class TorchSimulator:
             data = self([positions], [numbers], tb, None if charges is None else [charges])[0]
         shift = (self.z_closest_tip - s.probe_length) - tip.distance - positions[:, 2].max()
         return stack_from_frames(data.cpu().numpy().astype(np.float32), s, tip, shift, name, "torch")
+
+
+def _chunk_force(zoffs, gx, gy, dX2, dY2, ax, ay, az, gz, c6, c12, *qk) -> torch.Tensor:
+    """Force ``(B, 3, nk, rows, nx)`` on grid rows ``gy`` (centred coordinates; see ``force_field``)."""
+    B, N = ax.shape
+    r2xy = dY2[:, :, None, :] + dX2[:, None, :, :]  # (B, rows, nx, N)
+    ones = torch.ones_like(ax)
+    planes = []
+    for k in range(len(gz)):
+        dZ = gz[k] - az  # (B, N)
+        ir2 = 1.0 / (r2xy + (dZ * dZ + R2SAFE)[:, None, None, :])
+        ir6 = ir2 * ir2 * ir2
+        coef = (c12 * ir6 - c6) * ir6 * ir2
+        fz_extra = 0.0
+        for zoff, qq in zip(zoffs, qk):
+            if zoff == 0.0:
+                coef = coef + qq * ir2 * torch.sqrt(ir2)
+            else:
+                dZo = dZ + zoff
+                i2 = 1.0 / (r2xy + (dZo * dZo + R2SAFE)[:, None, None, :])
+                c = qq * i2 * torch.sqrt(i2)
+                coef = coef + c
+                fz_extra = fz_extra + zoff * c.sum(-1)
+        # Σ_a c_a (g − a) = g Σ c_a − Σ c_a a: one matrix product with [1, x, y, z − plane] of the atoms
+        A = torch.stack([ones, ax, ay, dZ], dim=-1)
+        S = torch.matmul(coef.reshape(B, -1, N), A).reshape(B, len(gy), len(gx), 4)
+        planes.append(torch.stack([gx * S[..., 0] - S[..., 1], gy[:, None] * S[..., 0] - S[..., 2],
+                                   S[..., 3] + fz_extra], dim=1))
+    return torch.stack(planes, dim=2)
 
 
 class _Field:

@@ -1,0 +1,559 @@
+"""Training on the fly: every batch is simulated on the training device from the structure pools.
+
+No dataset on disk: each batch draws structures from the pools (random symmetry, crop
+window, tip and instrument draws), simulates them with the torch probe-particle engine on
+the training device, renders the label maps there, degrades the stacks like an
+experiment, and trains. A fixed validation set from held-out structures is simulated once
+(seeded) and cached; it scores every epoch. Progress, early stopping, atomic checkpoints,
+resume, and ``minutes`` (stop cleanly with the best checkpoint) as in :func:`~.train.train`.
+
+Under ``torchrun --nproc_per_node N`` (and ``--nnodes``) the same function runs with
+DistributedDataParallel: each rank draws its own structures from its own seed; rank 0
+validates and writes checkpoints.
+
+Only torch, numpy and scipy are needed here (no ase, napari or OpenCL): it runs on a bare
+GPU node from a checkout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Generator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from ..models.unet import StructureUNet, UNetConfig
+from ..progress import Progress
+from ..simulate.engine import TipBatch, TorchSimulator
+from ..simulate.settings import SampledTip, SimulationSettings
+from .train import EpochStats, pick_device
+
+__all__ = ["TipRanges", "Degradations", "OnTheFlyConfig", "StructureSource", "BatchMaker", "train_on_the_fly",
+           "degrade"]
+
+N_LABELS = 6  # O, Na, K, H_up, H_flat, H_down (hydrafm.io.xyz.LABELS)
+
+
+@dataclass(frozen=True)
+class TipRanges:
+    """Per-stack tip and scan draws (uniform in each range)."""
+
+    distance: tuple[float, float] = (2.3, 3.8)  # closest probe height above the top atom (Å)
+    k_lateral: tuple[float, float] = (0.25, 0.8)  # N/m
+    charge: tuple[float, float] = (-0.2, 0.1)  # monopole (e)
+    quadrupole_fraction: float = 0.3  # share of stacks with a d_z² quadrupole as well
+    quadrupole: tuple[float, float] = (-0.1, 0.05)  # e·Å²
+    max_tilt_deg: float = 8.0
+    amplitudes: tuple[float, ...] = (0.6, 1.0, 1.4)  # Å peak-to-peak, one per batch
+    dz: tuple[float, ...] = (0.08, 0.1, 0.12)  # true height step (the model assumes its own), one per batch
+
+    def draw(self, rng: np.random.Generator, probe_length: float) -> SampledTip:
+        tilt = math.radians(float(rng.uniform(0.0, self.max_tilt_deg)))
+        phi = float(rng.uniform(0.0, 2 * math.pi))
+        r = probe_length * math.tan(tilt)
+        quad = float(rng.uniform(*self.quadrupole)) if rng.random() < self.quadrupole_fraction else 0.0
+        return SampledTip(float(rng.uniform(*self.distance)), (r * math.cos(phi), r * math.sin(phi)),
+                          k_lateral=float(rng.uniform(*self.k_lateral)), charge=float(rng.uniform(*self.charge)),
+                          quadrupole=quad)
+
+
+@dataclass(frozen=True)
+class Degradations:
+    """Experiment-like degradations of a stack (amplitudes × each frame's std, drawn U(0, max))."""
+
+    white: float = 0.08
+    pink: float = 0.08  # 1/f noise
+    scan_lines: float = 0.05  # a random offset per scan line
+    line_jumps: float = 0.3  # a tip change: offset from a random line to the end of the frame
+    line_jump_prob: float = 0.2
+    plane: float = 0.3  # background plane
+    contrast: float = 0.15  # per-frame scale 1 ± this
+    drift_px: float = 2.0  # cumulative lateral drift from the closest to the farthest frame
+    cutouts: int = 2
+    cutout_px: int = 12
+
+
+@dataclass(frozen=True)
+class OnTheFlyConfig:
+    """Everything that defines an on-the-fly training run (stored in the checkpoint)."""
+
+    pools: tuple[str, ...] = ("water",)  # shipped pool names or .npz paths
+    pool_weights: tuple[float, ...] | None = None
+    batch_size: int = 16
+    crop: int = 64  # simulated window in px (at the model's pixel size)
+    steps_per_epoch: int = 100
+    epochs: int = 1000
+    minutes: float | None = None  # stop cleanly after this much wall time
+    val_size: int = 96
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int = 20
+    seed: int = 0
+    sigma: float = 0.35
+    positive_weight: float = 10.0
+    label_depth: float | None = 2.0  # only atoms this close to the top get targets
+    layer_depth: float | None = None  # water windows: keep only molecules this close to the top
+    normalization: str = "stack-zscore"
+    tips: TipRanges = field(default_factory=TipRanges)
+    degrade: Degradations = field(default_factory=Degradations)
+    settings: SimulationSettings = field(default_factory=SimulationSettings)  # nominal scan (model grid)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+# ---------------------------------------------------------------------------------------------- data
+class StructureSource:
+    """Structures of one pool to draw from (a training or a held-out part)."""
+
+    def __init__(self, name: str, indices: np.ndarray | None = None, pool=None) -> None:
+        from ..structures.pool import StructurePool
+
+        self.name = name
+        path = Path(name) if name.endswith(".npz") else _pool_path(name)
+        self.pool = pool if pool is not None else StructurePool.load(path)
+        self.indices = np.arange(len(self.pool)) if indices is None else np.asarray(indices)
+        if len(self.indices) == 0:
+            raise ValueError(f"pool {name}: no structures selected")
+        self.single = self.pool.window[0] <= 0  # single hydrates, composed into windows
+        self._sub = self.pool.subset(self.indices) if self.single else None
+
+    def draw(self, rng: np.random.Generator, window: float, layer_depth: float | None):
+        """``(positions Å in a window × window frame, atomic numbers)``."""
+        from ..simulate.dataset import _d4, top_layer
+
+        if self.single:
+            from ..structures.hydrates import compose_hydrate_window
+
+            pos, numbers, _ = compose_hydrate_window(self._sub, rng, (window, window))
+            return pos, numbers
+        i = int(self.indices[rng.integers(len(self.indices))])
+        pos, numbers = self.pool.arrays(i)
+        w = float(self.pool.window[0])
+        if layer_depth is not None and len(numbers) % 3 == 0 and np.all(numbers.reshape(-1, 3) == [8, 1, 1]):
+            pos, numbers = top_layer(pos, numbers, layer_depth)
+        return _d4(pos, w, int(rng.integers(8))), numbers
+
+
+def _pool_path(name: str) -> Path:
+    from ..paths import pool_path
+
+    return pool_path(name)
+
+
+def default_split(name: str) -> tuple[StructureSource, StructureSource]:
+    """Training and held-out sources of a shipped pool, by construction (no structure in both).
+
+    ``water``: MD runs 4 and 13 held out (``training.train.VAL_RUNS``); ``hydrates``: clusters
+    2000–2400 held out; a pool with a ``family`` column: the families its ``held_out`` attribute
+    names; otherwise the last 10 %.
+    """
+    from ..structures.pool import StructurePool
+    from .train import VAL_RUNS
+
+    path = Path(name) if name.endswith(".npz") else _pool_path(name)
+    pool = StructurePool.load(path)
+    idx = np.arange(len(pool))
+    if "run" in pool.info and name == "water":
+        val = np.isin(np.asarray(pool.info["run"]), VAL_RUNS)
+    elif name == "hydrates":
+        val = idx >= 2000
+    elif "family" in pool.info and pool.attrs.get("held_out"):
+        val = np.isin(np.asarray(pool.info["family"]).astype(str), list(pool.attrs["held_out"]))
+    else:
+        val = idx >= int(0.9 * len(pool))
+    return StructureSource(name, idx[~val], pool), StructureSource(name, idx[val], pool)
+
+
+class BatchMaker:
+    """Draw, simulate, label (and degrade) batches on a torch device."""
+
+    def __init__(self, cfg: OnTheFlyConfig, sources: Sequence[StructureSource], device: torch.device,
+                 weights: Sequence[float] | None = None) -> None:
+        self.cfg = cfg
+        self.sources = list(sources)
+        w = np.asarray(weights if weights is not None else [1.0] * len(self.sources), float)
+        self.weights = w / w.sum()
+        self.device = device
+        s = cfg.settings
+        self.pixel = s.pixel_size
+        self.window = cfg.crop * self.pixel
+        self._sims: dict[tuple[int, float], TorchSimulator] = {}
+
+    def simulator(self, amplitude: float, dz: float) -> TorchSimulator:
+        steps = max(2, int(round(amplitude / dz)))
+        key = (steps, round(dz, 4))
+        if key not in self._sims:
+            # a 1 Å margin keeps the relaxed probe inside the (exactly sized) force-field box
+            s = replace(self.cfg.settings, n_pixels=self.cfg.crop, scan_size=self.window, dz=dz, df_steps=steps,
+                        lateral_pad=max(self.cfg.settings.lateral_pad, 1.0))
+            self._sims[key] = TorchSimulator(s, device=self.device, ppafm_grid=False)
+        return self._sims[key]
+
+    def draw(self, rng: np.random.Generator, n: int):
+        """``n`` structures cut to the crop window: lists of positions, numbers, label indices."""
+        from ..simulate.labels import atom_labels, label_index
+
+        out_pos, out_num, out_lab = [], [], []
+        big = self.cfg.settings.scan_size
+        while len(out_pos) < n:
+            src = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
+            pos, numbers = src.draw(rng, big, self.cfg.layer_depth)
+            if len(numbers) == 0:
+                continue
+            span = max(float(src.pool.window[0]), big) if not src.single else big
+            off = rng.uniform(0, max(span - self.window, 0.0), size=2)
+            p = pos - np.array([off[0], off[1], 0.0])
+            margin = 4.0  # atoms this far beyond the window still act on the probe
+            keep = np.all((p[:, :2] > -margin) & (p[:, :2] < self.window + margin), axis=1)
+            seen = np.all((p[:, :2] > 0) & (p[:, :2] < self.window), axis=1)
+            if not seen.any():
+                continue
+            p, z = p[keep], numbers[keep]
+            try:
+                lab = label_index(atom_labels(p, z))
+            except ValueError:
+                continue
+            out_pos.append(p)
+            out_num.append(z)
+            out_lab.append(lab)
+        return out_pos, out_num, out_lab
+
+    def make(self, rng: np.random.Generator, n: int, degrade_stacks: bool = True,
+             nominal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch ``(stacks (n, 1, Z, H, W) normalised, maps (n, 6, H, W))`` on the device."""
+        cfg = self.cfg
+        s = cfg.settings
+        if nominal:
+            amp, dz = s.df_steps * s.dz, s.dz
+        else:
+            amp, dz = float(rng.choice(cfg.tips.amplitudes)), float(rng.choice(cfg.tips.dz))
+        sim = self.simulator(amp, dz)
+        pos, num, lab = self.draw(rng, n)
+        tips = [cfg.tips.draw(rng, s.probe_length) for _ in range(n)]
+        tb = TipBatch.from_tips(tips, sim.settings, self.device)
+        with torch.no_grad():
+            x = sim(pos, num, tb)  # (n, Z, H, W)
+            x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e3, 1e3)
+            maps = self.maps(pos, lab)
+            if degrade_stacks:
+                x, maps = degrade(x, maps, rng, cfg.degrade)
+            x = normalize(x, cfg.normalization)
+        return x[:, None], maps
+
+    def maps(self, positions: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> torch.Tensor:
+        """Gaussian label maps ``(B, 6, H, W)`` on the device (peak 1 per atom; see ``simulate.labels``)."""
+        cfg = self.cfg
+        B, n = len(positions), cfg.crop
+        N = max(1, max(len(p) for p in positions))
+        kw = dict(device=self.device, dtype=torch.float32)
+        xy = torch.full((B, N, 2), -1e3, **kw)
+        onehot = torch.zeros((B, N, N_LABELS), **kw)
+        for b, (p, lab) in enumerate(zip(positions, labels)):
+            if not len(p):
+                continue
+            vis = np.ones(len(p), bool)
+            if cfg.label_depth is not None:
+                vis = p[:, 2] >= p[:, 2].max() - cfg.label_depth
+            k = int(vis.sum())
+            xy[b, :k] = torch.as_tensor(p[vis, :2], **kw)
+            onehot[b, torch.arange(k), torch.as_tensor(lab[vis].astype(np.int64), device=self.device)] = 1.0
+        c = (torch.arange(n, **kw) + 0.5) * self.pixel  # pixel centres
+        gx = torch.exp(-0.5 * ((c[None, None, :] - xy[..., 0:1]) / cfg.sigma) ** 2)  # (B, N, W)
+        gy = torch.exp(-0.5 * ((c[None, None, :] - xy[..., 1:2]) / cfg.sigma) ** 2)  # (B, N, H)
+        return torch.einsum("bnl,bny,bnx->blyx", onehot, gy, gx).clamp_(max=1.0)
+
+
+def normalize(x: torch.Tensor, method: str) -> torch.Tensor:
+    """``models.preprocess.normalize_stack`` in torch, for ``(B, Z, H, W)``."""
+    dims = (-3, -2, -1) if method == "stack-zscore" else (-2, -1)
+    if method not in ("stack-zscore", "frame-zscore"):
+        raise ValueError(f"unknown normalisation {method!r}")
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) / std.clamp(min=1e-6)
+
+
+def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: Degradations):
+    """Random rotation/flip (stack and maps) and experiment-like degradations (stack only)."""
+    B, Z, H, W = x.shape
+    dev = x.device
+    k = int(rng.integers(4))
+    x, maps = torch.rot90(x, k, (-2, -1)), torch.rot90(maps, k, (-2, -1))
+    if rng.random() < 0.5:
+        x, maps = x.flip(-1), maps.flip(-1)
+    x = x.clone()
+    g = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+
+    def u(*shape):  # U(0, 1) on the device, reproducible from rng
+        return torch.rand(*shape, generator=g).to(dev)
+
+    def nrm(*shape):
+        return torch.randn(*shape, generator=g).to(dev)
+
+    std = x.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)  # (B, Z, 1, 1)
+    # drift: frame i shifted by i/(Z-1) of a random total (integer pixels, edges replicated by roll)
+    if d.drift_px > 0:
+        for b in range(B):
+            total = float(rng.uniform(0, d.drift_px))
+            ang = float(rng.uniform(0, 2 * math.pi))
+            for i in range(1, Z):
+                dy = int(round(total * math.sin(ang) * i / max(Z - 1, 1)))
+                dx = int(round(total * math.cos(ang) * i / max(Z - 1, 1)))
+                if dy or dx:
+                    x[b, i] = torch.roll(x[b, i], (dy, dx), (-2, -1))
+    yy = torch.linspace(-0.5, 0.5, H, device=dev)[:, None]
+    xx = torch.linspace(-0.5, 0.5, W, device=dev)[None, :]
+    plane = (nrm(B, Z, 1, 1) * yy + nrm(B, Z, 1, 1) * xx) * d.plane * u(B, 1, 1, 1)
+    noise = nrm(B, Z, H, W) * d.white * u(B, 1, 1, 1)
+    if d.pink > 0:
+        f = torch.fft.rfft2(nrm(B, Z, H, W).to(dev))
+        ky = torch.fft.fftfreq(H, device=dev)[:, None]
+        kx = torch.fft.rfftfreq(W, device=dev)[None, :]
+        kk = torch.sqrt(ky**2 + kx**2)
+        kk[0, 0] = 1.0
+        pink = torch.fft.irfft2(f / kk, s=(H, W))
+        pink = pink / pink.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
+        noise = noise + pink * d.pink * u(B, 1, 1, 1)
+    lines = nrm(B, Z, H, 1) * d.scan_lines * u(B, 1, 1, 1)
+    jumps = torch.zeros_like(x)
+    for b in range(B):
+        for i in range(Z):
+            if rng.random() < d.line_jump_prob / Z:
+                r0 = int(rng.integers(H))
+                jumps[b, i, r0:] = float(rng.normal()) * d.line_jumps
+    x = x + (plane + noise + lines + jumps) * std
+    x = x * (1 + d.contrast * (2 * u(B, Z, 1, 1) - 1))
+    for b in range(B):
+        for _ in range(int(rng.integers(0, d.cutouts + 1))):
+            ch, cw = (int(v) for v in rng.integers(2, d.cutout_px + 1, size=2))
+            r, c = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
+            frames = torch.as_tensor(rng.random(Z) < 0.5, device=dev)
+            region = x[b, :, r : r + ch, c : c + cw]
+            mean = x[b].mean(dim=(-2, -1))[:, None, None]
+            x[b, :, r : r + ch, c : c + cw] = torch.where(frames[:, None, None], mean.expand_as(region), region)
+    return x, maps
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _dist():
+    """``(rank, world size, local rank)``; initialises torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("HYDRAFM_DIST_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def validation_set(cfg: OnTheFlyConfig, sources: Sequence[StructureSource], device: torch.device,
+                   cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed validation batches: simulated once from held-out structures (seeded), then cached."""
+    key = hashlib.sha256(json.dumps({"cfg": {k: v for k, v in cfg.to_dict().items()
+                                            if k in ("pools", "crop", "val_size", "seed", "sigma", "label_depth",
+                                                     "layer_depth", "normalization", "tips", "settings")},
+                                     "sources": [(s.name, len(s.indices)) for s in sources]},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"val-{key}.pt" if cache is not None else None
+    if path is not None and path.exists():
+        try:
+            d = torch.load(path, map_location="cpu")
+            return d["x"], d["y"]
+        except Exception:  # noqa: BLE001 - unreadable cache: simulate again
+            pass
+    maker = BatchMaker(cfg, sources, device)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 999]))
+    xs, ys = [], []
+    for k in range(0, cfg.val_size, 16):
+        x, y = maker.make(rng, min(16, cfg.val_size - k), degrade_stacks=False, nominal=True)
+        xs.append(x.cpu())
+        ys.append(y.cpu())
+    x, y = torch.cat(xs), torch.cat(ys)
+    if path is not None:
+        from .._atomic import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, ".pt") as tmp:
+            torch.save({"x": x, "y": y}, tmp)
+    return x, y
+
+
+def train_on_the_fly(
+    out: str | Path,
+    cfg: OnTheFlyConfig = OnTheFlyConfig(),
+    model_config: UNetConfig = UNetConfig(),
+    device: str = "auto",
+    init_from: str | Path | None = None,
+    resume: bool = True,
+    cache: Path | None = None,
+) -> Generator[Progress | EpochStats, None, Path]:
+    """Train the structure network on batches simulated on the device; the best model goes to ``out``.
+
+    Yields :class:`Progress` per batch and :class:`EpochStats` per epoch (rank 0 only under
+    torchrun); returns the path of the best checkpoint. ``<out>.last.pt`` keeps the state
+    for resuming.
+    """
+    out = Path(out)
+    last = out.with_name(out.stem + ".last.pt")
+    rank, world, local = _dist()
+    dev = pick_device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    s = cfg.settings
+    if cfg.crop % (2**model_config.levels):
+        raise ValueError(f"crop {cfg.crop} px must be a multiple of {2 ** model_config.levels}")
+    if model_config.n_heights != s.n_heights:
+        model_config = replace(model_config, n_heights=s.n_heights)
+    splits = [default_split(p) for p in cfg.pools]
+    train_src = [a for a, _ in splits]
+    val_src = [b for _, b in splits]
+    torch.manual_seed(cfg.seed)
+    model = StructureUNet(model_config)
+    info = ModelInfo(config=model_config, pixel_size=s.pixel_size, dz=s.dz, normalization=cfg.normalization)
+    if init_from is not None:
+        from ..predict.predictor import model_path
+
+        base, base_info, _ = load_checkpoint(model_path(str(init_from)))
+        model = base
+        info.config = model_config = base_info.config
+        info.provenance["initialised_from"] = str(init_from)
+    model.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, best, stale, spent = 0, math.inf, 0, 0.0
+    if resume and last.exists():
+        model_r, _, state = load_checkpoint(last, map_location=dev)
+        if state is None or not _same_run(state.get("otf_config"), cfg):
+            raise ValueError(f"{last} holds a different training run; choose another output or delete it")
+        model.load_state_dict(model_r.state_dict())
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
+        spent = float(state.get("seconds", 0.0))
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    vx = vy = None
+    if rank == 0:
+        vx, vy = validation_set(cfg, val_src, dev, cache)
+    maker = BatchMaker(cfg, train_src, dev, cfg.pool_weights)
+    info.provenance.update({
+        "on_the_fly": cfg.to_dict(),
+        "train_structures": {src.name: int(len(src.indices)) for src in train_src},
+        "val_structures": {src.name: int(len(src.indices)) for src in val_src},
+        "world_size": world,
+        "device": str(dev),
+    })
+    t_start = time.perf_counter()
+    deadline = None if cfg.minutes is None else t_start + 60 * cfg.minutes
+
+    def loss_fn(pred, target):
+        return ((1.0 + cfg.positive_weight * target) * (pred - target) ** 2).mean()
+
+    autocast = dev.type == "cuda"
+    samples = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, rank, epoch]))
+        net.train()
+        total, count, sim_s = 0.0, 0, 0.0
+        stop = False
+        for b in range(cfg.steps_per_epoch):
+            ts = time.perf_counter()
+            x, y = maker.make(rng, cfg.batch_size)
+            sim_s += time.perf_counter() - ts
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+                pred = torch.sigmoid(net(x))
+            loss = loss_fn(pred.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+            samples += len(x) * world
+            if rank == 0:
+                yield Progress(f"epoch {epoch + 1}", b + 1, cfg.steps_per_epoch)
+            stop = deadline is not None and time.perf_counter() > deadline
+            stop = _agree(stop, world, dev)
+            if stop:
+                break
+        seconds = time.perf_counter() - t0
+        improved = False
+        if rank == 0:
+            val = _val_loss(model, vx, vy, dev, loss_fn)
+            improved = val < best
+            if improved:
+                best, stale = val, 0
+                info.provenance.update({"epochs_trained": epoch + 1, "best_val_loss": best,
+                                        "samples_seen": int(samples), "seconds": spent + time.perf_counter() - t_start})
+                save_checkpoint(out, model, info)
+            else:
+                stale += 1
+            save_checkpoint(last, model, info, {"optimizer": opt.state_dict(), "epoch": epoch, "best": best,
+                                                "stale": stale, "otf_config": cfg.to_dict(),
+                                                "seconds": spent + time.perf_counter() - t_start})
+            yield OnTheFlyEpoch(epoch + 1, cfg.epochs, total / max(count, 1), val, best, improved, seconds,
+                                str(dev), None, count * world / max(seconds, 1e-9), sim_s / max(seconds, 1e-9))
+        stop = stop or _agree(stale >= cfg.patience, world, dev)
+        if stop:
+            break
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return out
+
+
+@dataclass(frozen=True)
+class OnTheFlyEpoch(EpochStats):
+    """:class:`EpochStats` plus the throughput of this epoch."""
+
+    samples_per_s: float = 0.0
+    simulation_share: float = 0.0  # fraction of the epoch's time spent making batches
+
+
+def _same_run(saved: dict | None, cfg: OnTheFlyConfig) -> bool:
+    """A saved run continues under ``cfg`` when only its length (epochs, minutes, patience) changed."""
+    if saved is None:
+        return False
+    length = ("epochs", "minutes", "patience")
+    return {k: v for k, v in saved.items() if k not in length} == {
+        k: v for k, v in cfg.to_dict().items() if k not in length}
+
+
+def _agree(flag: bool, world: int, dev: torch.device) -> bool:
+    """True on every rank when rank 0 says so (all ranks stop together)."""
+    if world <= 1:
+        return bool(flag)
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=dev if dev.type == "cuda" else "cpu")
+    dist.broadcast(t, 0)
+    return bool(t.item() > 0)
+
+
+@torch.no_grad()
+def _val_loss(model, vx, vy, dev, loss_fn, batch: int = 16) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for k in range(0, len(vx), batch):
+        x, y = vx[k : k + batch].to(dev), vy[k : k + batch].to(dev)
+        pred = torch.sigmoid(model(x)).float()
+        total += float(loss_fn(pred, y)) * len(x)
+        n += len(x)
+    model.train()
+    return total / max(n, 1)

@@ -1,0 +1,114 @@
+"""Training on the fly: batches simulated on the device, degradations, checkpoints, resume, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from hydrafm.models.checkpoint import load_checkpoint
+from hydrafm.models.unet import UNetConfig
+from hydrafm.progress import drive
+from hydrafm.training.onthefly import (BatchMaker, Degradations, OnTheFlyConfig, default_split, degrade,
+                                       train_on_the_fly)
+
+TINY = OnTheFlyConfig(pools=("water",), batch_size=2, crop=16, steps_per_epoch=2, epochs=2, val_size=4,
+                      layer_depth=3.0)
+
+
+def test_batches_are_simulated_labelled_and_reproducible():
+    train, val = default_split("water")
+    assert not set(train.indices) & set(val.indices)  # held-out MD runs never trained on
+    maker = BatchMaker(TINY, [train], torch.device("cpu"))
+    x1, y1 = maker.make(np.random.default_rng(5), 2, degrade_stacks=False)
+    x2, y2 = maker.make(np.random.default_rng(5), 2, degrade_stacks=False)
+    assert x1.shape == (2, 1, 10, 16, 16) and y1.shape == (2, 6, 16, 16)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert torch.isfinite(x1).all() and float(x1.std()) > 0.5  # normalised, not flat
+    assert float(y1.max()) <= 1.0 and float(y1[:, 0].max()) > 0.5  # O blobs peak near 1
+
+
+def test_label_maps_sit_on_the_atoms():
+    maker = BatchMaker(TINY, [default_split("water")[0]], torch.device("cpu"))
+    px = maker.pixel
+    pos = [np.array([[5.5 * px, 9.5 * px, 0.0], [12.5 * px, 3.5 * px, -0.5]])]
+    maps = maker.maps(pos, [np.array([0, 3])])[0]
+    assert tuple(np.unravel_index(int(maps[0].argmax()), (16, 16))) == (9, 5)
+    assert tuple(np.unravel_index(int(maps[3].argmax()), (16, 16))) == (3, 12)
+    assert float(maps[1:3].max()) == 0.0
+
+
+def test_rotations_move_stack_and_maps_together_and_noise_touches_only_the_stack():
+    x = torch.randn(2, 10, 16, 16)
+    maps = torch.rand(2, 6, 16, 16)
+    off = Degradations(white=0, pink=0, scan_lines=0, line_jumps=0, plane=0, contrast=0, drift_px=0, cutouts=0)
+    for seed in range(6):
+        xd, md = degrade(x, maps, np.random.default_rng(seed), off)
+        # the same geometric transform for both: find it on the maps, check it on the stack
+        found = False
+        for k in range(4):
+            for flip in (False, True):
+                a, b = torch.rot90(x, k, (-2, -1)), torch.rot90(maps, k, (-2, -1))
+                if flip:
+                    a, b = a.flip(-1), b.flip(-1)
+                if torch.equal(b, md):
+                    assert torch.allclose(a, xd)
+                    found = True
+        assert found
+    xd, md = degrade(x, maps, np.random.default_rng(1), Degradations())
+    assert not torch.allclose(xd, x) and xd.shape == x.shape
+
+
+def test_train_checkpoint_resume_and_minutes(tmp_path):
+    out = tmp_path / "m.pt"
+    recs = []
+    drive(train_on_the_fly(out, TINY, UNetConfig(base_channels=4), device="cpu", cache=tmp_path / "cache"),
+          show=False, on_record=recs.append)
+    assert [r.epoch for r in recs] == [1, 2] and out.exists()
+    model, info, _ = load_checkpoint(out)
+    assert info.provenance["on_the_fly"]["pools"] == ["water"] and info.pixel_size == pytest.approx(25 / 128)
+    assert len(list((tmp_path / "cache").glob("val-*.pt"))) == 1  # the validation set is cached
+    # resume: two more epochs continue from epoch 3
+    recs = []
+    drive(train_on_the_fly(out, replace(TINY, epochs=4), UNetConfig(base_channels=4), device="cpu",
+                           cache=tmp_path / "cache"), show=False, on_record=recs.append)
+    assert [r.epoch for r in recs] == [3, 4]
+    # --minutes: stops after the first batch, still scores and keeps a checkpoint
+    out2 = tmp_path / "t.pt"
+    recs = []
+    drive(train_on_the_fly(out2, replace(TINY, minutes=1e-6, epochs=50), UNetConfig(base_channels=4),
+                           device="cpu", cache=tmp_path / "cache"), show=False, on_record=recs.append)
+    assert len(recs) == 1 and out2.exists()
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    """The CLI under torchrun with 2 processes (gloo): both ranks train, rank 0 writes the model."""
+    out = tmp_path / "ddp.pt"
+    env = dict(os.environ, HYDRAFM_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
+               HYDRAFM_DIST_BACKEND="gloo")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "hydrafm.cli", "train", "--on-the-fly", "-o", str(out), "--epochs", "1",
+           "--steps-per-epoch", "2", "--batch-size", "2", "--crop", "16", "--val-size", "2",
+           "--base-channels", "4", "--device", "cpu", "--threads", "1"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(v) for v in res.stdout.splitlines() if v.startswith("{")]
+    epochs = [v for v in lines if "epoch" in v]
+    assert len(epochs) == 1  # only rank 0 reports
+    _, info, _ = load_checkpoint(out)
+    assert info.provenance["world_size"] == 2
+
+
+def test_a_different_run_in_the_same_place_is_refused(tmp_path):
+    out = tmp_path / "m.pt"
+    drive(train_on_the_fly(out, replace(TINY, epochs=1), UNetConfig(base_channels=4), device="cpu",
+                           cache=tmp_path / "cache"), show=False)
+    with pytest.raises(ValueError, match="different training run"):
+        drive(train_on_the_fly(out, replace(TINY, epochs=1, crop=32), UNetConfig(base_channels=4), device="cpu",
+                               cache=tmp_path / "cache"), show=False)
