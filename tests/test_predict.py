@@ -73,7 +73,9 @@ def test_whole_scan_prediction_any_size_and_pixel_size():
     assert origin == pytest.approx((3.05, -1.95))
     assert np.all((maps >= 0) & (maps <= 1))
     atoms = predict_atoms(stack, (net, info), threshold=0.99)
-    assert set(atoms.arrays) >= {"label", "confidence"}
+    assert set(atoms.arrays) >= {"label", "confidence", "mol", "shell"}  # whole molecules by default
+    loose = predict_atoms(stack, (net, info), threshold=0.99, molecules=False)
+    assert set(loose.arrays) >= {"label", "confidence"} and "mol" not in loose.arrays
 
 
 def test_unknown_and_unshipped_model_names_are_clear_errors(tmp_path, monkeypatch):
@@ -106,6 +108,13 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     out = tmp_path / "atoms.xyz"
     assert main(["predict", str(sample_path()), "-o", str(out), "--model", str(ckpt), "--threshold", "0.3"]) == 0
     assert out.exists() and json.loads(capsys.readouterr().out)["output"] == str(out)
+    from hydrafm.io.xyz import read_xyz
+
+    assert "mol" in read_xyz(out).arrays
+    loose = tmp_path / "loose.xyz"
+    assert main(["predict", str(sample_path()), "-o", str(loose), "--model", str(ckpt), "--loose-atoms"]) == 0
+    assert "mol" not in read_xyz(loose).arrays
+    capsys.readouterr()
     assert main(["predict", str(sample_path()), "-o", str(out), "--model", str(ckpt)]) == 2  # no overwrite
     assert "exists" in capsys.readouterr().err
     assert main(["predict", str(sample_path()), str(sample_path()), "-o", str(out), "--model", str(ckpt)]) == 2

@@ -4,8 +4,8 @@ The public entry points:
 
 * :func:`load_stack` reads instrument files (Nanonis, Createc, PNG/TIFF, ml-spm
   .npz, Gwyddion) into an :class:`AFMStack`.
-* :func:`predict_atoms` turns a stack into atoms (``ase.Atoms`` with ``label`` and
-  ``confidence``) with a shipped or fine-tuned structure network.
+* :func:`predict_atoms` turns a stack into whole molecules (``ase.Atoms`` with ``label``,
+  ``confidence``, ``mol`` and ``shell``) with a shipped or fine-tuned structure network.
 * ``hydrafm`` on the command line (``hydrafm info | predict | train | ...``).
 """
 

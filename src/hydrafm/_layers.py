@@ -118,7 +118,8 @@ def atoms_layer_data(atoms: Any, name: str = "atoms", metadata: dict[str, Any] |
     """A napari ``LayerDataTuple`` (points) for atoms with ``label``/``confidence``: (z, y, x) in Å.
 
     Colours and sizes follow the label; the points are projected onto every height
-    slice so they read in 2D, and sit at their 3D positions in 3D views.
+    slice so they read in 2D, and sit at their 3D positions in 3D views. The features
+    also hold ``mol`` and ``shell`` (−1 for atoms outside molecules, and for added points).
     """
     import pandas as pd
 
@@ -129,11 +130,12 @@ def atoms_layer_data(atoms: Any, name: str = "atoms", metadata: dict[str, Any] |
     order = np.argsort([lab.startswith("H") for lab in feats["label"]], kind="stable")
     coords, feats = coords[order], {k: np.asarray(v)[order] for k, v in feats.items()}
     features = pd.DataFrame({"label": pd.Categorical(feats["label"], categories=list(LABELS)),
-                             "confidence": feats["confidence"].astype(float)})
+                             "confidence": feats["confidence"].astype(float),
+                             "mol": feats["mol"], "shell": feats["shell"]})
     kwargs: dict[str, Any] = {
         "name": name,
         "features": features,
-        "feature_defaults": {"label": "O", "confidence": 1.0},
+        "feature_defaults": {"label": "O", "confidence": 1.0, "mol": -1, "shell": -1},
         "face_color": "label",
         "face_color_cycle": label_colormap(),
         "border_color": "white",

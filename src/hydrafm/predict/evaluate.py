@@ -12,6 +12,7 @@ from ..simulate.dataset import AFMDataset
 from ..stack import AFMStack
 from .atoms import maps_to_atoms
 from .metrics import Scores, score_atoms
+from .molecules import maps_to_molecules
 from .predictor import default_threshold, predict_maps, resolve_model
 
 __all__ = ["evaluate_dataset", "evaluate_thresholds", "best_threshold"]
@@ -25,8 +26,13 @@ def evaluate_thresholds(
     device: str = "cpu",
     top: float = 3.0,
     flips: bool = False,
+    molecules: bool = True,
 ) -> Generator[Progress, None, dict[float, Scores]]:
-    """Predict every chosen sample once and score its atoms at each threshold: ``{threshold: Scores}``."""
+    """Predict every chosen sample once and score its atoms at each threshold: ``{threshold: Scores}``.
+
+    ``molecules`` scores the whole molecules :func:`~hydrafm.predict.predictor.predict_atoms`
+    returns by default; ``False`` the loose atoms.
+    """
     st = ds.settings
     net_info = resolve_model(model, device)
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
@@ -38,7 +44,7 @@ def evaluate_thresholds(
         maps, px, origin, info = predict_maps(stack, net_info, device, flips=flips)
         truth = np.array(LABELS)[s.labels]
         for t, total in totals.items():
-            atoms = maps_to_atoms(maps, px, origin, t, info.labels)
+            atoms = (maps_to_molecules if molecules else maps_to_atoms)(maps, px, origin, t, info.labels)
             total.add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top))
         yield Progress("evaluating", k + 1, len(idx))
     return totals
@@ -52,6 +58,7 @@ def evaluate_dataset(
     device: str = "cpu",
     top: float = 3.0,
     flips: bool = False,
+    molecules: bool = True,
 ) -> Generator[Progress, None, Scores]:
     """Predict every chosen sample of ``ds`` and add up the scores; yields progress, returns :class:`Scores`.
 
@@ -60,7 +67,7 @@ def evaluate_dataset(
     """
     net_info = resolve_model(model, device)
     t = default_threshold(net_info[1]) if threshold is None else float(threshold)
-    totals = yield from evaluate_thresholds(ds, net_info, indices, (t,), device, top, flips)
+    totals = yield from evaluate_thresholds(ds, net_info, indices, (t,), device, top, flips, molecules)
     return totals[t]
 
 

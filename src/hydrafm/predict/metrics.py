@@ -5,7 +5,11 @@ Matching is lateral (x, y) and one-to-one (Hungarian assignment) within ``radius
 (z ≥ z_max − 3 Å); predicted atoms carry no absolute height and all count. Labels are
 scored as O, Na, K and H (the three H classes together); among matched H, the
 orientation accuracy is the fraction whose class (up / flat / down) is right.
-Counts add up over many stacks (:meth:`Scores.add`).
+
+Whole molecules: a true water is its O and the two H nearest to it (within 1.3 Å);
+it is visible when all three lie in the top ``top`` Å, and found whole when its O and
+both H are matched (the same one-to-one lateral matching as above). Counts add up over
+many stacks (:meth:`Scores.add`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..simulate.labels import within_top
+from ..simulate.labels import h_owners, within_top
 
 __all__ = ["Scores", "score_atoms", "GROUPS"]
 
@@ -30,6 +34,8 @@ class Scores:
     fn: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0))
     h_matched: int = 0
     h_orientation_right: int = 0
+    water_visible: int = 0
+    water_whole: int = 0
     stacks: int = 0
 
     def add(self, other: "Scores") -> "Scores":
@@ -39,11 +45,17 @@ class Scores:
             self.fn[g] += other.fn[g]
         self.h_matched += other.h_matched
         self.h_orientation_right += other.h_orientation_right
+        self.water_visible += other.water_visible
+        self.water_whole += other.water_whole
         self.stacks += other.stacks
         return self
 
     def summary(self) -> dict[str, dict[str, float] | float | int]:
-        """Precision, recall, F1 and support per group (groups with no atoms at all are left out)."""
+        """Precision, recall, F1 and support per group (groups with no atoms at all are left out).
+
+        Also ``H_orientation`` (among matched H), ``whole_molecules`` (the fraction of visible
+        true waters found whole) with ``water_molecules`` (how many were visible), and ``stacks``.
+        """
         out: dict = {}
         for g in GROUPS:
             tp, fp, fn = self.tp[g], self.fp[g], self.fn[g]
@@ -56,6 +68,9 @@ class Scores:
                       "true": tp + fn, "predicted": tp + fp}
         if self.h_matched:
             out["H_orientation"] = round(self.h_orientation_right / self.h_matched, 4)
+        if self.water_visible:
+            out["whole_molecules"] = round(self.water_whole / self.water_visible, 4)
+            out["water_molecules"] = self.water_visible
         out["stacks"] = self.stacks
         return out
 
@@ -75,9 +90,13 @@ def score_atoms(
     true_xyz = np.asarray(true_xyz, dtype=np.float64).reshape(-1, 3)
     pred_labels = np.asarray(pred_labels).astype(str)
     true_labels = np.asarray(true_labels).astype(str)
-    if len(true_xyz):
-        in_top = within_top(true_xyz, top)
-        true_xyz, true_labels = true_xyz[in_top], true_labels[in_top]
+    is_h = np.isin(true_labels, GROUPS["H"])
+    owner = np.full(len(true_xyz), -1)
+    owner[is_h] = h_owners(true_xyz, is_h, true_labels == "O")[0]
+    in_top = within_top(true_xyz, top) if len(true_xyz) else np.zeros(0, bool)
+    kept = np.flatnonzero(in_top)
+    true_xyz, true_labels = true_xyz[in_top], true_labels[in_top]
+    matched = np.zeros(len(in_top), bool)  # true atoms (all, before the top cut) matched by a prediction
     s = Scores(stacks=1)
     for g, members in GROUPS.items():
         pi = np.flatnonzero(np.isin(pred_labels, members))
@@ -93,7 +112,19 @@ def score_atoms(
         s.tp[g] = len(rows)
         s.fp[g] = len(pi) - len(rows)
         s.fn[g] = len(ti) - len(rows)
+        matched[kept[ti[cols]]] = True
         if g == "H" and len(rows):
             s.h_matched = len(rows)
             s.h_orientation_right = int(np.sum(pred_labels[pi[rows]] == true_labels[ti[cols]]))
+    s.water_visible, s.water_whole = _whole_waters(owner, in_top, matched)
     return s
+
+
+def _whole_waters(owner: np.ndarray, visible: np.ndarray, matched: np.ndarray) -> tuple[int, int]:
+    """(visible true waters, those found whole) from each true H's O (``owner``, −1 for none or non-H)."""
+    h = np.flatnonzero(owner >= 0)
+    n_h = np.bincount(owner[h], minlength=len(owner))
+    h_visible = np.bincount(owner[h], visible[h], minlength=len(owner))
+    h_matched = np.bincount(owner[h], visible[h] & matched[h], minlength=len(owner))
+    water = (n_h == 2) & visible & (h_visible == 2)
+    return int(water.sum()), int((water & matched & (h_matched == 2)).sum())

@@ -7,7 +7,8 @@
    convolutional; tiles of ``tile`` px with ``overlap`` px, blended with a smooth
    window) so scans of any size fit in memory, and merge the tiles' maps.
 4. Peaks → atoms (:func:`~hydrafm.predict.atoms.maps_to_atoms`), in the input's
-   physical frame.
+   physical frame, assembled into whole molecules
+   (:func:`~hydrafm.predict.molecules.maps_to_molecules`) unless loose atoms are asked for.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..models.unet import StructureUNet
 from ..progress import Progress, drive
 from ..stack import AFMStack
 from .atoms import maps_to_atoms
+from .molecules import maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
            "select_heights", "SHIPPED_MODELS", "default_threshold"]
@@ -81,13 +83,17 @@ class Prediction:
     info: ModelInfo
     model: str = "in-memory"
 
-    def atoms(self, threshold: float | None = None) -> Atoms:
-        """Peaks above ``threshold`` as atoms (``label``, ``confidence``), Å in the stack's frame.
+    def atoms(self, threshold: float | None = None, molecules: bool = True) -> Atoms:
+        """Peaks above ``threshold`` as whole molecules (or loose atoms), Å in the stack's frame.
 
         ``None`` uses the model's recommended threshold (:func:`default_threshold`).
+        ``molecules`` (default) makes every O an H2O with two H and gives ions their
+        shell (arrays ``label``, ``confidence``, ``mol``, ``shell``); ``False`` returns
+        the peaks as they are (``label``, ``confidence``).
         """
         threshold = default_threshold(self.info) if threshold is None else threshold
-        atoms = maps_to_atoms(self.maps, self.pixel_size, self.origin, threshold, self.info.labels)
+        to_atoms = maps_to_molecules if molecules else maps_to_atoms
+        atoms = to_atoms(self.maps, self.pixel_size, self.origin, threshold, self.info.labels)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
         return atoms
@@ -171,6 +177,10 @@ def predict_atoms(
     device: str | torch.device = "cpu",
     threshold: float | None = None,
     flips: bool = False,
+    molecules: bool = True,
 ) -> Atoms:
-    """Atoms (``label``, ``confidence``) of a stack, positions in Å in the stack's physical frame."""
-    return drive(iter_predict_maps(stack, model, device, flips=flips), show=False).atoms(threshold)
+    """Whole molecules of a stack (``label``, ``confidence``, ``mol``, ``shell``), Å in the stack's frame.
+
+    ``molecules=False`` returns the loose atoms (``label``, ``confidence``) instead.
+    """
+    return drive(iter_predict_maps(stack, model, device, flips=flips), show=False).atoms(threshold, molecules)

@@ -35,6 +35,8 @@ __all__ = [
     "LABELS",
     "H_ANGLE_DEG",
     "atom_labels",
+    "h_labels",
+    "h_owners",
     "label_maps",
     "vdw_sphere_image",
     "LABEL_COLORS",
@@ -78,16 +80,35 @@ def atom_labels(positions: np.ndarray, numbers: Sequence[int]) -> np.ndarray:
         o = np.flatnonzero(numbers == 8)
         if o.size == 0:
             raise ValueError("H atoms without any O atom")
-        d = np.linalg.norm(pos[h, None, :] - pos[None, o, :], axis=2)
-        nearest = d.argmin(axis=1)
-        dmin = d[np.arange(h.size), nearest]
-        if np.any(dmin > OH_BOND_MAX):
+        owner, dmin = h_owners(pos, numbers == 1, numbers == 8)
+        if np.any(owner < 0):
             i = int(h[np.argmax(dmin)])
             raise ValueError(f"H atom {i} has no O within {OH_BOND_MAX} Å (nearest {dmin.max():.2f} Å)")
-        v = pos[h] - pos[o[nearest]]
-        elev = np.degrees(np.arcsin(np.clip(v[:, 2] / np.linalg.norm(v, axis=1), -1, 1)))
-        out[h] = np.where(elev > H_ANGLE_DEG, "H_up", np.where(elev < -H_ANGLE_DEG, "H_down", "H_flat"))
+        out[h] = h_labels(pos[h] - pos[owner])
     return out
+
+
+def h_owners(positions: np.ndarray, is_h: np.ndarray, is_o: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The O each H belongs to: its nearest O within 1.3 Å.
+
+    Returns, for each H of ``positions[is_h]``, the index into ``positions`` of its O
+    (−1 when no O is within 1.3 Å) and the distance to the nearest O (inf without O).
+    """
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    h, o = np.flatnonzero(is_h), np.flatnonzero(is_o)
+    if not o.size:
+        return np.full(h.size, -1), np.full(h.size, np.inf)
+    d = np.linalg.norm(pos[h, None, :] - pos[None, o, :], axis=2)
+    nearest = d.argmin(axis=1)
+    dmin = d[np.arange(h.size), nearest]
+    return np.where(dmin <= OH_BOND_MAX, o[nearest], -1), dmin
+
+
+def h_labels(bonds: np.ndarray) -> np.ndarray:
+    """``H_up`` / ``H_flat`` / ``H_down`` of O–H bond vectors ``(n, 3)`` (O → H), by the rule above."""
+    v = np.asarray(bonds, dtype=np.float64).reshape(-1, 3)
+    elev = np.degrees(np.arcsin(np.clip(v[:, 2] / np.maximum(np.linalg.norm(v, axis=1), 1e-12), -1, 1)))
+    return np.where(elev > H_ANGLE_DEG, "H_up", np.where(elev < -H_ANGLE_DEG, "H_down", "H_flat")).astype("<U6")
 
 
 def within_top(positions: np.ndarray, depth: float) -> np.ndarray:
