@@ -122,17 +122,21 @@ def test_threshold_refilters_without_the_network_until_edited(widget, qtbot):
     widget._on_prediction(_peaks_prediction(), None, None, stack_layer)
     _wait(qtbot, widget)
     layer = widget._last_result
-    assert len(layer.data) == 2
+    assert len(layer.data) == 6  # two whole waters
     widget.threshold.value = 0.2
-    assert len(layer.data) == 3
-    assert list(layer.features["label"].astype(str)) == ["O"] * 3
-    np.testing.assert_allclose(sorted(layer.features["confidence"]), [0.3, 0.6, 0.9], atol=0.02)
+    assert len(layer.data) == 9
+    labels = layer.features["label"].astype(str).to_numpy()
+    assert (labels == "O").sum() == 3 and all(v.startswith("H_") for v in labels[labels != "O"])
+    o_conf = layer.features["confidence"][labels == "O"]
+    np.testing.assert_allclose(sorted(o_conf), [0.3, 0.6, 0.9], atol=0.02)
+    assert "3 molecules" in widget.info.value
     layer.add([0.0, 2.0, 2.0])  # an edit: the threshold no longer rewrites the atoms
     widget.threshold.value = 0.7
-    assert len(layer.data) == 4 and "edited" in widget.info.value
+    assert len(layer.data) == 10 and "edited" in widget.info.value
 
 
 def test_edit_relabel_and_export_with_overwrite_confirmation(widget, tmp_path, qtbot):
+    widget.select_molecules.value = False  # single atoms
     widget._on_prediction(_peaks_prediction(), None, None, widget.stack.value)
     _wait(qtbot, widget)
     layer = widget._last_result
@@ -146,8 +150,10 @@ def test_edit_relabel_and_export_with_overwrite_confirmation(widget, tmp_path, q
     assert layer.size[0] > layer.size[-1]  # Na is drawn bigger than H
     out = widget.export(tmp_path / "atoms.xyz")
     atoms = read_xyz(out)
-    assert list(atoms.arrays["label"]) == ["Na", "O", "H_up"]
+    labels = list(atoms.arrays["label"])
+    assert len(labels) == 7 and labels[:2] == ["Na", "O"] and labels[-1] == "H_up"  # two waters and an H
     np.testing.assert_allclose(atoms.positions[-1], [3.0, 8.0, 0.5])
+    assert atoms.arrays["mol"][-1] == -1 and len(set(atoms.arrays["mol"][:6])) == 2  # the added H: no molecule
     assert set(atoms.arrays["label"]) <= set(LABELS)
     before = out.read_text()
     layer.selected_data = {1}
@@ -156,7 +162,60 @@ def test_edit_relabel_and_export_with_overwrite_confirmation(widget, tmp_path, q
     assert widget.export(out) is None and out.read_text() == before
     widget._confirm = lambda question: True
     widget.export(out)
-    assert len(read_xyz(out)) == 2
+    assert len(read_xyz(out)) == 6
+
+
+def _mouse(layer, kind: str, position, dragging: bool = False) -> None:
+    """A napari mouse event on the layer in the 2D view (as napari's own tests send them)."""
+    from dataclasses import dataclass, field
+
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+
+    @dataclass
+    class Event:
+        type: str
+        is_dragging: bool = False
+        modifiers: list = field(default_factory=list)
+        position: tuple = ()
+        pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
+        view_direction: None = None
+        up_direction: None = None
+        dims_displayed: list = field(default_factory=lambda: [1, 2])
+
+    event = ReadOnlyWrapper(Event(kind, dragging, position=tuple(position)), exceptions=("handled",))
+    {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
+     "mouse_release": mouse_release_callbacks}[kind](layer, event)
+
+
+def test_select_move_and_delete_whole_molecules(widget, qtbot):
+    widget.threshold.value = 0.2
+    widget._on_prediction(_peaks_prediction(), None, None, widget.stack.value)
+    _wait(qtbot, widget)
+    layer = widget._last_result
+    mol = layer.features["mol"].to_numpy()
+    assert len(layer.data) == 9 and sorted(np.bincount(mol)) == [3, 3, 3]
+    h = int(np.flatnonzero(layer.features["label"].astype(str).str.startswith("H").to_numpy())[0])
+    water = set(np.flatnonzero(mol == mol[h]).tolist())
+    layer.mode = "select"
+    before = layer.data.copy()
+    _mouse(layer, "mouse_press", before[h])  # click one H: its whole water is selected
+    assert set(layer.selected_data) == water
+    _mouse(layer, "mouse_move", before[h] + [0, 1.0, -2.0], dragging=True)  # drag: the water moves as one
+    _mouse(layer, "mouse_release", before[h] + [0, 1.0, -2.0])
+    moved = np.flatnonzero(np.any(layer.data != before, axis=1))
+    assert set(moved.tolist()) == water
+    np.testing.assert_allclose(layer.data[sorted(water)] - before[sorted(water)], [[0, 1.0, -2.0]] * 3, atol=1e-6)
+    assert widget._results[id(layer)][1]  # counts as an edit
+    other = int(mol[mol != mol[h]][0])
+    layer.selected_data = {int(np.flatnonzero(mol == other)[-1])}  # picking any atom of another water
+    assert len(layer.selected_data) == 3
+    layer.remove_selected()  # deleting removes the whole molecule
+    left = layer.features["mol"].to_numpy()
+    assert len(layer.data) == 6 and other not in left and sorted(np.unique(left, return_counts=True)[1]) == [3, 3]
+    widget.select_molecules.value = False  # single atoms again
+    layer.selected_data = {0}
+    assert set(layer.selected_data) == {0}
 
 
 def test_user_models_are_listed_with_their_summary(widget, user_data, tiny_model):

@@ -2,8 +2,11 @@
 
 The network runs in a napari worker thread, tile by tile, so the viewer stays
 responsive and Cancel takes effect between tiles. Each run adds a new Points
-layer (features ``label`` and ``confidence``); the threshold slider re-filters the
-latest run's maps without running the network again, until the atoms are edited.
+layer of whole molecules (features ``label``, ``confidence``, ``mol``, ``shell``); the
+threshold slider re-filters the latest run's maps without running the network again,
+until the atoms are edited. With *Select whole molecules* on, selecting any atom
+selects its molecule (an ion with its hydration shell), so moving or deleting acts on
+whole molecules.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class PredictWidget(Container):
         self._results: dict[int, tuple[Prediction, bool]] = {}  # id(points layer) → (maps, edited?)
         self._last_result: Any = None
         self._settling = False  # a result was added; its maps and summary follow in a later turn
+        self._selecting = False  # growing a selection to whole molecules
 
         self.stack = ComboBox(label="Stack", choices=self._stack_choices, nullable=True,
                               tooltip="An image layer holding a multi-height stack")
@@ -103,6 +107,10 @@ class PredictWidget(Container):
         self.new_label = ComboBox(label="Atom label", choices=list(LABELS), value="O",
                                   tooltip="Label of atoms you add; 'Relabel selected' applies it to selected atoms")
         self.relabel_button = PushButton(text="Relabel selected")
+        self.select_molecules = CheckBox(
+            text="Select whole molecules", value=True,
+            tooltip="Selecting an atom selects its molecule (an ion: with its hydration shell); "
+                    "moving or deleting then acts on all of it")
         self.verify_button = PushButton(text="Verify by simulation",
                                         tooltip="Simulate the AFM stack of the atoms (ppafm) and compare")
         self.export_path = FileEdit(mode="w", label="Export to", filter="Extended XYZ (*.xyz)")
@@ -110,6 +118,7 @@ class PredictWidget(Container):
         self.info = Label(value="")
         self.extend([self.stack, self.model, self.model_file, self.device, self.threshold, self.show_maps,
                      self.predict_button, self.progress, self.new_label, self.relabel_button,
+                     self.select_molecules,
                      self.verify_button, self.export_path, self.export_button, self.info])
 
         self.refresh_models()
@@ -267,6 +276,8 @@ class PredictWidget(Container):
         self._results[id(layer)] = (pred, False)
         self._last_result = layer
         layer.events.data.connect(lambda *_, layer=layer: self._on_edited(layer))
+        layer.selected_data.events.items_changed.connect(
+            lambda added, removed, layer=layer: self._on_selection(layer, added, removed))
         self._settling = True
         QTimer.singleShot(60, lambda: self._after_prediction(pred, layer, stack_layer.name))
 
@@ -334,6 +345,26 @@ class PredictWidget(Container):
             layer.feature_defaults["label"] = label
             layer.feature_defaults["confidence"] = 1.0
             layer.current_size = float(point_sizes([label])[0])
+
+    def _on_selection(self, layer: Any, added: tuple, removed: tuple) -> None:
+        """Grow a selection to whole molecules: atoms picked bring their molecule, atoms dropped take it along."""
+        if (not self.select_molecules.value or self._selecting or "mol" not in layer.features
+                or not len(layer.selected_data)):
+            return
+        from ..predict.molecules import molecule_members
+
+        mol = layer.features["mol"].to_numpy()
+        added, removed = [i for i in added if i < len(mol)], [i for i in removed if i < len(mol)]
+        shell = layer.features["shell"].to_numpy() if "shell" in layer.features else None
+        dropped = molecule_members(mol, shell, removed).tolist() if removed else []
+        picked = molecule_members(mol, shell, added).tolist() if added else []
+        want = (set(layer.selected_data) - set(dropped)) | set(picked)
+        if want != set(layer.selected_data):
+            self._selecting = True
+            try:
+                layer.selected_data = want
+            finally:
+                self._selecting = False
 
     def relabel_selected(self, *_: Any) -> None:
         """Give the selected atoms the chosen label (and its size and colour)."""
@@ -426,7 +457,9 @@ class PredictWidget(Container):
     def _summary(layer: Any) -> str:
         labels = layer.features["label"].astype(str).to_numpy() if len(layer.data) else np.array([])
         counts = ", ".join(f"{lab} {int((labels == lab).sum())}" for lab in LABELS if (labels == lab).any())
-        return f"{len(labels)} atoms: {counts or 'none'}"
+        mol = layer.features["mol"].to_numpy() if len(labels) and "mol" in layer.features else np.array([-1])
+        n_mol = len(np.unique(mol[mol >= 0]))
+        return f"{len(labels)} atoms: {counts or 'none'}" + (f"; {n_mol} molecules" if n_mol else "")
 
     def _busy(self, busy: bool, message: str | None, button: str) -> None:
         self.predict_button.text = button
