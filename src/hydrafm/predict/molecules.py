@@ -59,7 +59,7 @@ import numpy as np
 from ase import Atoms
 
 from ..io.xyz import ELEMENT, LABELS
-from ..simulate.labels import OH_BOND_MAX, h_labels
+from ..simulate.labels import H_ANGLE_DEG, OH_BOND_MAX, h_labels
 from .atoms import H_LABELS, maps_to_atoms
 
 __all__ = ["assemble_molecules", "maps_to_molecules", "molecule_confidence", "molecule_members",
@@ -119,9 +119,9 @@ def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _class_index(dirs: np.ndarray) -> np.ndarray:
-    """Index into ``H_LABELS`` of unit O–H directions, by the labels.py rule."""
-    lab = h_labels(dirs)
-    return np.where(lab == "H_up", 0, np.where(lab == "H_flat", 1, 2))
+    """Index into ``H_LABELS`` (up, flat, down) of unit O–H directions, by the labels.py elevation rule."""
+    s = math.sin(math.radians(H_ANGLE_DEG))
+    return np.where(dirs[:, 2] > s, 0, np.where(dirs[:, 2] < -s, 2, 1))
 
 
 def _direction(az: np.ndarray, elev: float) -> np.ndarray:
@@ -275,7 +275,7 @@ def assemble_molecules(
     for k in range(n_o):
         for t in targets[k]:
             net.record(k, t[0])
-    net.spots.append(taken)
+    net.take(taken)
     order = net.walk(sorted(range(n_o), key=lambda k: (-len(targets[k]), -conf[o_idx[k]], k)))
     for want in (1, 2):
         for k in order:
@@ -283,7 +283,7 @@ def assemble_molecules(
                 t, evidence = net.choose(k, targets[k][0][0] if targets[k] else None)
                 targets[k].append((t, 1.0, evidence, False, 0.0))
                 net.record(k, t)
-                net.spots.append(hxy[k] + t[None, :2] * OH_LENGTH)
+                net.take(hxy[k] + t[None, :2] * OH_LENGTH)
 
     # 3. rigid waters; inferred H get the map value of their final class where they sit
     bonds = np.zeros((n_o, 2, 3))
@@ -315,7 +315,8 @@ class _Network:
             self.unit.append(vec[ok] / dist[ok, None] if ok.any() else np.zeros((0, 2)))
         self.donates: set[tuple[int, int]] = set()  # (donor O, acceptor O), heavy indices
         self.accepted = np.zeros(n_o, int)
-        self.spots: list[np.ndarray] = []  # lateral H positions already taken
+        self.spots = np.zeros((2 * n_o, 2))  # lateral H positions already taken (the first n_spots)
+        self.n_spots = 0
         self.settled = np.zeros(n_o, int)  # O–H directions chosen per O so far
         self.prior = np.array([PRIOR[h] for h in H_LABELS])
 
@@ -338,6 +339,16 @@ class _Network:
                 nb = nb[~seen[nb]]
                 stack.extend(nb[np.argsort(-rank[nb])].tolist())  # best-ranked popped first
         return order
+
+    def take(self, xy: np.ndarray) -> None:
+        """Mark lateral H positions ``(n, 2)`` as taken."""
+        need = self.n_spots + len(xy)
+        if need > len(self.spots):
+            grown = np.zeros((max(need, 2 * len(self.spots)), 2))
+            grown[: self.n_spots] = self.spots[: self.n_spots]
+            self.spots = grown
+        self.spots[self.n_spots : need] = xy
+        self.n_spots = need
 
     def record(self, k: int, t: np.ndarray) -> None:
         """Note an O–H direction ``t`` of O ``k`` and the H-bond it makes (level, pointing at an acceptor)."""
@@ -384,8 +395,8 @@ class _Network:
             score += level * hb.max(axis=1)
             pointing = (cosang > math.cos(math.radians(30))) & (lat > 0.5)[:, None]
             score -= (pointing * avoid[None, :]).max(axis=1)
-        taken = np.vstack(self.spots) - self.hxy[k] if self.spots else np.zeros((0, 2))
-        taken = taken[np.hypot(taken[:, 0], taken[:, 1]) < 2 * OH_LENGTH]
+        taken = self.spots[: self.n_spots] - self.hxy[k]
+        taken = taken[np.abs(taken).max(axis=1) < 2 * OH_LENGTH]
         if len(taken):
             d = np.hypot(*(spot[:, None, :] - taken[None, :, :]).transpose(2, 0, 1))
             score -= PENALTY * (d.min(axis=1) < 0.6)
