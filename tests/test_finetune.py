@@ -98,12 +98,10 @@ def test_bad_training_data_is_refused_before_training(base, user_data):
 def test_structures_are_simulated_on_the_fly(tmp_path, user_data):
     from ase.io import write
 
-    from hydrafm.simulate.afm import SimulationSettings, opencl_available
+    from hydrafm.simulate.settings import SimulationSettings
     from hydrafm.training.sources import simulate_structures
     from hydrafm.progress import drive
 
-    if not opencl_available():
-        pytest.skip("no OpenCL device (apt pocl-opencl-icd)")
     atoms = read_xyz(sample_path("water_bilayer.xyz"))
     folder = tmp_path / "structures"
     folder.mkdir()

@@ -37,7 +37,7 @@ SOURCES = ("Structures folder", "Stacks + atoms in the viewer", "Dataset folder"
 
 
 def _build_data(source: str, path: str, pairs: list[tuple[Any, Any]], names: list[str], base: Path,
-                per_structure: int):
+                per_structure: int, engine: str = "torch"):
     """Worker body, part 1: the training data (simulation yields progress)."""
     from ..models.checkpoint import load_checkpoint
     from ..simulate.dataset import AFMDataset
@@ -46,7 +46,8 @@ def _build_data(source: str, path: str, pairs: list[tuple[Any, Any]], names: lis
     if source == SOURCES[0]:
         if not path:
             raise TrainingDataError("Choose a folder of structure files (xyz, cif, POSCAR …).")
-        return (yield from simulate_structures(path, per_structure))
+        # the torch engine runs in this worker thread; ppafm (OpenCL) runs in a child process
+        return (yield from simulate_structures(path, per_structure, engine=engine))
     if source == SOURCES[2]:
         if not path:
             raise TrainingDataError("Choose a dataset folder made by `hydrafm simulate`.")
@@ -57,7 +58,8 @@ def _build_data(source: str, path: str, pairs: list[tuple[Any, Any]], names: lis
     return stack_atom_samples(pairs, info.pixel_size, info.dz, info.config.n_heights, names=names)
 
 
-def _finetune_job(source, path, pairs, names, base, per_structure, name, config, val_fraction, resume, stop):
+def _finetune_job(source, path, pairs, names, base, per_structure, name, config, val_fraction, resume, stop,
+                  engine="torch"):
     """Worker body: data, then training; yields Progress / EpochStats; returns ``(model path, stopped)``.
 
     ``stop`` (a threading.Event) ends the run after the current batch: the training
@@ -66,7 +68,7 @@ def _finetune_job(source, path, pairs, names, base, per_structure, name, config,
     from ..models.registry import user_models_dir
     from ..training.finetune import finetune
 
-    data = yield from _build_data(source, path, pairs, names, base, per_structure)
+    data = yield from _build_data(source, path, pairs, names, base, per_structure, engine)
     gen = finetune(data, name, base, config, val_fraction, resume=resume)
     try:
         for rec in gen:
@@ -139,6 +141,9 @@ class FinetuneWidget(Container):
         self.folder = FileEdit(mode="d", label="Folder", visible=False)
         self.per_structure = SpinBox(label="Draws / structure", value=8, min=1, max=200, visible=False,
                                      tooltip="Simulated stacks per structure (random tip, rotation, offset)")
+        self.engine = ComboBox(label="Simulator", choices=["torch", "ppafm"], value="torch", visible=False,
+                               tooltip="torch: HydrAFM's probe-particle engine (any torch device); ppafm: the "
+                                       "OpenCL reference, run in a separate process")
         self.atoms_layers = Select(label="Atoms layers", choices=self._points_choices,
                                    tooltip="Points layers with corrected atoms; each is paired with the stack it was "
                                            "predicted from (or the Predict widget's stack)")
@@ -157,7 +162,7 @@ class FinetuneWidget(Container):
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1)
         self.info = Label(value="")
         self.plot = LossPlot()
-        self.extend([self.source, self.folder, self.per_structure, self.atoms_layers, self.base, self.freeze,
+        self.extend([self.source, self.folder, self.per_structure, self.engine, self.atoms_layers, self.base, self.freeze,
                      self.epochs, self.lr, self.batch_size, self.val_fraction, self.device, self.name,
                      self.train_button, self.resume_button, self.progress, self.info])
         self.plot.canvas.setMinimumHeight(200)
@@ -190,6 +195,7 @@ class FinetuneWidget(Container):
     def _on_source(self, value: str) -> None:
         self.folder.visible = value != SOURCES[1]
         self.per_structure.visible = value == SOURCES[0]
+        self.engine.visible = value == SOURCES[0]
         self.atoms_layers.visible = value == SOURCES[1]
 
     def _update_resume(self, *_: Any) -> None:
@@ -251,7 +257,7 @@ class FinetuneWidget(Container):
         self._busy(True, "Resuming…" if resume else "Preparing the training data…")
         self._worker = create_worker(_finetune_job, self.source.value, folder, pairs, names, entry.path,
                                      self.per_structure.value, name, config, self.val_fraction.value, resume,
-                                     self._stop, _ignore_errors=True)
+                                     self._stop, self.engine.value, _ignore_errors=True)
         self._worker.yielded.connect(self._on_record)
         self._worker.returned.connect(self._on_done)
         self._worker.errored.connect(self._fail)
