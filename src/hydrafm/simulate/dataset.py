@@ -38,7 +38,7 @@ from .labels import atom_labels, label_index, label_maps, within_top
 
 __all__ = ["make_dataset", "AFMDataset", "Sample", "draw_structure", "KINDS"]
 
-KINDS = ("water", "hydrates")
+KINDS = ("water", "hydrates", "ice")
 MANIFEST = "dataset.json"
 
 
@@ -76,9 +76,10 @@ def draw_structure(
     ``water``: a pool window under a random symmetry of the square; with
     ``layer_depth``, only the molecules within that many Å of the highest O (a
     single top layer, as a constant-height scan sees it). ``hydrates``: 1–3 pool
-    hydrates placed at random in the window.
+    hydrates placed at random in the window. ``ice``: a window of the ice pool
+    (:mod:`hydrafm.structures.ice`) drawn like ``water``.
     """
-    if kind == "water":
+    if kind in ("water", "ice"):
         i = int(rng.integers(len(pool)))
         pos, numbers = pool.arrays(i)
         if pool.window[0] <= 0:
