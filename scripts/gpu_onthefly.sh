@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# From the shipped pools to a trained structure model on one GPU, on a bare node (Python, torch,
+# numpy, scipy; no ase, napari, OpenCL or network), from a checkout:
+#
+#   bash scripts/gpu_onthefly.sh OUT_DIR [MINUTES] [POOLS]
+#
+# 1. engine throughput: 128 x 128 x 10 stacks simulated per second, batches of 64 (engine_speed.json);
+# 2. on-the-fly training for MINUTES (default 8): every batch simulated on the GPU (train.jsonl, one
+#    JSON line per epoch with samples/s), the best checkpoint in OUT_DIR/water-otf.pt.
+# Held-out F1 is then measured on any machine: hydrafm evaluate DATASET --model OUT_DIR/water-otf.pt
+# DEVICE=cpu runs the same at tiny scale (SMALL=1) to check the script before spending GPU time.
+set -euo pipefail
+out=${1:?give an output folder}
+minutes=${2:-8}
+pools=${3:-water,ice,hydrates}
+device=${DEVICE:-cuda}
+mkdir -p "$out"
+here=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" HYDRAFM_CACHE="$out/cache"
+if [ "${SMALL:-0}" = 1 ]; then n=4; batch=2; crop=32; steps=2; val=4; chans=8; else n=640; batch=64; crop=128; steps=50; val=256; chans=16; fi
+python - <<PY > "$out/device.json"
+import json, torch, platform
+print(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available(),
+                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                  "python": platform.python_version()}))
+PY
+python "$here/benchmarks/bench_engine.py" speed --engine torch --device "$device" --batch "$batch" -n "$n" \
+  > "$out/engine_speed.json"
+cat "$out/engine_speed.json"
+python -m hydrafm.cli train --on-the-fly -o "$out/water-otf.pt" --pools "$pools" --minutes "$minutes" \
+  --device "$device" --batch-size "$batch" --crop "$crop" --steps-per-epoch "$steps" --val-size "$val" \
+  --base-channels "$chans" --epochs 100000 --patience 100000 | tee "$out/train.jsonl"
