@@ -68,7 +68,7 @@ def _features(frame: np.ndarray, pixel: float) -> np.ndarray:
     return np.asarray(pts).reshape(-1, 2)
 
 
-def equivalence(n: int, seed: int) -> dict:
+def equivalence(n: int, seed: int, solver: str = "newton") -> dict:
     from hydrafm.simulate.engine import TorchSimulator
     from hydrafm.simulate.settings import SimulationSettings
     from hydrafm.simulate.simulators import make_simulator
@@ -82,15 +82,15 @@ def equivalence(n: int, seed: int) -> dict:
     ref = make_simulator(s, "ppafm", isolate=False)
     eng = TorchSimulator(s)
     ranges = TipRanges()
-    rs, rms, shifts, per_kind, skipped = [], [], [], {}, 0
-    for kind, pos, num in _structures(n, rng):
+    rs, rms, shifts, per_kind, skipped, worst = [], [], [], {}, 0, []
+    for i, (kind, pos, num) in enumerate(_structures(n, rng)):
         tip = ranges.draw(rng, s.probe_length)
         try:
             a = ref.simulate(pos, num, tip).data
         except BadStructureError:
             skipped += 1
             continue
-        b = eng.simulate(pos, num, tip).data
+        b = eng.simulate(pos, num, tip, solver=solver).data
         for k in range(s.n_heights):
             r = float(np.corrcoef(a[k].ravel(), b[k].ravel())[0, 1])
             rs.append(r)
@@ -99,7 +99,11 @@ def equivalence(n: int, seed: int) -> dict:
         fa, fb = _features(a[0], s.pixel_size), _features(b[0], s.pixel_size)
         if len(fa) and len(fb):
             d, _ = cKDTree(fb).query(fa, distance_upper_bound=s.pixel_size * 1.5)
-            shifts.extend(d[np.isfinite(d)].tolist())
+            d = d[np.isfinite(d)]
+            shifts.extend(d.tolist())
+            if len(d) and d.max() > 0.05:
+                worst.append({"structure": i, "kind": kind, "shift_A": round(float(d.max()), 3),
+                              "frame0_r": round(float(np.corrcoef(a[0].ravel(), b[0].ravel())[0, 1]), 6)})
     res = {
         "structures": n - skipped, "frames": len(rs), "skipped": skipped,
         "r_median": float(np.median(rs)), "r_min": float(np.min(rs)),
@@ -107,6 +111,10 @@ def equivalence(n: int, seed: int) -> dict:
         "feature_shift_median_A": float(np.median(shifts)) if shifts else math.nan,
         "feature_shift_max_A": float(np.max(shifts)) if shifts else math.nan,
         "features": len(shifts),
+        "feature_shift_p95_A": float(np.percentile(shifts, 95)) if shifts else math.nan,
+        "features_within_0.05A": float(np.mean(np.asarray(shifts) <= 0.05)) if shifts else math.nan,
+        "features_over_0.05A": worst,
+        "solver": solver,
         "r_min_by_kind": {k: float(np.min(v)) for k, v in per_kind.items()},
     }
     return res
@@ -172,13 +180,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--solver", default="newton", choices=["newton", "fire"], help="torch relaxation")
     args = ap.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.what == "equivalence":
-        res = equivalence(args.n or 48, args.seed)
+        res = equivalence(args.n or 48, args.seed, args.solver)
     else:
         res = speed(args.n or 20, args.engine, args.device, args.batch)
     print(json.dumps(res, indent=1))

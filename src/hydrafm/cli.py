@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     sim = sub.add_parser("simulate", help="simulate a training dataset of AFM stacks + atoms (resumable)")
-    sim.add_argument("kind", choices=["water", "hydrates"], help="which structures")
+    sim.add_argument("kind", choices=["water", "hydrates", "ice"], help="which structures (ice: the ice-like pool)")
     sim.add_argument("-n", "--n", type=int, required=True, help="number of stacks")
     sim.add_argument("--out", type=Path, help="dataset folder (default: <cache>/datasets/KIND-sSEED)")
     sim.add_argument("--pool", type=Path, help="structure pool .npz (default: the shipped pool)")

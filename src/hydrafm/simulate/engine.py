@@ -494,6 +494,7 @@ class TorchSimulator:
         tip: SampledTip | None = None,
         charges: np.ndarray | None = None,
         name: str = "structure",
+        solver: str = "newton",
     ):
         """One structure → :class:`~hydrafm.stack.AFMStack`, the same API as the ppafm engine."""
         from .afm import stack_from_frames
@@ -507,7 +508,7 @@ class TorchSimulator:
         tip = tip or SampledTip(float(np.mean(s.closest_distance)))
         tb = TipBatch.from_tips([tip], s, self.device, self.dtype)
         with torch.no_grad():
-            data = self([positions], [numbers], tb, None if charges is None else [charges])[0]
+            data = self([positions], [numbers], tb, None if charges is None else [charges], solver=solver)[0]
         shift = (self.z_closest_tip - s.probe_length) - tip.distance - positions[:, 2].max()
         return stack_from_frames(data.cpu().numpy().astype(np.float32), s, tip, shift, name, "torch")
 

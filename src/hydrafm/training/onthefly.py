@@ -154,8 +154,8 @@ def default_split(name: str) -> tuple[StructureSource, StructureSource]:
     """Training and held-out sources of a shipped pool, by construction (no structure in both).
 
     ``water``: MD runs 4 and 13 held out (``training.train.VAL_RUNS``); ``hydrates``: clusters
-    2000–2400 held out; a pool with a ``family`` column: the families its ``held_out`` attribute
-    names; otherwise the last 10 %.
+    2000–2400 held out; the ice-like pool (a ``family`` column): ``structures.ice.held_out_mask``
+    (bilayers on Pt(111), 8-ring-rich networks, hydrates with n = 5); otherwise the last 10 %.
     """
     from ..structures.pool import StructurePool
     from .train import VAL_RUNS
@@ -167,8 +167,10 @@ def default_split(name: str) -> tuple[StructureSource, StructureSource]:
         val = np.isin(np.asarray(pool.info["run"]), VAL_RUNS)
     elif name == "hydrates":
         val = idx >= 2000
-    elif "family" in pool.info and pool.attrs.get("held_out"):
-        val = np.isin(np.asarray(pool.info["family"]).astype(str), list(pool.attrs["held_out"]))
+    elif "family" in pool.info:  # the ice-like pool: whole families (and one hydrate size) held out
+        from ..structures.ice import held_out_mask
+
+        val = held_out_mask(pool)
     else:
         val = idx >= int(0.9 * len(pool))
     return StructureSource(name, idx[~val], pool), StructureSource(name, idx[val], pool)
