@@ -112,3 +112,12 @@ def test_a_different_run_in_the_same_place_is_refused(tmp_path):
     with pytest.raises(ValueError, match="different training run"):
         drive(train_on_the_fly(out, replace(TINY, epochs=1, crop=32), UNetConfig(base_channels=4), device="cpu",
                                cache=tmp_path / "cache"), show=False)
+
+
+def test_2d_encoder_trains_and_round_trips(tmp_path):
+    out = tmp_path / "m2d.pt"
+    drive(train_on_the_fly(out, replace(TINY, epochs=1), UNetConfig(base_channels=4, encoder="2d"), device="cpu",
+                           cache=tmp_path / "cache"), show=False)
+    model, info, _ = load_checkpoint(out)
+    assert info.config.encoder == "2d"
+    assert model(torch.zeros(1, 1, 10, 16, 16)).shape == (1, 6, 16, 16)

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=3e-4)
     tr.add_argument("--crop", type=int, default=64, help="train on random crops of this many px (0: whole)")
     tr.add_argument("--base-channels", type=int, default=16)
+    tr.add_argument("--encoder", choices=["3d", "2d"], default="3d",
+                    help="3d: 3D convolutions over the stack (depth folded at the skips); 2d: heights as channels")
     tr.add_argument("--max-batches", type=int, help="cap batches per epoch")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     tr.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -381,7 +383,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if split is not None:
         print(f"hydrafm: validation = MD runs {args.val_runs}: {len(val_idx)} of {len(ds)} samples",
               file=sys.stderr)
-    gen = train(ds, args.out, cfg, UNetConfig(base_channels=args.base_channels), init_from=init,
+    gen = train(ds, args.out, cfg, UNetConfig(base_channels=args.base_channels, encoder=args.encoder), init_from=init,
                 train_indices=train_idx, val_indices=val_idx, max_batches_per_epoch=args.max_batches)
     drive(gen, on_record=lambda rec: print(
         json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))
@@ -400,7 +402,8 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
                          epochs=args.epochs, minutes=args.minutes, val_size=args.val_size, lr=args.lr,
                          patience=args.patience, seed=args.seed,
                          label_depth=args.label_depth if args.label_depth is not None else 2.0)
-    gen = train_on_the_fly(args.out, cfg, UNetConfig(base_channels=args.base_channels), device=args.device,
+    gen = train_on_the_fly(args.out, cfg, UNetConfig(base_channels=args.base_channels, encoder=args.encoder),
+                           device=args.device,
                            init_from=args.init_from, cache=cache_dir("otf"))
     out = drive(gen, show=sys.stderr.isatty(), on_record=lambda rec: print(
         json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))

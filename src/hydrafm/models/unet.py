@@ -29,6 +29,7 @@ class UNetConfig:
     base_channels: int = 16
     levels: int = 3  # number of 2× poolings in x, y
     z_pool_level: int = 1  # the level whose pooling also halves the heights (-1: never)
+    encoder: str = "3d"  # "3d": 3D convolutions over the stack, depth folded at the skips; "2d": heights as channels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,17 +57,29 @@ class StructureUNet(nn.Module):
         self.enc = nn.ModuleList()
         self.pools = nn.ModuleList()
         self.folds = nn.ModuleList()
+        if c.encoder not in ("3d", "2d"):
+            raise ValueError(f"unknown encoder {c.encoder!r}; choose '3d' or '2d'")
         depth = c.n_heights
-        cin = 1
+        cin = 1 if c.encoder == "3d" else c.n_heights
         for i in range(c.levels):
+            if c.encoder == "2d":  # the heights are the input channels: 2D all the way
+                self.enc.append(_block(nn.Conv2d, cin, chans[i]))
+                self.folds.append(nn.Identity())
+                self.pools.append(nn.MaxPool2d(2))
+                cin = chans[i]
+                continue
             self.enc.append(_block(nn.Conv3d, cin, chans[i]))
             self.folds.append(nn.Conv3d(chans[i], chans[i], (depth, 1, 1)))
             pz = 2 if (i == c.z_pool_level and depth >= 2) else 1
             self.pools.append(nn.MaxPool3d((pz, 2, 2)))
             depth //= pz
             cin = chans[i]
-        self.bottom = _block(nn.Conv3d, cin, chans[c.levels])
-        self.bottom_fold = nn.Conv3d(chans[c.levels], chans[c.levels], (depth, 1, 1))
+        if c.encoder == "2d":
+            self.bottom = _block(nn.Conv2d, cin, chans[c.levels])
+            self.bottom_fold = nn.Identity()
+        else:
+            self.bottom = _block(nn.Conv3d, cin, chans[c.levels])
+            self.bottom_fold = nn.Conv3d(chans[c.levels], chans[c.levels], (depth, 1, 1))
         self.ups = nn.ModuleList()
         self.dec = nn.ModuleList()
         for i in reversed(range(c.levels)):
@@ -80,12 +93,21 @@ class StructureUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:
             x = x[:, None]
-        skips = []
-        for enc, fold, pool in zip(self.enc, self.folds, self.pools):
-            x = enc(x)
-            skips.append(fold(x)[:, :, 0])
-            x = pool(x)
-        y = self.bottom_fold(self.bottom(x))[:, :, 0]
+        if self.config.encoder == "2d":
+            x = x[:, 0]  # (B, heights, H, W)
+            skips = []
+            for enc, pool in zip(self.enc, self.pools):
+                x = enc(x)
+                skips.append(x)
+                x = pool(x)
+            y = self.bottom(x)
+        else:
+            skips = []
+            for enc, fold, pool in zip(self.enc, self.folds, self.pools):
+                x = enc(x)
+                skips.append(fold(x)[:, :, 0])
+                x = pool(x)
+            y = self.bottom_fold(self.bottom(x))[:, :, 0]
         for up, dec, skip in zip(self.ups, self.dec, reversed(skips)):
             y = dec(torch.cat([up(y), skip], dim=1))
         return self.head(y)
