@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="water: keep only molecules whose O is within this many Å of the highest O")
     sim.add_argument("--structures", metavar="A:B",
                      help="use only pool structures A..B-1 (e.g. 0:2000 for training, 2000:2400 for validation)")
+    sim.add_argument("--split", choices=["all", "train", "held-out"], default="all",
+                     help="only the pool's training or held-out structures (whole MD runs / families held out)")
+    sim.add_argument("--distance", metavar="A:B", help="closest probe height above the top atom, Å (default 2.3:2.9)")
     _add_engine_options(sim)
 
     tr = sub.add_parser("train", help="train (or fine-tune) the structure network on a simulated dataset, "
@@ -173,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the top")
     ev.add_argument("--flips", action="store_true", help="average over the four mirror images")
     ev.add_argument("--loose-atoms", action="store_true", help="score the peaks as they are, not whole molecules")
+    ev.add_argument("--by-group", action="store_true",
+                    help="also report per structure family and per closest-distance regime")
+    ev.add_argument("--worst", type=Path, metavar="PNG",
+                    help="write a picture grid of the worst cases (truth vs prediction) to this PNG")
     ev.add_argument("--val-runs", help="water datasets: score only samples from these MD runs (e.g. 4,13, "
                                        "the runs `hydrafm train` holds out)")
     wa = sub.add_parser("watch", help="live mode: watch the instrument's folder, stack frames as they are "
@@ -194,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--direction", default="forward", choices=["forward", "backward"])
     wa.add_argument("--z-order", default="auto", choices=["auto", "closest_first", "closest_last"],
                     help="frame order for files without heights (default: inferred from contrast)")
+
+    rf = sub.add_parser("refine", help="fit molecules (.xyz) to their stack through the AFM simulator → .xyz")
+    rf.add_argument("stack", metavar="STACK", help="the stack: a file, or a folder holding one")
+    rf.add_argument("atoms", type=Path, metavar="ATOMS.xyz", help="the molecules to refine (e.g. from predict)")
+    rf.add_argument("-o", "--out", type=Path, required=True, help="the refined .xyz to write")
+    rf.add_argument("--steps", type=int, default=60, help="simulations with gradients (default 60)")
+    rf.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    rf.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    _add_stack_options(rf)
 
     hy = sub.add_parser("hydrate", help="predict the water density above a CaCO3 slab → Gaussian .cube")
     hy.add_argument("surface", help="a built-in surface (calcite-104, aragonite-010, aragonite-001, "
@@ -233,6 +249,36 @@ def cmd_hydrate(args: argparse.Namespace) -> int:
                       "spacing_A": [round(float(s), 4) for s in dens.spacing],
                       "peaks_A": [round(p, 2) for p in density_profile_peaks(dens)],
                       "bulk_like_mean_8_14A": round(float(rho[(z > 8) & (z < 14)].mean()), 5)}))
+    return 0
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    """Refine the molecules of ATOMS against STACK; write OUT and print one JSON summary."""
+    from .io.xyz import read_xyz, write_xyz
+    from .progress import drive
+    from .refine import RefineSettings, iter_refine_atoms
+    from .training.train import pick_device
+
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out}: exists; give --overwrite to replace it")
+    if args.steps < 0:
+        raise ValueError(f"--steps must be 0 or more, not {args.steps}")
+    stack = load_stack(args.stack, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
+                       heights=args.heights, z_order=args.z_order)
+    atoms = read_xyz(args.atoms)
+    res = drive(iter_refine_atoms(stack, atoms, RefineSettings(steps=args.steps), pick_device(args.device)),
+                show=sys.stderr.isatty())
+    write_xyz(res.atoms, args.out, overwrite=args.overwrite)
+    scores = list(res.fit_score.values())
+    print(json.dumps({"output": str(args.out), "atoms": _label_counts(res.atoms), "moves": res.moves,
+                      "image_loss": [round(v, 5) for v in res.image_loss],
+                      "similarity": [round(float(res.similarity_before.mean()), 4),
+                                     round(float(res.similarity.mean()), 4)],
+                      "mean_fit_score": round(float(np.mean(scores)), 4) if scores else None,
+                      "tip": {"distance": round(res.tip.distance, 3), "k_lateral": round(res.tip.k_lateral, 3),
+                              "charge": round(res.tip.charge, 4), "height_step": round(res.tip.height_step, 4),
+                              "drift": [round(v, 4) for v in res.tip.drift]},
+                      "seconds": round(res.seconds, 2)}))
     return 0
 
 
@@ -336,8 +382,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise ValueError(f"--structures {args.structures} selects no structure of the {len(pool)} in {pool_name}")
         pool = pool.subset(chosen)
         pool_name = f"{pool_name}[{args.structures}]"
+    if args.split != "all":
+        from .training.onthefly import default_split
+
+        chosen = default_split(args.kind if args.pool is None else str(pool_file), pool)[0 if args.split == "train" else 1]
+        pool = pool.subset(chosen.indices)
+        pool_name = f"{pool_name}[{args.split}]"
+    extra = {}
+    if args.distance:
+        try:
+            lo, hi = (float(v) for v in args.distance.split(":"))
+        except ValueError:
+            raise ValueError(f"bad --distance {args.distance!r}; use A:B in Å, e.g. 2.5:3.0") from None
+        extra["closest_distance"] = (lo, hi)
     settings = SimulationSettings(n_pixels=args.pixels, scan_size=args.scan_size,
-                                  pix_per_angstrom=args.pix_per_angstrom)
+                                  pix_per_angstrom=args.pix_per_angstrom, **extra)
     out = args.out or cache_dir("datasets", f"{args.kind}-s{args.seed}")
     drive(make_dataset(out, args.n, args.kind, pool, settings, seed=args.seed, shard_size=args.shard_size,
                        pool_name=pool_name, layer_depth=args.layer_depth, engine=args.engine,
@@ -494,6 +553,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.dataset}: --val-runs needs a water dataset made from the shipped pool")
         indices = split[1]
     indices = indices[: args.n] if args.n else indices
+    if args.by_group or args.worst:
+        from .predict.evaluate import evaluate_groups
+
+        res = drive(evaluate_groups(ds, model, indices, args.threshold, device, args.top, args.flips,
+                                    not args.loose_atoms))
+        out = {"dataset": str(args.dataset), "model": str(args.model), "top": args.top, **res.summary()}
+        if args.worst:
+            from .predict.report import worst_cases_figure
+
+            out["worst_figure"] = str(worst_cases_figure(ds, res.worst, args.worst, args.top))
+        print(json.dumps(out))
+        return 0
     total = drive(evaluate_dataset(ds, model, indices, args.threshold, device, args.top, args.flips,
                                    not args.loose_atoms))
     print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), "top": args.top, **total.summary()}))
@@ -555,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "view": cmd_view, "pool": cmd_pool, "simulate": cmd_simulate,
                 "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-                "hydrate": cmd_hydrate, "watch": cmd_watch}
+                "hydrate": cmd_hydrate, "watch": cmd_watch, "refine": cmd_refine}
     try:
         with warnings.catch_warnings():
             # Show HydrAFM's own warnings (incomplete scans, guessed channels) as one line each;

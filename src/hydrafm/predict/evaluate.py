@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Generator, Sequence
 
 import numpy as np
@@ -15,7 +16,11 @@ from .metrics import Scores, score_atoms
 from .molecules import maps_to_molecules
 from .predictor import default_threshold, predict_maps, resolve_model
 
-__all__ = ["evaluate_dataset", "evaluate_thresholds", "best_threshold"]
+__all__ = ["evaluate_dataset", "evaluate_thresholds", "best_threshold", "evaluate_groups", "DISTANCE_REGIMES",
+           "GroupedScores"]
+
+#: closest probe height above the top atom (Å): the regimes scores are reported for
+DISTANCE_REGIMES = ((2.3, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 3.8))
 
 
 def evaluate_thresholds(
@@ -79,3 +84,66 @@ def best_threshold(totals: dict[float, Scores], groups: Sequence[str] = ("O", "N
         return float(np.mean(f1)) if f1 else 0.0
 
     return max(totals, key=lambda t: score(totals[t]))
+
+
+@dataclass
+class GroupedScores:
+    """Scores over all samples, per structure family and per closest-distance regime, plus the
+    worst samples (lowest mean F1 of O and H) with what was predicted for them."""
+
+    total: Scores
+    by_family: dict[str, Scores]
+    by_distance: dict[str, Scores]
+    worst: list[tuple[int, float, object]]  # (sample index, mean F1, predicted ase.Atoms)
+
+    def summary(self) -> dict:
+        return {"all": self.total.summary(),
+                "by_family": {k: v.summary() for k, v in sorted(self.by_family.items())},
+                "by_distance": {k: v.summary() for k, v in self.by_distance.items()}}
+
+
+def _regime(d: float, regimes) -> str:
+    for lo, hi in regimes:
+        if lo <= d < hi:
+            return f"{lo:.1f}-{hi:.1f}"
+    return "other"
+
+
+def evaluate_groups(
+    ds: AFMDataset,
+    model,
+    indices: Sequence[int] | None = None,
+    threshold: float | None = None,
+    device: str = "cpu",
+    top: float = 3.0,
+    flips: bool = False,
+    molecules: bool = True,
+    regimes=DISTANCE_REGIMES,
+    n_worst: int = 12,
+) -> Generator[Progress, None, GroupedScores]:
+    """Score every chosen sample; add up per family (``AFMDataset.draws()['group']``) and per
+    closest-distance regime; keep the ``n_worst`` samples."""
+    st = ds.settings
+    net_info = resolve_model(model, device)
+    t = default_threshold(net_info[1]) if threshold is None else float(threshold)
+    idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
+    draws = ds.draws()
+    total, fam, dist = Scores(), {}, {}
+    per_sample = []
+    for k, i in enumerate(idx):
+        s = ds[int(i)]
+        stack = AFMStack(s.stack, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
+                         (st.pixel_size / 2, st.pixel_size / 2))
+        maps, px, origin, info = predict_maps(stack, net_info, device, flips=flips)
+        atoms = (maps_to_molecules if molecules else maps_to_atoms)(maps, px, origin, t, info.labels)
+        truth = np.array(LABELS)[s.labels]
+        sc = score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top)
+        total.add(sc)
+        fam.setdefault(str(draws["group"][i]), Scores()).add(sc)
+        dist.setdefault(_regime(float(draws["distance"][i]), regimes), Scores()).add(sc)
+        summ = sc.summary()
+        f1 = [summ[g]["f1"] for g in ("O", "Na", "K", "H") if g in summ]
+        per_sample.append((int(i), float(np.mean(f1)) if f1 else 1.0, atoms))
+        yield Progress("evaluating", k + 1, len(idx))
+    per_sample.sort(key=lambda v: v[1])
+    return GroupedScores(total, fam, dist, per_sample[:n_worst])

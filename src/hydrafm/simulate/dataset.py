@@ -97,6 +97,16 @@ def draw_structure(
     raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
 
 
+def structure_group(kind: str, pool: StructurePool, source: int) -> str:
+    """The family a drawn structure belongs to, for per-family scores: the ice pool's ``family``,
+    ``water-<surface>`` for MD windows, else the dataset kind."""
+    if source >= 0 and "family" in pool.info:
+        return str(pool.info["family"][source])
+    if source >= 0 and "surface" in pool.info:
+        return f"water-{pool.info['surface'][source]}"
+    return kind
+
+
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path, ".npz") as tmp:
         np.savez(tmp, **arrays)
@@ -175,7 +185,7 @@ def make_dataset(
         if sim is None:
             sim = make_simulator(settings, engine, device)
         rng = np.random.default_rng(np.random.SeedSequence([seed, s]))
-        stacks, pos_l, lab_l, offsets, dist, tilt, source = [], [], [], [0], [], [], []
+        stacks, pos_l, lab_l, offsets, dist, tilt, source, group = [], [], [], [0], [], [], [], []
         rejected = 0
         while len(stacks) < k:
             pos, numbers, src = draw_structure(kind, pool, rng, settings.scan_size, layer_depth)
@@ -195,6 +205,7 @@ def make_dataset(
             dist.append(tip.distance)
             tilt.append(tip.tilt_xy)
             source.append(src)
+            group.append(structure_group(kind, pool, src))
             done += 1
             yield Progress("simulating stacks", done, n)
         _write_npz(
@@ -207,6 +218,7 @@ def make_dataset(
                 "distance": np.asarray(dist, dtype=np.float32),
                 "tilt": np.asarray(tilt, dtype=np.float32),
                 "source": np.asarray(source, dtype=np.int64),
+                "group": np.asarray(group, dtype="<U32"),
                 "rejected": np.asarray(rejected),
             },
         )
@@ -292,6 +304,18 @@ class AFMDataset:
         maps = label_maps(mpos, mlab, stack.shape[1:], st.pixel_size, (st.pixel_size / 2, st.pixel_size / 2),
                           self.sigma)
         return Sample(stack, maps, pos, lab)
+
+    def draws(self) -> dict[str, np.ndarray]:
+        """Per-sample random draws of the whole dataset: ``distance`` (closest probe above the top
+        atom, Å), ``source`` (pool index) and ``group`` (the structure's family)."""
+        out: dict[str, list] = {"distance": [], "source": [], "group": []}
+        for p in self.shards:
+            with np.load(p) as z:
+                k = len(z["offsets"]) - 1
+                out["distance"].append(z["distance"])
+                out["source"].append(z["source"])
+                out["group"].append(z["group"] if "group" in z.files else np.full(k, self.manifest["kind"]))
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
     def batches(
         self, batch_size: int, rng: np.random.Generator | None = None, indices: np.ndarray | None = None

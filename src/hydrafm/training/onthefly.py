@@ -150,7 +150,7 @@ def _pool_path(name: str) -> Path:
     return pool_path(name)
 
 
-def default_split(name: str) -> tuple[StructureSource, StructureSource]:
+def default_split(name: str, pool=None) -> tuple[StructureSource, StructureSource]:
     """Training and held-out sources of a shipped pool, by construction (no structure in both).
 
     ``water``: MD runs 4 and 13 held out (``training.train.VAL_RUNS``); ``hydrates``: clusters
@@ -160,8 +160,8 @@ def default_split(name: str) -> tuple[StructureSource, StructureSource]:
     from ..structures.pool import StructurePool
     from .train import VAL_RUNS
 
-    path = Path(name) if name.endswith(".npz") else _pool_path(name)
-    pool = StructurePool.load(path)
+    if pool is None:
+        pool = StructurePool.load(Path(name) if name.endswith(".npz") else _pool_path(name))
     idx = np.arange(len(pool))
     if "run" in pool.info and name == "water":
         val = np.isin(np.asarray(pool.info["run"]), VAL_RUNS)

@@ -1,0 +1,38 @@
+"""Per-family and per-distance scores, and the worst-case picture, on a dataset made by the torch engine."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hydrafm.models.checkpoint import ModelInfo, save_checkpoint
+from hydrafm.models.unet import StructureUNet, UNetConfig
+from hydrafm.paths import pool_path
+from hydrafm.predict.evaluate import evaluate_groups
+from hydrafm.predict.report import worst_cases_figure
+from hydrafm.progress import drive
+from hydrafm.simulate.dataset import AFMDataset, make_dataset
+from hydrafm.simulate.settings import SimulationSettings
+from hydrafm.structures.pool import StructurePool
+from hydrafm.training.onthefly import default_split
+
+
+def test_scores_by_family_and_distance_with_a_worst_case_grid(tmp_path):
+    pool = StructurePool.load(pool_path("ice"))
+    held = default_split("ice", pool)[1]
+    sub = pool.subset(held.indices[::50])
+    settings = SimulationSettings(n_pixels=32, closest_distance=(2.4, 3.4))
+    drive(make_dataset(tmp_path / "ds", 4, "ice", sub, settings, seed=3, shard_size=2), show=False)
+    ds = AFMDataset(tmp_path / "ds")
+    draws = ds.draws()
+    fams = set(draws["group"].tolist())
+    assert fams <= {"bilayer-Pt111", "amorphous-8ring", "hydrate-in-network-Na", "hydrate-in-network-K"}
+    assert np.all((draws["distance"] >= 2.4) & (draws["distance"] <= 3.4))
+    model = save_checkpoint(tmp_path / "m.pt", StructureUNet(UNetConfig(base_channels=4)),
+                            ModelInfo(config=UNetConfig(base_channels=4), pixel_size=0.2))
+    res = drive(evaluate_groups(ds, model, threshold=0.3, n_worst=3), show=False)
+    summ = res.summary()
+    assert set(summ["by_family"]) == fams
+    assert sum(s.stacks for s in res.by_distance.values()) == res.total.stacks == 4
+    assert len(res.worst) == 3 and res.worst[0][1] <= res.worst[-1][1]
+    png = worst_cases_figure(ds, res.worst, tmp_path / "worst.png")
+    assert png.stat().st_size > 10_000
