@@ -112,14 +112,17 @@ class PredictWidget(Container):
             tooltip="Selecting an atom selects its molecule (an ion: with its hydration shell); "
                     "moving or deleting then acts on all of it")
         self.verify_button = PushButton(text="Verify by simulation",
-                                        tooltip="Simulate the AFM stack of the atoms (ppafm) and compare")
+                                        tooltip="Simulate the AFM stack of the atoms and compare")
+        self.engine = ComboBox(label="Simulator", choices=["torch", "ppafm"], value="torch",
+                               tooltip="torch: HydrAFM's probe-particle engine (held to ppafm by tests); ppafm: "
+                                       "the OpenCL reference, run in a separate process")
         self.export_path = FileEdit(mode="w", label="Export to", filter="Extended XYZ (*.xyz)")
         self.export_button = PushButton(text="Export .xyz")
         self.info = Label(value="")
         self.extend([self.stack, self.model, self.model_file, self.device, self.threshold, self.show_maps,
                      self.predict_button, self.progress, self.new_label, self.relabel_button,
                      self.select_molecules,
-                     self.verify_button, self.export_path, self.export_button, self.info])
+                     self.engine, self.verify_button, self.export_path, self.export_button, self.info])
 
         self.refresh_models()
         from ..models.registry import on_models_changed
@@ -407,7 +410,7 @@ class PredictWidget(Container):
             self._fail(exc)
             return
         self._busy(True, "Simulating the atoms' AFM stack…", "Cancel")
-        self._worker = create_worker(iter_verify_atoms, stack, atoms, _ignore_errors=True)
+        self._worker = create_worker(iter_verify_atoms, stack, atoms, engine=self.engine.value, _ignore_errors=True)
         self._worker.yielded.connect(self._on_progress)
         self._worker.returned.connect(lambda v, layer=stack_layer: self._on_verified(v, layer))
         self._worker.errored.connect(self._fail)
