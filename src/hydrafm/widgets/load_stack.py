@@ -1,4 +1,4 @@
-"""The "Load AFM stack" dock widget: files or a folder → one image layer in Å."""
+"""The "Load AFM stack" dock widget: files or a folder → one image layer in Å; or watch a folder live."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from .._layers import ORIENTATION_2D, stack_layer_data
 from ..io import AFMFileError, list_channels, load_stack
 from ..stack import AFMStack
+from .live import WATCH, WatchPanel
 
 if TYPE_CHECKING:
     import napari
@@ -34,14 +35,16 @@ class LoadStackWidget(Container):
 
     Heights are the slider axis; the layer carries the physical scale (Å) and the
     scan's metadata, and the viewer's y axis is set to point up so frames look
-    as the instrument software shows them.
+    as the instrument software shows them. *Watch folder* follows a folder the
+    instrument is writing to (:class:`~hydrafm.widgets.live.WatchPanel`).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
         self._worker: Any = None
-        self.source = RadioButtons(choices=["Files", "Folder"], value="Files", label="Open", orientation="horizontal")
+        self.source = RadioButtons(choices=["Files", "Folder", WATCH], value="Files", label="Open",
+                                   orientation="horizontal")
         self.files = FileEdit(mode="rm", label="Files", filter="AFM files (*.sxm *.3ds *.dat *.npz *.tif *.tiff *.gwy *.png)")
         self.folder = FileEdit(mode="d", label="Folder", visible=False)
         self.channel = ComboBox(choices=[AUTO_CHANNEL], value=AUTO_CHANNEL, label="Channel")
@@ -50,8 +53,9 @@ class LoadStackWidget(Container):
                                       tooltip="Only for files without a scan size (PNG, TIFF); 0 = from the file")
         self.load_button = PushButton(text="Load")
         self.info = Label(value="")
+        self.watch = WatchPanel(viewer, self._watch_settings, label=" ", visible=False)
         self.extend([self.source, self.files, self.folder, self.channel, self.direction, self.scan_size,
-                     self.load_button, self.info])
+                     self.load_button, self.watch, self.info])
         self.source.changed.connect(self._on_source)
         self.files.changed.connect(self._refresh_channels)
         self.folder.changed.connect(self._refresh_channels)
@@ -60,7 +64,7 @@ class LoadStackWidget(Container):
     # ----------------------------------------------------------------- state
     def selected_paths(self) -> list[Path]:
         """The files or folder currently chosen (empty when nothing is)."""
-        if self.source.value == "Folder":
+        if self.source.value != "Files":
             p = Path(self.folder.value)
             return [p] if str(self.folder.value) not in ("", ".") and p.is_dir() else []
         vals = self.files.value or []
@@ -69,8 +73,18 @@ class LoadStackWidget(Container):
 
     def _on_source(self, value: str) -> None:
         self.files.visible = value == "Files"
-        self.folder.visible = value == "Folder"
+        self.folder.visible = value != "Files"
+        self.load_button.visible = self.scan_size.visible = value != WATCH
+        self.watch.visible = value == WATCH
         self._refresh_channels()
+
+    def _watch_settings(self) -> tuple[Path, str | None, str]:
+        """The folder, channel and direction to watch (Watch folder mode)."""
+        paths = self.selected_paths()
+        if not paths:
+            raise ValueError("Choose the folder the instrument writes its files to first.")
+        channel = None if self.channel.value == AUTO_CHANNEL else self.channel.value
+        return paths[0], channel, self.direction.value
 
     def _refresh_channels(self, *_: Any) -> None:
         paths = self.selected_paths()
