@@ -53,19 +53,28 @@ def _structures(n: int, rng: np.random.Generator):
     return out
 
 
-def _features(frame: np.ndarray, pixel: float) -> np.ndarray:
-    """Sub-pixel positions (Å, (x, y)) of the Δf maxima of a frame."""
+def _features(frame: np.ndarray, pixel: float, with_curvature: bool = False):
+    """Sub-pixel positions (Å, (x, y)) of the Δf maxima of a frame (and their curvature, Hz/Å²)."""
     from skimage.feature import peak_local_max
 
     thr = frame.mean() + 0.5 * frame.std()
     idx = peak_local_max(frame, min_distance=3, threshold_abs=thr, exclude_border=2)
-    pts = []
+    pts, curv = [], []
     for r, c in idx:
         w = frame[r - 1 : r + 2, c - 1 : c + 2].astype(float)
+        curv.append(-min(w[1, 0] - 2 * w[1, 1] + w[1, 2], w[0, 1] - 2 * w[1, 1] + w[2, 1]) / pixel**2)
         dx = 0.5 * (w[1, 0] - w[1, 2]) / (w[1, 0] - 2 * w[1, 1] + w[1, 2] + 1e-12)
         dy = 0.5 * (w[0, 1] - w[2, 1]) / (w[0, 1] - 2 * w[1, 1] + w[2, 1] + 1e-12)
         pts.append(((c + np.clip(dx, -0.5, 0.5) + 0.5) * pixel, (r + np.clip(dy, -0.5, 0.5) + 0.5) * pixel))
-    return np.asarray(pts).reshape(-1, 2)
+    pts = np.asarray(pts).reshape(-1, 2)
+    return (pts, np.asarray(curv)) if with_curvature else pts
+
+
+def _sharp_max(shifts, curvatures) -> float:
+    if not shifts:
+        return math.nan
+    d, c = np.asarray(shifts), np.asarray(curvatures)
+    return float(d[c >= np.median(c)].max())
 
 
 def equivalence(n: int, seed: int, solver: str = "newton") -> dict:
@@ -82,7 +91,7 @@ def equivalence(n: int, seed: int, solver: str = "newton") -> dict:
     ref = make_simulator(s, "ppafm", isolate=False)
     eng = TorchSimulator(s)
     ranges = TipRanges()
-    rs, rms, shifts, per_kind, skipped, worst = [], [], [], {}, 0, []
+    rs, rms, shifts, per_kind, skipped, worst, curvatures = [], [], [], {}, 0, [], []
     for i, (kind, pos, num) in enumerate(_structures(n, rng)):
         tip = ranges.draw(rng, s.probe_length)
         try:
@@ -96,13 +105,16 @@ def equivalence(n: int, seed: int, solver: str = "newton") -> dict:
             rs.append(r)
             per_kind.setdefault(kind, []).append(r)
             rms.append(float(np.sqrt(np.mean((a[k] - b[k]) ** 2)) / max(np.ptp(a[k]), 1e-12)))
-        fa, fb = _features(a[0], s.pixel_size), _features(b[0], s.pixel_size)
+        (fa, ca), fb = _features(a[0], s.pixel_size, True), _features(b[0], s.pixel_size)
         if len(fa) and len(fb):
             d, _ = cKDTree(fb).query(fa, distance_upper_bound=s.pixel_size * 1.5)
-            d = d[np.isfinite(d)]
+            ok = np.isfinite(d)
+            d, ca = d[ok], ca[ok]
             shifts.extend(d.tolist())
+            curvatures.extend(ca.tolist())
             if len(d) and d.max() > 0.05:
                 worst.append({"structure": i, "kind": kind, "shift_A": round(float(d.max()), 3),
+                              "curvature_Hz_per_A2": round(float(ca[np.argmax(d)]), 1),
                               "frame0_r": round(float(np.corrcoef(a[0].ravel(), b[0].ravel())[0, 1]), 6)})
     res = {
         "structures": n - skipped, "frames": len(rs), "skipped": skipped,
@@ -114,6 +126,9 @@ def equivalence(n: int, seed: int, solver: str = "newton") -> dict:
         "feature_shift_p95_A": float(np.percentile(shifts, 95)) if shifts else math.nan,
         "features_within_0.05A": float(np.mean(np.asarray(shifts) <= 0.05)) if shifts else math.nan,
         "features_over_0.05A": worst,
+        # sharp maxima (curvature above the median) are the atom features; broad maxima (e.g. over
+        # an ion) can move by a tenth of an Å between two images with r = 1.000000
+        "sharp_feature_shift_max_A": _sharp_max(shifts, curvatures),
         "solver": solver,
         "r_min_by_kind": {k: float(np.min(v)) for k, v in per_kind.items()},
     }

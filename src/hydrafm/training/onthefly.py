@@ -230,27 +230,48 @@ class BatchMaker:
             out_lab.append(lab)
         return out_pos, out_num, out_lab
 
-    def make(self, rng: np.random.Generator, n: int, degrade_stacks: bool = True,
-             nominal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch ``(stacks (n, 1, Z, H, W) normalised, maps (n, 6, H, W))`` on the device."""
+    def plan(self, rng: np.random.Generator, n: int, nominal: bool = False) -> dict:
+        """The CPU half of a batch: structures, labels, tips, amplitude and height step (numpy only)."""
         cfg = self.cfg
         s = cfg.settings
         if nominal:
             amp, dz = s.df_steps * s.dz, s.dz
         else:
             amp, dz = float(rng.choice(cfg.tips.amplitudes)), float(rng.choice(cfg.tips.dz))
-        sim = self.simulator(amp, dz)
         pos, num, lab = self.draw(rng, n)
         tips = [cfg.tips.draw(rng, s.probe_length) for _ in range(n)]
-        tb = TipBatch.from_tips(tips, sim.settings, self.device)
+        return {"amp": amp, "dz": dz, "pos": pos, "num": num, "lab": lab, "tips": tips,
+                "seed": int(rng.integers(2**62))}
+
+    def render(self, plan: dict, degrade_stacks: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device half: simulate, label, degrade, normalise → ``(stacks (n, 1, Z, H, W), maps (n, 6, H, W))``."""
+        sim = self.simulator(plan["amp"], plan["dz"])
+        tb = TipBatch.from_tips(plan["tips"], sim.settings, self.device)
         with torch.no_grad():
-            x = sim(pos, num, tb)  # (n, Z, H, W)
+            x = sim(plan["pos"], plan["num"], tb)  # (n, Z, H, W)
             x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e3, 1e3)
-            maps = self.maps(pos, lab)
+            maps = self.maps(plan["pos"], plan["lab"])
             if degrade_stacks:
-                x, maps = degrade(x, maps, rng, cfg.degrade)
-            x = normalize(x, cfg.normalization)
+                x, maps = degrade(x, maps, np.random.default_rng(plan["seed"]), self.cfg.degrade)
+            x = normalize(x, self.cfg.normalization)
         return x[:, None], maps
+
+    def make(self, rng: np.random.Generator, n: int, degrade_stacks: bool = True,
+             nominal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch ``(stacks (n, 1, Z, H, W) normalised, maps (n, 6, H, W))`` on the device."""
+        return self.render(self.plan(rng, n, nominal), degrade_stacks)
+
+    def stream(self, rng: np.random.Generator, n: int, count: int):
+        """``count`` batches; the next batch's CPU half is drawn in a thread while this one trains."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            nxt = pool.submit(self.plan, rng, n)
+            for k in range(count):
+                plan = nxt.result()
+                if k + 1 < count:
+                    nxt = pool.submit(self.plan, rng, n)
+                yield self.render(plan)
 
     def maps(self, positions: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> torch.Tensor:
         """Gaussian label maps ``(B, 6, H, W)`` on the device (peak 1 per atom; see ``simulate.labels``)."""
@@ -473,9 +494,10 @@ def train_on_the_fly(
         net.train()
         total, count, sim_s = 0.0, 0, 0.0
         stop = False
+        batches = maker.stream(rng, cfg.batch_size, cfg.steps_per_epoch)
         for b in range(cfg.steps_per_epoch):
             ts = time.perf_counter()
-            x, y = maker.make(rng, cfg.batch_size)
+            x, y = next(batches)
             sim_s += time.perf_counter() - ts
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
                 pred = torch.sigmoid(net(x))
@@ -493,6 +515,7 @@ def train_on_the_fly(
             stop = _agree(stop, world, dev)
             if stop:
                 break
+        batches.close()  # ends the drawing thread
         seconds = time.perf_counter() - t0
         improved = False
         if rank == 0:
