@@ -11,10 +11,8 @@ from ..io.xyz import LABELS
 from ..progress import Progress
 from ..simulate.dataset import AFMDataset
 from ..stack import AFMStack
-from .atoms import maps_to_atoms
 from .metrics import Scores, score_atoms
-from .molecules import maps_to_molecules
-from .predictor import default_threshold, predict_maps, resolve_model
+from .predictor import Prediction, default_threshold, predict_maps, resolve_model
 
 __all__ = ["evaluate_dataset", "evaluate_thresholds", "best_threshold", "evaluate_groups", "DISTANCE_REGIMES",
            "GroupedScores"]
@@ -46,10 +44,10 @@ def evaluate_thresholds(
         s = ds[int(i)]
         stack = AFMStack(s.stack, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
                          (st.pixel_size / 2, st.pixel_size / 2))
-        maps, px, origin, info = predict_maps(stack, net_info, device, flips=flips)
+        pred = Prediction(*predict_maps(stack, net_info, device, flips=flips))
         truth = np.array(LABELS)[s.labels]
         for t, total in totals.items():
-            atoms = (maps_to_molecules if molecules else maps_to_atoms)(maps, px, origin, t, info.labels)
+            atoms = pred.atoms(t, molecules)
             total.add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top))
         yield Progress("evaluating", k + 1, len(idx))
     return totals
@@ -134,8 +132,7 @@ def evaluate_groups(
         s = ds[int(i)]
         stack = AFMStack(s.stack, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
                          (st.pixel_size / 2, st.pixel_size / 2))
-        maps, px, origin, info = predict_maps(stack, net_info, device, flips=flips)
-        atoms = (maps_to_molecules if molecules else maps_to_atoms)(maps, px, origin, t, info.labels)
+        atoms = Prediction(*predict_maps(stack, net_info, device, flips=flips)).atoms(t, molecules)
         truth = np.array(LABELS)[s.labels]
         sc = score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top)
         total.add(sc)
