@@ -1,10 +1,13 @@
-"""Prediction speed: whole pipeline (heights, resampling, normalisation, network, peaks → atoms).
+"""Prediction speed: whole pipeline (heights, resampling, normalisation, network, peaks → molecules).
 
     python benchmarks/bench_predict.py [--model FILE] [--threads 2] [--base 8 12 16]
 
-Times `predict_atoms` on the bundled 10 × 128 × 128 sample stack, 10 runs after one
-warm-up, on the CPU. Without --model, untrained networks of the given widths are timed
-(the speed does not depend on the weights).
+Times `predict_atoms` (whole molecules, the default) on the bundled 10 × 128 × 128 sample
+stack, 10 runs after one warm-up, on the CPU, and the same with ``molecules=False`` (loose
+atoms) to show what the assembly adds. Without --model, untrained networks of the given
+widths are timed (the speed does not depend on the weights). Last, the CPU time (not wall
+time, so it holds on a busy machine) of the maps → atoms step alone, peaks only and peaks →
+molecules, median of 20.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from hydrafm import load_stack
 from hydrafm._sample_data import sample_path
 from hydrafm.models.checkpoint import ModelInfo
 from hydrafm.models.unet import StructureUNet, UNetConfig
-from hydrafm.predict.predictor import predict_atoms, resolve_model
+from hydrafm.predict.predictor import iter_predict_maps, predict_atoms, resolve_model
+from hydrafm.progress import drive
 
 
 def main() -> None:
@@ -40,13 +44,27 @@ def main() -> None:
     print(f"stack {stack.shape}, torch {torch.__version__}, {args.threads} threads")
     for name, model in models:
         n_par = sum(p.numel() for p in model[0].parameters())
-        predict_atoms(stack, model, threshold=0.5)
-        times = []
-        for _ in range(10):
-            t = time.perf_counter()
-            predict_atoms(stack, model, threshold=0.5)
-            times.append(time.perf_counter() - t)
-        print(f"{name:>10s}  {n_par:>9,d} params  median {statistics.median(times):.3f} s  best {min(times):.3f} s")
+        for molecules in (True, False):
+            atoms = predict_atoms(stack, model, threshold=0.5, molecules=molecules)
+            times = []
+            for _ in range(10):
+                t = time.perf_counter()
+                predict_atoms(stack, model, threshold=0.5, molecules=molecules)
+                times.append(time.perf_counter() - t)
+            what = f"{(atoms.arrays['label'] == 'O').sum():3d} waters" if molecules else "loose atoms"
+            print(f"{name:>10s}  {n_par:>9,d} params  {what:>11s}  {len(atoms):4d} atoms  "
+                  f"median {statistics.median(times):.3f} s  best {min(times):.3f} s")
+        pred = drive(iter_predict_maps(stack, model), show=False)
+        cpu = {}
+        for molecules in (False, True):
+            ts = []
+            for _ in range(20):
+                t = time.process_time()
+                pred.atoms(0.5, molecules)
+                ts.append(time.process_time() - t)
+            cpu[molecules] = statistics.median(ts)
+        print(f"{name:>10s}  maps → atoms, CPU: peaks {1e3 * cpu[False]:.1f} ms, peaks → molecules "
+              f"{1e3 * cpu[True]:.1f} ms")
 
 
 if __name__ == "__main__":
