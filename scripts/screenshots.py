@@ -9,6 +9,11 @@ finetune_widget.png. The Predict shots use the given model (a shipped name or a 
         [--density-model hydration-calcite]
 
 writes docs/images/hydration_widget.png (calcite (10-14) with two vacancy pairs).
+
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshots.py --only live
+
+writes docs/images/live_watch.png: the Load widget watching a folder into which the bundled
+sample is being written as .sxm files, one height at a time (6 of 10 heights so far).
 """
 
 from __future__ import annotations
@@ -42,11 +47,14 @@ def _wait(app, widget) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="water")
-    ap.add_argument("--only", choices=["hydration"])
+    ap.add_argument("--only", choices=["hydration", "live"])
     ap.add_argument("--density-model", default="hydration-calcite")
     args = ap.parse_args()
     if args.only == "hydration":
         hydration_shot(args.density_model)
+        return
+    if args.only == "live":
+        live_shot(args.model)
         return
     OUT.mkdir(parents=True, exist_ok=True)
     app = None
@@ -167,6 +175,44 @@ def hydration_shot(model: str) -> None:
     viewer.camera.zoom *= 0.8
     _settle(app, 1.0)
     viewer.screenshot(str(OUT / "hydration_widget.png"), canvas_only=False)
+    viewer.close()
+
+
+def live_shot(model: str, heights: int = 6) -> None:
+    """Watch folder mode mid-measurement: the stack layer growing, its atoms, the status."""
+    import sys
+    import tempfile
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from synth import replay, write_stack_sxm
+
+    from hydrafm.io import load_stack
+    from hydrafm.widgets.live import WATCH
+
+    tmp = Path(tempfile.mkdtemp(prefix="hydrafm-screenshots-"))
+    files = write_stack_sxm(load_stack(sample_path()), tmp / "made", prefix="A260301.1402")
+    folder = tmp / "2026-03-01"
+    folder.mkdir()
+    viewer = napari.Viewer(title="HydrAFM", show=True)
+    viewer.window.resize(1300, 800)
+    _, w = viewer.window.add_plugin_dock_widget("hydrafm", "Load AFM stack")
+    app = QApplication.instance()
+    w.source.value = WATCH
+    w.folder.value = folder
+    w.watch.model.value = model
+    w.watch.start()
+    writer = threading.Thread(target=replay, args=(files[:heights], folder), kwargs={"gap": 1.0})
+    writer.start()
+    while writer.is_alive() or not any(e[0] == "atoms" and e[2] == heights for e in w.watch.log):
+        _settle(app, 0.1)
+    _settle(app, 1.0)
+    viewer.reset_view()
+    _settle(app)
+    viewer.screenshot(str(OUT / "live_watch.png"), canvas_only=False)
+    w.watch.stop()
+    while w.watch.watching:
+        _settle(app, 0.1)
     viewer.close()
 
 

@@ -315,3 +315,12 @@ def test_cli_watch_ends_with_the_atoms_of_the_finished_folder(testdata, tmp_path
     assert not list(out.glob(".*")) and not list(out.glob("tmp*"))  # no temporary files left behind
     # every file was read whole: the replayed folder loads to the same stack
     np.testing.assert_array_equal(load_stack(folder).data, finished.data)
+
+
+def test_half_written_benchmark_runs_at_small_scale():
+    import runpy
+
+    bench = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "bench_watch.py"))
+    result = bench["bench_writes"](16, writers=2, settle=0.1, seed=3)
+    assert result["accepted"] == 16 and result["half_written_reads"] == 0 and result["not_read"] == 0
+    assert result["accepted_before_complete"] == 0
