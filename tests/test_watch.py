@@ -324,3 +324,24 @@ def test_half_written_benchmark_runs_at_small_scale():
     result = bench["bench_writes"](16, writers=2, settle=0.1, seed=3)
     assert result["accepted"] == 16 and result["half_written_reads"] == 0 and result["not_read"] == 0
     assert result["accepted_before_complete"] == 0
+
+
+def test_cli_watch_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
+    assert main(["watch", str(tmp_path / "nope"), "--no-predict", "--idle-exit", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hydrafm: error:") and "nope: not a folder" in err[0]
+
+
+def test_cli_watch_reports_unusable_files_and_keeps_watching(tmp_path, capsys):
+    folder = tmp_path / "live"
+    folder.mkdir()
+    write_sxm(folder / "topo.sxm", {"Current": (_frame(1), None)})
+    for k in range(2):
+        _sxm(folder / f"a{k}.sxm", k, z_m=-3.2e-9 + k * 1e-11)
+    assert main(["watch", str(folder), "--no-predict", "--settle", "0", "--idle-exit", "0.3"]) == 0
+    out, err = capsys.readouterr()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0] == {"watching": str(folder), "out": None}
+    assert events[1] == {"event": "frames", "stack": "a0", "new_stack": True, "heights": 2,
+                         "files": ["a0.sxm", "a1.sxm"]}
+    assert err.count("\n") == 1 and err.startswith("hydrafm: warning:") and "topo.sxm" in err
