@@ -35,7 +35,7 @@ from ..models.unet import StructureUNet, UNetConfig
 from ..progress import Progress
 from ..simulate.engine import TipBatch, TorchSimulator
 from ..simulate.settings import SampledTip, SimulationSettings
-from .train import EpochStats, pick_device
+from .train import EpochStats, pick_device, train_step, weighted_mse
 
 __all__ = ["TipRanges", "Degradations", "OnTheFlyConfig", "StructureSource", "BatchMaker", "train_on_the_fly",
            "degrade"]
@@ -484,9 +484,8 @@ def train_on_the_fly(
     deadline = None if cfg.minutes is None else t_start + 60 * cfg.minutes
 
     def loss_fn(pred, target):
-        return ((1.0 + cfg.positive_weight * target) * (pred - target) ** 2).mean()
+        return weighted_mse(pred, target, cfg.positive_weight)
 
-    autocast = dev.type == "cuda"
     samples = 0
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -499,14 +498,7 @@ def train_on_the_fly(
             ts = time.perf_counter()
             x, y = next(batches)
             sim_s += time.perf_counter() - ts
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                pred = torch.sigmoid(net(x))
-            loss = loss_fn(pred.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            total += float(loss.detach()) * len(x)
+            total += train_step(net, model, opt, x, y, loss_fn, dev) * len(x)
             count += len(x)
             samples += len(x) * world
             if rank == 0:

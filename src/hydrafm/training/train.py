@@ -220,9 +220,8 @@ def train(
                              for k, v in asdict(config).items()},
         }
     )
-    autocast = device.type == "cuda"
     def loss_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return ((1.0 + config.positive_weight * target) * (pred - target) ** 2).mean()
+        return weighted_mse(pred, target, config.positive_weight)
 
     n_batches = math.ceil(len(train_indices) / config.batch_size)
     if max_batches_per_epoch:
@@ -236,14 +235,8 @@ def train(
                 break
             x, y = _batch(samples, config, rng, config.crop, 2**model_config.levels)
             x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                pred = torch.sigmoid(model(x))
-            loss = loss_fn(pred.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            total += float(loss.detach()) * len(samples)
+            loss = train_step(model, model, opt, x, y, loss_fn, device)
+            total += loss * len(samples)
             count += len(samples)
             yield Progress(f"epoch {epoch + 1}/{config.epochs}", b + 1, n_batches)
         val = evaluate_loss(model, val_dataset or dataset, val_indices, config, device)
@@ -268,6 +261,27 @@ def train(
         if stale >= config.patience:
             break
     return out
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, positive_weight: float) -> torch.Tensor:
+    """The training loss: MSE weighted by ``1 + w·target`` (atoms count more than empty background)."""
+    return ((1.0 + positive_weight * target) * (pred - target) ** 2).mean()
+
+
+def train_step(net, model, opt, x: torch.Tensor, y: torch.Tensor, loss_fn, device: torch.device) -> float:
+    """One optimiser step (bfloat16 autocast on CUDA, gradient clipping); returns the loss.
+
+    ``net`` is what is called (a DistributedDataParallel wrapper or the model itself) and
+    ``model`` whose parameters are clipped.
+    """
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        pred = torch.sigmoid(net(x))
+    loss = loss_fn(pred.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+    return float(loss.detach())
 
 
 @torch.no_grad()
