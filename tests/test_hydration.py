@@ -133,3 +133,71 @@ def test_density_unet_shapes_and_learning(attention):
         loss.backward()
         opt.step()
     assert float(loss) < 0.5 * first
+
+
+def test_distances_are_exact_and_periodic():
+    from scipy.spatial import cKDTree
+
+    from hydrafm.hydration.density import slab_grid
+    from hydrafm.hydration.voxels import slab_distances
+
+    for name, size in (("calcite-104", (16, 16)), ("calcite-104", (8, 4))):  # one surface cell: images matter
+        slab = build_surface(name, size, 2, vacuum=25.0)
+        grid = slab_grid(slab)
+        d = slab_distances(slab, grid, cap=3.0)
+        cell = np.array([slab.cell[0, 0], slab.cell[1, 1], 1e6])
+        axes = [grid.origin[k] + grid.spacing[k] * np.arange(grid.shape[k]) for k in range(3)]
+        q = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        z = q[:, 2]
+        for c, number in enumerate((6, 8, 20)):
+            p = slab.positions[slab.numbers == number]
+            p = np.column_stack([np.mod(p[:, :2], cell[:2]), p[:, 2] + 100])
+            p[:, :2] = np.minimum(p[:, :2], np.nextafter(cell[:2], 0))
+            exact = np.minimum(cKDTree(p, boxsize=cell).query(np.column_stack([q[:, :2], z + 100]))[0], 3.0)
+            np.testing.assert_allclose(d[c].ravel(), exact, atol=1e-4)
+
+
+def test_lateral_symmetries_are_exact_and_fold_the_slab_onto_itself():
+    from hydrafm.hydration.density import slab_input
+    from hydrafm.hydration.surfaces import LateralSymmetry, lateral_symmetries
+    from hydrafm.hydration.teacher import fold_symmetries
+
+    counts = {}
+    for name in SURFACES:
+        slab = build_surface(name, (18, 18), 2, vacuum=25.0)
+        ops = lateral_symmetries(slab)
+        counts[name] = len(ops)
+        assert ops[0] == LateralSymmetry(1, 1, 0.0, 0.0)
+        rx, ry = slab.info["repeats"]
+        assert len(ops) % (rx * ry) == 0 and len(ops) >= 2 * rx * ry  # a glide or mirror on top of the repeats
+        x, _ = slab_input(slab)
+        cell = (slab.cell[0, 0], slab.cell[1, 1])
+        if name != "vaterite-010":  # whole-voxel operations on these grids: the input folds onto itself exactly
+            np.testing.assert_allclose(fold_symmetries(x[2], ops, cell), x[2], atol=1e-5 * x[2].max())
+        wrong = [ops[0], LateralSymmetry(-1, -1, 0.3, 0.0)]
+        assert np.abs(fold_symmetries(x[2], wrong, cell) - x[2]).max() > 0.1 * x[2].max()
+    assert counts["calcite-104"] == 24  # 12 surface cells × the (10-14) glide plane
+    holes = build_surface("calcite-104", (18, 18), 2, vacuum=25.0, vacancies=2, seed=7)
+    assert lateral_symmetries(holes) == [LateralSymmetry(1, 1, 0.0, 0.0)]
+
+
+def test_exclusion_gate_makes_hard_zeros():
+    torch = pytest.importorskip("torch")
+    from hydrafm.hydration.model import GATE_CAP, DensityConfig, DensityUNet
+
+    torch.manual_seed(0)
+    net = DensityUNet(DensityConfig(base_channels=4, levels=2, gate=True))
+    assert net.input_channels == 6
+    dens = torch.rand(1, 3, 16, 16, 24)
+    dist = torch.full((1, 3, 16, 16, 24), GATE_CAP)
+    dist[:, 1, 8, 8, 10] = 0.5  # one O atom's voxel: closed there and in its whole column below
+    dist[:, 2, 3, 3, 5] = 2.2  # within the Ca width: partly open
+    y = net(torch.cat([dens, dist], 1))
+    assert torch.all(y[0, 8, 8, :11] == 0) and torch.all(y[0, 8, 8, 11:] > 0)
+    assert 0 < float(y[0, 3, 3, 5]) < float(y[0, 3, 3, 6])
+    r, w = net.gate.radii_widths()
+    assert torch.all(r >= net.gate.min_radii) and torch.all(r + w <= GATE_CAP + 1e-6)
+    y.sum().backward()
+    assert net.gate.raw_radius.grad is not None
+    with pytest.raises(ValueError, match="6 input channels"):
+        net(dens)

@@ -14,7 +14,7 @@ from hydrafm.hydration.surfaces import SURFACES, SurfaceError, build_surface
 from hydrafm.hydration.teacher import fold_repeats, load_example
 from hydrafm.hydration.train import profile_peaks, score, train_density
 
-TINY = DensityConfig(base_channels=4, levels=3)
+TINY = DensityConfig(base_channels=4, levels=3, gate=True)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def _md_file(tmp_path, surface="calcite-104", vacancies=0, size=(10.0, 10.0), no
     prof = 0.0334 * (1 / (1 + np.exp(-(z - 4) * 3)) + 2.5 * np.exp(-(z - 2.1) ** 2 / 0.05)
                      + 1.5 * np.exp(-(z - 3.3) ** 2 / 0.08))
     x = (np.arange(nx) + 0.5) * lx / nx
-    lateral = 1 + 0.3 * np.cos(2 * np.pi * x / (lx / slab.info["repeats"][0]))  # periodic with the surface cell
+    # periodic with half the surface cell: invariant under the repeats and calcite (10-14)'s glide plane
+    lateral = 1 + 0.3 * np.cos(4 * np.pi * x / (lx / slab.info["repeats"][0]))
     rho = lateral[:, None, None] * np.ones(ny)[None, :, None] * prof[None, None, :]
     rho = rho + noise * np.random.default_rng(0).standard_normal(rho.shape) * (rho > 0.001)
     path = tmp_path / f"{surface}_v{vacancies}_s1_density.npz"
@@ -62,6 +63,9 @@ def test_teacher_examples_resample_and_fold(tmp_path):
     signal = clean.density
     assert np.abs(folded.density - signal)[:, :, inside].mean() < 0.6 * np.abs(ex.density - signal)[:, :, inside].mean()
     assert fold_repeats(signal, (1, 1)) is signal
+    clean_folded = load_example(_md_file(tmp_path / "clean", noise=0.0)[0], fold=True).density
+    assert np.nanmin(clean_folded) >= 0  # no Fourier ringing
+    np.testing.assert_allclose(clean_folded, signal, atol=0.05 * np.nanmax(signal))  # symmetric: folds onto itself
     assert profile_peaks(z, np.nanmean(signal, axis=(0, 1))) == pytest.approx([2.1, 3.3], abs=0.06)
     bad = tmp_path / "bad_density.npz"
     bad.write_bytes(b"nope")
@@ -89,8 +93,8 @@ def test_periodic_network_is_translation_equivariant_and_checks_slabs(tiny_model
 
 def test_training_learns_the_layers(tmp_path):
     path, _, _ = _md_file(tmp_path, size=(8.0, 4.0))  # one 8.1 × 5.0 Å surface cell: quick steps
-    ex = load_example(path)
-    torch.set_num_threads(2)
+    ex = load_example(path, DensityModelInfo(config=TINY))
+    torch.set_num_threads(1)
     from hydrafm.progress import drive
 
     net = drive(train_density([ex], TINY, steps=100, lr=5e-3), show=False)
@@ -127,6 +131,55 @@ def test_cli_hydrate_writes_a_cube_in_the_slab_coordinates(tmp_path, tiny_model,
         assert read_cube_data(str(tmp_path / f"{name}.cube"))[0].shape[2] == 96
     assert main(["hydrate", "dolomite-104", "-o", str(tmp_path / "x.cube")]) == 2
     assert "built-in surface" in capsys.readouterr().err
+
+
+def _excluded_max(slab, model) -> float:
+    from hydrafm.hydration.teacher import excluded_region
+
+    dens = predict_density(slab, model)
+    region = excluded_region(slab, slab_grid(slab))
+    assert region.any()
+    return float(dens.density[region].max())
+
+
+def test_hard_zeros_inside_the_slab_on_every_surface_and_user_files(tmp_path, tiny_model):
+    """The gate is part of the network: zero where the MD has none, whatever the weights."""
+    from ase.io import write
+
+    from hydrafm.hydration.surfaces import load_surface
+
+    for name in SURFACES:
+        assert _excluded_max(build_surface(name, (10, 10), 2, vacuum=25.0, vacancies=1, seed=2), tiny_model) == 0
+    slab = build_surface("calcite-104", (12, 12), 3, vacuum=25.0)
+    slab.positions[:, 2] += 4.0
+    write(tmp_path / "user.extxyz", slab)
+    assert _excluded_max(load_surface(tmp_path / "user.extxyz"), tiny_model) == 0
+
+
+def test_shipped_model_has_hard_zeros_where_the_md_has_none():
+    from hydrafm.hydration.density import load_density_model
+
+    model = load_density_model("hydration-calcite")
+    if not model[1].config.gate:
+        pytest.skip("the shipped model has no exclusion gate")
+    for name in SURFACES:
+        assert _excluded_max(build_surface(name, (18, 18), 3, vacuum=25.0), model) <= 1e-4
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path):
+    from hydrafm.progress import drive
+
+    ex = load_example(_md_file(tmp_path, size=(8.0, 4.0))[0], DensityModelInfo(config=TINY))
+    torch.set_num_threads(1)
+    straight = drive(train_density([ex], TINY, steps=4, seed=3), show=False)
+    state = tmp_path / "state.pt"
+    stopped = train_density([ex], TINY, steps=4, seed=3, checkpoint=state, save_every=2)
+    for rec in stopped:  # stop after the checkpoint at step 2
+        if getattr(rec, "done", 0) == 2:
+            break
+    resumed = drive(train_density([ex], TINY, steps=4, seed=3, checkpoint=state, save_every=2), show=False)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
 
 
 # ----------------------------------------------------------------- widget (Xvfb)

@@ -25,8 +25,8 @@ from ase import Atoms
 
 from ..progress import Progress
 from .md import HydrationDensity
-from .model import DensityConfig, DensityUNet
-from .voxels import VoxelGrid, slab_channels
+from .model import GATE_CAP, DensityConfig, DensityUNet
+from .voxels import VoxelGrid, slab_channels, slab_distances
 
 __all__ = ["DensityModelInfo", "save_density_model", "load_density_model", "slab_grid", "slab_input",
            "iter_predict_density", "predict_density", "density_model_path", "SHIPPED_DENSITY_MODELS",
@@ -114,11 +114,17 @@ def slab_grid(slab: Atoms, spacing: float = SPACING, z_min: float = Z_MIN, heigh
 
 
 def slab_input(slab: Atoms, info: DensityModelInfo | None = None) -> tuple[np.ndarray, VoxelGrid]:
-    """The network input of a slab: C, O and Ca channels (3, nx, ny, nz) on :func:`slab_grid`."""
+    """The network input of a slab on :func:`slab_grid`: C, O and Ca densities ``(3, nx, ny, nz)``.
+
+    For a network with the exclusion gate, the distances to the nearest C, O and Ca atom
+    follow (6 channels).
+    """
     info = info or DensityModelInfo()
     grid = slab_grid(slab, info.spacing, info.z_min, info.height, 2 ** info.config.levels)
     channels, _ = slab_channels(slab, spacing=info.spacing, z_min=info.z_min, height=info.height,
                                 sigma=info.sigma, shape_xy=grid.shape[:2])
+    if info.config.gate:
+        channels = np.concatenate([channels, slab_distances(slab, grid, GATE_CAP)])
     return channels, grid
 
 
@@ -141,7 +147,7 @@ def iter_predict_density(
         rho = net(torch.from_numpy(x)[None].to(device))[0].cpu().numpy()
         maps = [m.cpu().numpy()[0, 0] for m in net.attention_maps()] if attention else []
     yield Progress("done", 3, 3)
-    out = HydrationDensity(np.maximum(rho, 0).astype(np.float32), grid.spacing, grid.origin, 0, 0.0)
+    out = HydrationDensity(rho.astype(np.float32), grid.spacing, grid.origin, 0, 0.0)  # ≥ 0 by construction
     if maps:
         from scipy.ndimage import zoom
 

@@ -6,6 +6,14 @@ its skip connections pass through additive attention gates (Oktay et al. 2018), 
 the gates' maps for display. The output is a non-negative density (softplus) in
 Å⁻³ × ``scale``.
 
+With ``gate=True`` the input carries, after the C, O and Ca densities, the distance (Å)
+from each voxel to the nearest C, O and Ca atom
+(:func:`hydrafm.hydration.voxels.slab_distances`), and the density is multiplied by an
+:class:`ExclusionGate`: exactly 0 closer than a learned radius to an atom of each element
+and everywhere below such a voxel in its column (inside the slab), rising smoothly to 1
+over a learned width. Water inside the crystal or in the excluded gap above it is then
+impossible by construction, not clamped after the fact.
+
 With ``periodic=True`` (the default) every convolution wraps around in x and y and
 pads with zeros in z: a whole periodic slab cell goes through in one pass, with no
 window seams, as long as its x and y voxel counts are multiples of 2**levels
@@ -19,7 +27,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["DensityConfig", "DensityUNet"]
+__all__ = ["DensityConfig", "DensityUNet", "ExclusionGate", "GATE_CAP", "CLOSEST_APPROACH"]
+
+#: Å: distances are capped here; the gate's radius plus width never exceed it
+GATE_CAP = 3.0
+#: Å: the closest a water O comes to a C, O and Ca atom in the MD teacher campaign (all seven runs,
+#: 36-40 ps each, on the network grid; ``teacher.closest_approach`` measures it): no water is nearer
+CLOSEST_APPROACH = (2.13, 1.99, 1.93)
 
 
 @dataclass(frozen=True)
@@ -33,7 +47,8 @@ class DensityConfig:
     scale: float = 30.0  # the network predicts density × scale (bulk water ≈ 1)
     periodic: bool = True  # wrap around in x and y
     full_res_convs: int = 1  # convolutions per block at the finest level (2 elsewhere); 1 halves the cost
-
+    gate: bool = False  # exclusion gate on 3 extra distance channels (C, O, Ca) after the densities
+    gate_min_radii: tuple[float, float, float] = CLOSEST_APPROACH  # Å, C, O, Ca: the gate is 0 nearer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +97,38 @@ class _Gate(nn.Module):
         return x * a, a
 
 
+class ExclusionGate(nn.Module):
+    """Where water may be, from the distances to the nearest C, O and Ca atom: 0 … 1.
+
+    For element e with radius r_e and width w_e (both learned),
+    ``g_e = smoothstep((d_e − r_e) / w_e)``: 0 for d_e ≤ r_e, 1 for d_e ≥ r_e + w_e. The gate
+    is the product over the elements, then the minimum over the voxel and every voxel above
+    it in its column (z is the last axis, up), so nothing under the slab's top atoms is open.
+    Each radius is learned between ``min_radii`` (the closest approach of water O to that
+    element in the MD teacher, :data:`CLOSEST_APPROACH`: the MD has no water nearer) and
+    :data:`GATE_CAP`, and r_e + w_e ≤ :data:`GATE_CAP`.
+    """
+
+    def __init__(self, min_radii: tuple[float, float, float], start: float = 0.02, width: float = 0.5) -> None:
+        super().__init__()
+        self.register_buffer("min_radii", torch.tensor(min_radii, dtype=torch.float32))
+        room = GATE_CAP - self.min_radii
+        self.raw_radius = nn.Parameter(torch.logit(start / room))
+        self.raw_width = nn.Parameter(torch.logit(width / (room - start)))
+
+    def radii_widths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(radius, width)`` per element (C, O, Ca), Å."""
+        r = self.min_radii + (GATE_CAP - self.min_radii) * torch.sigmoid(self.raw_radius)
+        return r, (GATE_CAP - r) * torch.sigmoid(self.raw_width)
+
+    def forward(self, distance: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, X, Y, Z)`` distances (Å) → ``(B, X, Y, Z)`` gate."""
+        r, w = self.radii_widths()
+        t = ((distance - r.view(1, 3, 1, 1, 1)) / w.view(1, 3, 1, 1, 1)).clamp(0, 1)
+        g = (t * t * (3 - 2 * t)).prod(dim=1)
+        return torch.flip(torch.cummin(torch.flip(g, [-1]), dim=-1).values, [-1])
+
+
 class DensityUNet(nn.Module):
     """3D U-Net (optionally with attention gates) from slab channels to water density."""
 
@@ -103,10 +150,23 @@ class DensityUNet(nn.Module):
             self.gates.append(_Gate(chans[k], chans[k], max(1, chans[k] // 2)) if c.attention else nn.Identity())
             self.dec.append(_block(2 * chans[k], chans[k], c.periodic, c.full_res_convs if k == 0 else 2))
         self.head = nn.Conv3d(chans[0], 1, 1)
+        self.gate = ExclusionGate(tuple(c.gate_min_radii)) if c.gate else None
         self._attention: list[torch.Tensor] = []
 
+    @property
+    def input_channels(self) -> int:
+        """Channels the network takes: the densities, plus 3 distances with the gate."""
+        return self.config.in_channels + (3 if self.gate is not None else 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, X, Y, Z)`` → ``(B, X, Y, Z)`` density (Å⁻³); X, Y, Z multiples of 2**levels."""
+        """``(B, C, X, Y, Z)`` → ``(B, X, Y, Z)`` density (Å⁻³); X, Y, Z multiples of 2**levels.
+
+        C is :attr:`input_channels`: the C, O, Ca densities, then (with the gate) the distances.
+        """
+        if x.shape[1] != self.input_channels:
+            raise ValueError(f"the density network takes {self.input_channels} input channels, got {x.shape[1]}")
+        distance = x[:, self.config.in_channels:]
+        x = x[:, :self.config.in_channels]
         skips = []
         for block in self.enc:
             x = block(x)
@@ -120,7 +180,8 @@ class DensityUNet(nn.Module):
                 skip, a = gate(skip, x)
                 self._attention.append(a.detach())
             x = block(torch.cat([x, skip], dim=1))
-        return nn.functional.softplus(_pointwise(self.head, x)[:, 0]) / self.config.scale
+        rho = nn.functional.softplus(_pointwise(self.head, x)[:, 0]) / self.config.scale
+        return rho * self.gate(distance) if self.gate is not None else rho
 
     def attention_maps(self) -> list[torch.Tensor]:
         """The attention gates' maps of the last forward pass, coarse to fine (empty without attention)."""

@@ -37,7 +37,7 @@ import numpy as np
 from ase import Atoms
 
 __all__ = ["SURFACES", "build_surface", "load_surface", "surface_plane", "add_vacancies", "SurfaceError",
-           "carbonate_groups"]
+           "carbonate_groups", "LateralSymmetry", "lateral_symmetries"]
 
 SURFACES = ("calcite-104", "aragonite-010", "aragonite-001", "vaterite-010")
 CO_BOND_MAX = 1.5  # Å
@@ -332,3 +332,61 @@ def load_surface(path: str | os.PathLike, vacuum_needed: float = 10.0) -> Atoms:
     slab.info["surface"] = str(path)
     slab.info["z_shift"] = -top_ca  # add −z_shift to get back to the file's coordinates
     return slab
+
+
+@dataclass(frozen=True)
+class LateralSymmetry:
+    """An isometry of a periodic slab that keeps z: ``(x, y) → (sx·x + tx, sy·y + ty)`` (Å), modulo the cell.
+
+    ``sx = sy = 1`` is a translation (a repeat of the surface cell), one sign −1 a mirror or
+    glide plane, both −1 a two-fold axis along z.
+    """
+
+    sx: int
+    sy: int
+    tx: float
+    ty: float
+
+    def apply(self, xy: np.ndarray) -> np.ndarray:
+        """The images of ``(n, 2)`` lateral positions (not wrapped)."""
+        return np.column_stack([self.sx * xy[:, 0] + self.tx, self.sy * xy[:, 1] + self.ty])
+
+
+def lateral_symmetries(slab: Atoms, tol: float = 1e-3) -> list[LateralSymmetry]:
+    """Every z-preserving isometry that maps the whole slab onto itself (the identity first).
+
+    Candidates come from sending one reference atom onto each atom of its element at
+    its height, for each of the four sign combinations; a candidate is kept only if
+    *every* atom lands within ``tol`` Å of an atom of the same element (checked on
+    the atoms, periodic in x and y). Vacancies, adsorbates or a user's edits break
+    the operations they do not respect, so a defective slab keeps only those that
+    still hold (often just the identity).
+    """
+    from scipy.spatial import cKDTree
+
+    cell = np.array([slab.cell[0, 0], slab.cell[1, 1]], float)
+    pos = slab.positions.copy()
+    pos[:, :2] = np.mod(pos[:, :2], cell)
+    z_span = float(np.ptp(pos[:, 2])) + 10.0
+    # element as a large z offset: a match must be the same element at the same height
+    key = np.column_stack([pos, slab.numbers * (z_span + 10.0)])
+    pts = np.column_stack([pos[:, :2], pos[:, 2] + key[:, 3]])
+    pts[:, :2] = np.minimum(pts[:, :2], np.nextafter(cell, 0))
+    tree = cKDTree(pts, boxsize=[cell[0], cell[1], 1e9])
+    ref = int(np.argmax(slab.numbers * 1000 + pos[:, 2]))  # the top atom of the heaviest element
+    same = np.flatnonzero((slab.numbers == slab.numbers[ref]) & (np.abs(pos[:, 2] - pos[ref, 2]) < tol))
+    found: list[LateralSymmetry] = []
+    for sx, sy in ((1, 1), (-1, 1), (1, -1), (-1, -1)):
+        for j in same:
+            t = np.mod(pos[j, :2] - np.array([sx, sy]) * pos[ref, :2], cell)
+            op = LateralSymmetry(sx, sy, float(t[0]), float(t[1]))
+            img = np.column_stack([np.mod(op.apply(pos[:, :2]), cell), pts[:, 2]])
+            img[:, :2] = np.minimum(img[:, :2], np.nextafter(cell, 0))
+            d, k = tree.query(img, distance_upper_bound=tol)
+            if np.all(np.isfinite(d)) and len(np.unique(k)) == len(pos):
+                found.append(op)
+    def is_identity(o: LateralSymmetry) -> bool:
+        off = np.minimum([o.tx, o.ty], cell - [o.tx, o.ty])
+        return o.sx == 1 and o.sy == 1 and bool(np.all(off < tol))
+
+    return sorted(found, key=lambda o: (not is_identity(o), -o.sx, -o.sy, o.tx, o.ty))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-__all__ = ["VoxelGrid", "slab_channels", "tile_windows", "merge_windows", "CHANNELS"]
+__all__ = ["VoxelGrid", "slab_channels", "slab_distances", "tile_windows", "merge_windows", "CHANNELS"]
 
 CHANNELS = ("C", "O", "Ca")
 _Z = {"C": 6, "O": 8, "Ca": 20}
@@ -75,6 +75,37 @@ def slab_channels(
             np.add.at(out[c], (np.mod(ix, nx)[:, None, None], np.mod(iy, ny)[None, :, None], iz[None, None, :]),
                       block.astype(np.float32))
     return out, grid
+
+
+def slab_distances(slab: Atoms, grid: VoxelGrid, cap: float = 3.0, below: float = 1.5) -> np.ndarray:
+    """Distance (Å) from every voxel centre to the nearest C, O and Ca atom: ``(3, nx, ny, nz)``, capped.
+
+    Periodic in x and y (the cell is ``grid.shape[:2] × grid.spacing[:2]``). Voxels farther
+    than ``cap`` from every atom of an element hold ``cap``. Atoms more than ``below`` Å under
+    the grid are left out (they are nearest only to voxels deep inside the slab). Each
+    periodic image of an atom updates only the box of voxels within ``cap`` of it.
+    """
+    n = np.array(grid.shape)
+    d, o = np.asarray(grid.spacing, float), np.asarray(grid.origin, float)
+    cell = n[:2] * d[:2]
+    r2 = np.full((len(CHANNELS), *n), cap**2, np.float32)
+    reach = np.ceil(cap / cell).astype(int)
+    shifts = np.array([(i * cell[0], j * cell[1], 0.0) for i in range(-reach[0], reach[0] + 1)
+                       for j in range(-reach[1], reach[1] + 1)])
+    top = o[2] + (n[2] - 0.5) * d[2] + cap
+    for c, name in enumerate(CHANNELS):
+        pos = slab.positions[slab.numbers == _Z[name]]
+        pos = pos[(pos[:, 2] > o[2] - d[2] / 2 - below) & (pos[:, 2] < top)]
+        pos[:, :2] = np.mod(pos[:, :2], cell)
+        images = (pos[:, None, :] + shifts[None]).reshape(-1, 3)
+        lo = np.maximum(np.floor((images - cap - o) / d).astype(int), 0)
+        hi = np.minimum(np.ceil((images + cap - o) / d).astype(int) + 1, n)
+        inside = np.all(hi > lo, axis=1)
+        for p, a, b in zip(images[inside], lo[inside], hi[inside]):
+            dx2, dy2, dz2 = ((o[k] + np.arange(a[k], b[k], dtype=np.float32) * d[k] - p[k]) ** 2 for k in range(3))
+            view = r2[c, a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+            np.minimum(view, (dx2[:, None] + dy2[None, :])[:, :, None] + dz2, out=view)
+    return np.sqrt(r2)
 
 
 def tile_windows(shape_xy: tuple[int, int], window: int, overlap: int) -> list[tuple[int, int]]:
