@@ -8,7 +8,7 @@ finetune_widget.png. The Predict shots use the given model (a shipped name or a 
     xvfb-run -a -s "-screen 0 1400x1000x24" python scripts/screenshots.py --only hydration \
         [--density-model hydration-calcite]
 
-writes docs/images/hydration_widget.png (calcite (10-14) with two vacancy pairs).
+writes docs/images/hydration_widget.png and hydration_slice.png (calcite (10-14) with two vacancy pairs).
 
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshots.py --only live
 
@@ -150,10 +150,15 @@ def main() -> None:
 
 
 def hydration_shot(model: str) -> None:
-    """The Hydration widget on calcite (10-14) with vacancies: density isosurface, slab, ρ(z)."""
+    """The Hydration widget on calcite (10-14) with vacancies: the 3D view it opens with, then a second height.
+
+    Writes docs/images/hydration_widget.png (as opened: looking down at the surface,
+    isosurfaces coloured by height, the xy slice at the first ρ(z) peak) and
+    hydration_slice.png (the height slider at the second peak, the isosurfaces hidden).
+    """
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="HydrAFM", show=True)
-    viewer.window.resize(1300, 950)
+    viewer.window.resize(1500, 950)
     _, w = viewer.window.add_plugin_dock_widget("hydrafm", "Hydration density (CaCO3)")
     app = QApplication.instance()
     if model in w.model.choices:
@@ -165,16 +170,16 @@ def hydration_shot(model: str) -> None:
     w.seed.value = 3
     w.predict()
     _wait(app, w)
-    w.isovalues.value = "2.5"
-    w.add_isosurfaces()
-    for layer in viewer.layers:
-        if layer.metadata.get("hydrafm_derived") == "water density":
-            layer.visible = False
-    viewer.reset_view()
-    viewer.camera.angles = (0, -75, 100)  # looking at the layers from the side, slightly from above
-    viewer.camera.zoom *= 0.8
     _settle(app, 1.0)
     viewer.screenshot(str(OUT / "hydration_widget.png"), canvas_only=False)
+    from hydrafm.hydration.workflow import density_profile_peaks
+
+    w.slice_height.value = round(density_profile_peaks(w.result()[1])[1], 1)
+    for layer in viewer.layers:
+        if layer.metadata.get("hydrafm_derived") == "isosurface":
+            layer.visible = False
+    _settle(app, 1.0)
+    viewer.screenshot(str(OUT / "hydration_slice.png"), canvas_only=False)
     viewer.close()
 
 

@@ -215,8 +215,21 @@ def test_widget_predicts_shows_and_exports(hydration_widget, qtbot, tmp_path, mo
     assert dens.rendering == "iso" and dens.data.ndim == 3
     w.isovalue.value = 1.0
     assert dens.iso_threshold == pytest.approx(0.0334)
+    # the 3D view: looking down at the surface (the view direction has a downward z component), atoms as spheres
+    assert viewer.dims.ndisplay == 3 and viewer.camera.view_direction[0] < -0.3
+    assert viewer.layers["slab (calcite-104 v1 s0)"].shading == "spherical"
     w.isovalues.value = f"{0.5 * dens.data.max() / 0.0334:.3f}"
-    assert len(w.add_isosurfaces()) == 1
+    (surface,) = w.add_isosurfaces()
+    heights = surface.data[2]  # coloured by height above the top Ca plane
+    z0, dz = dens.translate[0], dens.scale[0]
+    assert np.allclose(heights, z0 + surface.data[0][:, 0] * dz, atol=1e-4) and surface.colormap.name == "turbo"
+    # the height slider moves the xy slice plane and the marker on the rho(z) plot; a click on the plot moves it
+    plane = viewer.layers["xy slice (calcite-104 v1 s0)"]
+    w.slice_height.value = 3.0
+    assert plane.plane.position[0] == pytest.approx((3.0 - z0) / dz, abs=1e-6)
+    assert list(w.plot.marker.get_xdata()) == [3.0, 3.0]
+    w._on_plot_click(5.0)
+    assert w.slice_height.value == pytest.approx(5.0) and list(w.plot.marker.get_xdata()) == [5.0, 5.0]
     w.isovalues.value = "1000"
     assert w.add_isosurfaces() == [] and "outside" in w.info.value
     w.add_peak_slices()

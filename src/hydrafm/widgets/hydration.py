@@ -4,10 +4,14 @@ Pick a built-in surface (with vacancy pairs), a slab file, or an atoms layer fro
 earlier run (delete or move atoms there to make your own defects), predict in a
 background thread, and see:
 
-- the density as a 3D Image layer (iso rendering, the isovalue slider sets its threshold),
-- Surface layers (marching cubes) at the isovalues you list,
-- ρ(z), the density averaged over x and y, plotted in the widget, and xy slices at its peaks,
-- the slab atoms as Points (C grey, O red, Ca green),
+- a 3D view looking down at the surface at an angle: the slab atoms as shaded spheres
+  (Ca green, C grey, O red) and isosurfaces (marching cubes) at two or three isovalues,
+  coloured by height above the top Ca plane;
+- the density as a 3D Image layer (iso rendering, the isovalue slider sets its threshold;
+  hidden at first, the coloured isosurfaces show the same thing),
+- ρ(z), the density averaged over x and y, plotted in the widget; the *Height* slider moves
+  a marker over the plot and an xy slice of the density through the 3D view (clicking the
+  plot moves the slider), and xy slices at the ρ(z) peaks on demand,
 - the attention gates' maps when the model has them.
 
 *Export .cube* writes the density (Å⁻³) as a Gaussian cube in the slab's coordinates.
@@ -45,7 +49,10 @@ __all__ = ["HydrationWidget", "SLAB_KEY", "DensityPlot"]
 SLAB_KEY = "hydrafm_slab"  # points-layer metadata: the slab's cell and provenance
 FROM_FILE, FROM_LAYER = "structure file…", "atoms layer…"
 ELEMENT_COLORS = {"C": "#909090", "O": "#ff2010", "Ca": "#3dff00", "H": "#ffffff"}
+ATOM_SIZES = {"Ca": 1.9, "O": 1.4, "C": 1.0}  # Å, sphere diameters (about half the ionic/covalent sizes: see the water)
 BULK = 0.0334  # Å⁻³, water O at 300 K
+HEIGHT_COLORMAP, HEIGHT_RANGE = "turbo", (1.0, 6.0)  # isosurfaces coloured by height above the top Ca plane (Å)
+VIEW_DIRECTION, VIEW_UP = (-1.0, -1.0, 0.3), (1.0, 0.0, 0.0)  # (z, y, x): down at the surface, tilted; z up
 
 
 def _hydrate_job(spec: Any, options: dict, model: str, attention: bool):
@@ -60,7 +67,7 @@ def _hydrate_job(spec: Any, options: dict, model: str, attention: bool):
 
 
 class DensityPlot:
-    """ρ(z) averaged over x and y, with the bulk density and the peaks marked."""
+    """ρ(z) averaged over x and y, with the bulk density, the peaks and a height marker."""
 
     def __init__(self) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -69,6 +76,7 @@ class DensityPlot:
         self.figure = Figure(figsize=(4.2, 2.0), dpi=90, tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.ax = self.figure.subplots()
+        self.marker: Any = None
 
     def show(self, z: np.ndarray, rho: np.ndarray, peaks: list[float]) -> None:
         ax = self.ax
@@ -78,9 +86,22 @@ class DensityPlot:
         for p in peaks:
             ax.axvline(p, color="#d62728", lw=0.8)
             ax.annotate(f"{p:.2f} Å", (p, ax.get_ylim()[1] * 0.9), fontsize=7, color="#d62728")
+        self.marker = ax.axvline(float(z[0]), color="#2ca02c", lw=1.5, alpha=0.8, visible=False)
         ax.set(xlabel="height above the top Ca plane (Å)", ylabel="ρ / ρ_bulk")
         ax.tick_params(labelsize=7)
         self.canvas.draw_idle()
+
+    def mark(self, z: float) -> None:
+        """Move the height marker (a vertical line) to ``z`` Å."""
+        if self.marker is not None:
+            self.marker.set_xdata([z, z])
+            self.marker.set_visible(True)
+            self.canvas.draw_idle()
+
+    def on_click(self, callback: Any) -> None:
+        """Call ``callback(z)`` with the height clicked on the plot."""
+        self.canvas.mpl_connect("button_press_event",
+                                lambda ev: callback(float(ev.xdata)) if ev.inaxes is self.ax else None)
 
 
 class HydrationWidget(Container):
@@ -108,8 +129,12 @@ class HydrationWidget(Container):
         self.predict_button = PushButton(text="Predict density")
         self.progress = ProgressBar(label="Progress", visible=False)
         self.isovalue = FloatSlider(label="Isovalue (ρ/ρ_bulk)", min=0.2, max=6.0, step=0.1, value=2.0)
-        self.isovalues = LineEdit(label="Surfaces at", value="1.5, 3",
-                                  tooltip="ρ/ρ_bulk values for the isosurface meshes, comma-separated")
+        self.isovalues = LineEdit(label="Surfaces at", value="2, 4",
+                                  tooltip="ρ/ρ_bulk values for the isosurface meshes (coloured by height), "
+                                          "comma-separated; added with every prediction")
+        self.slice_height = FloatSlider(label="Height z (Å)", min=-3.0, max=16.0, step=0.1, value=2.0,
+                                  tooltip="xy slice of the density at this height above the top Ca plane, "
+                                          "marked on the ρ(z) plot (or click the plot)")
         self.surfaces_button = PushButton(text="Add isosurfaces")
         self.slices_button = PushButton(text="Add xy slices at the ρ(z) peaks")
         self.export_file = FileEdit(mode="w", label="Export to", filter="Gaussian cube (*.cube)")
@@ -118,7 +143,8 @@ class HydrationWidget(Container):
         self.plot = DensityPlot()
         self.extend([self.surface, self.file, self.layer, self.vacancies, self.seed, self.size, self.layers_n,
                      self.model, self.model_file, self.attention, self.predict_button, self.progress,
-                     self.isovalue, self.isovalues, self.surfaces_button, self.slices_button, self.export_file,
+                     self.isovalue, self.isovalues, self.surfaces_button, self.slice_height, self.slices_button,
+                     self.export_file,
                      self.export_button, self.info])
         self.native.layout().addWidget(self.plot.canvas)
         self.plot.canvas.setMinimumHeight(190)
@@ -127,6 +153,8 @@ class HydrationWidget(Container):
         self.surface.changed.connect(self._on_surface)
         self.predict_button.changed.connect(self._on_predict_clicked)
         self.isovalue.changed.connect(self._on_isovalue)
+        self.slice_height.changed.connect(self._on_height)
+        self.plot.on_click(self._on_plot_click)
         self.surfaces_button.changed.connect(self.add_isosurfaces)
         self.slices_button.changed.connect(self.add_peak_slices)
         self.export_button.changed.connect(self._on_export_clicked)
@@ -227,10 +255,11 @@ class HydrationWidget(Container):
 
         self._last = (slab, dens, name)
         scale, translate = self._zyx(dens)
+        vol = np.transpose(dens.density, (2, 1, 0))
         self._viewer.add_image(
-            np.transpose(dens.density, (2, 1, 0)), name=f"water density ({name})", scale=scale,
-            translate=translate, units=("angstrom",) * 3, colormap="cyan", rendering="iso",
-            iso_threshold=self.isovalue.value * BULK, contrast_limits=(0, 6 * BULK), blending="additive",
+            vol, name=f"water density ({name})", scale=scale, translate=translate, units=("angstrom",) * 3,
+            colormap="cyan", rendering="iso", iso_threshold=self.isovalue.value * BULK,
+            contrast_limits=(0, 6 * BULK), blending="additive", visible=False,
             metadata={"hydrafm_derived": "water density", "unit": "1/Å³"})
         self._add_slab_points(slab, name)
         for k, a in enumerate(getattr(dens, "attention", []) or []):
@@ -238,14 +267,51 @@ class HydrationWidget(Container):
                                    translate=translate, units=("angstrom",) * 3, colormap="magma",
                                    blending="additive", opacity=0.6, visible=False,
                                    metadata={"hydrafm_derived": "attention"})
-        if self._viewer.dims.ndisplay != 3:
-            self._viewer.dims.ndisplay = 3
         z, rho = dens.profile()
         peaks = density_profile_peaks(dens)
         self.plot.show(z, rho, peaks)
+        try:
+            self._isosurfaces(self._levels(), strict=False)
+        except ValueError as exc:  # a malformed isovalue list: say so, show the rest
+            self._fail(exc)
+        self._viewer.add_image(
+            vol, name=f"xy slice ({name})", scale=scale, translate=translate, units=("angstrom",) * 3,
+            colormap="viridis", contrast_limits=(0, 4 * BULK), depiction="plane", opacity=0.7,
+            plane={"normal": (1, 0, 0), "position": (0, vol.shape[1] / 2, vol.shape[2] / 2), "thickness": 1},
+            metadata={"hydrafm_derived": "density slice plane", "unit": "1/Å³"})
+        self.slice_height.min, self.slice_height.max = float(z[0]), float(z[-1])
+        start = peaks[0] if peaks else 2.0
+        if abs(self.slice_height.value - start) < 1e-6:
+            self._on_height(start)
+        self.slice_height.value = start
+        self.view_from_above()
         far = rho[(z > 8) & (z < 14)]
         self._set_info(f"{name}: ρ(z) peaks at {', '.join(f'{p:.2f}' for p in peaks) or '—'} Å above the top "
                        f"Ca plane; far from the surface {far.mean() / BULK:.2f} × bulk")
+
+    def view_from_above(self) -> None:
+        """3D, the whole slab in view, looking down at the surface at an angle."""
+        viewer = self._viewer
+        if viewer.dims.ndisplay != 3:
+            viewer.dims.ndisplay = 3
+        viewer.reset_view()
+        viewer.camera.set_view_direction(VIEW_DIRECTION, VIEW_UP)
+        viewer.camera.perspective = 30.0
+        viewer.camera.zoom *= 0.85
+
+    def _on_height(self, z: float) -> None:
+        """Move the xy slice through the 3D view and the marker on the ρ(z) plot to height ``z``."""
+        self.plot.mark(z)
+        if self._last is None:
+            return
+        _, dens, name = self._last
+        k = (z - dens.origin[2]) / dens.spacing[2]
+        for lay in self._viewer.layers:
+            if lay.metadata.get("hydrafm_derived") == "density slice plane" and lay.name == f"xy slice ({name})":
+                lay.plane.position = (float(k), *lay.plane.position[1:])
+
+    def _on_plot_click(self, z: float) -> None:
+        self.slice_height.value = float(np.clip(z, self.slice_height.min, self.slice_height.max))
 
     @staticmethod
     def _zyx(dens: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -255,12 +321,12 @@ class HydrationWidget(Container):
         symbols = np.array(slab.get_chemical_symbols())
         zyx = slab.positions[:, ::-1]
         colors = [ELEMENT_COLORS.get(s, "#ffffff") for s in symbols]
-        sizes = np.where(symbols == "Ca", 1.6, np.where(symbols == "O", 1.2, 0.9))
+        sizes = np.array([ATOM_SIZES.get(s, 1.0) for s in symbols])
         meta = {SLAB_KEY: {"cell": slab.cell.array.tolist(), "z_shift": float(slab.info.get("z_shift", 0.0)),
                            "source": name}, "hydrafm_derived": "slab"}
         self._viewer.add_points(zyx, name=f"slab ({name})", features={"element": symbols}, size=sizes,
                                 face_color=colors, border_width=0, units=("angstrom",) * 3, metadata=meta,
-                                projection_mode="all")
+                                projection_mode="all", shading="spherical")
 
     def result(self) -> tuple[Any, Any, str]:
         if self._last is None:
@@ -272,31 +338,49 @@ class HydrationWidget(Container):
             if lay.metadata.get("hydrafm_derived") == "water density":
                 lay.iso_threshold = value * BULK
 
-    def add_isosurfaces(self, *_: Any) -> list[Any]:
-        """Marching-cubes Surface layers at the listed ρ/ρ_bulk values."""
-        from skimage.measure import marching_cubes
+    def _levels(self) -> list[float]:
+        return [float(v) for v in str(self.isovalues.value).replace(";", ",").split(",") if v.strip()]
 
+    def add_isosurfaces(self, *_: Any) -> list[Any]:
+        """Marching-cubes Surface layers at the listed ρ/ρ_bulk values, coloured by height."""
         try:
-            slab, dens, name = self.result()
-            levels = [float(v) for v in str(self.isovalues.value).replace(";", ",").split(",") if v.strip()]
+            levels = self._levels()
             if not levels:
-                raise ValueError("List one or more isovalues (ρ/ρ_bulk), e.g. 1.5, 3")
-            vol = np.transpose(dens.density, (2, 1, 0))
-            scale, translate = self._zyx(dens)
-            added = []
-            for level, cmap in zip(levels, ("blues", "reds", "greens", "purples", "oranges")):
-                if not vol.min() < level * BULK < vol.max():
-                    raise ValueError(f"isovalue {level:g} × bulk is outside the density's range "
-                                     f"({vol.min() / BULK:.2f}–{vol.max() / BULK:.2f} × bulk)")
-                verts, faces, _, _ = marching_cubes(vol, level * BULK)
-                added.append(self._viewer.add_surface(
-                    (verts, faces, np.full(len(verts), level)), name=f"ρ = {level:g} ρ_bulk ({name})",
-                    scale=scale, translate=translate, units=("angstrom",) * 3, colormap=cmap, opacity=0.6,
-                    metadata={"hydrafm_derived": "isosurface"}))
+                raise ValueError("List one or more isovalues (ρ/ρ_bulk), e.g. 2, 4")
+            added = self._isosurfaces(levels, strict=True)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return []
         self._set_info(f"Added {len(added)} isosurface(s) at {', '.join(f'{v:g}' for v in levels)} × bulk")
+        return added
+
+    def _isosurfaces(self, levels: list[float], strict: bool) -> list[Any]:
+        """One Surface per isovalue, vertices coloured by height above the top Ca plane.
+
+        Higher isovalues (the dense adsorption sites, nested inside the lower ones) are more
+        opaque. With ``strict`` an isovalue outside the density's range is an error,
+        otherwise it is skipped.
+        """
+        from skimage.measure import marching_cubes
+
+        slab, dens, name = self.result()
+        vol = np.transpose(dens.density, (2, 1, 0))
+        scale, translate = self._zyx(dens)
+        added = []
+        for k, level in enumerate(sorted(levels)):
+            if not vol.min() < level * BULK < vol.max():
+                if strict:
+                    raise ValueError(f"isovalue {level:g} × bulk is outside the density's range "
+                                     f"({vol.min() / BULK:.2f}–{vol.max() / BULK:.2f} × bulk)")
+                continue
+            verts, faces, _, _ = marching_cubes(vol, level * BULK)
+            height = translate[0] + verts[:, 0] * scale[0]
+            added.append(self._viewer.add_surface(
+                (verts, faces, height.astype(np.float32)), name=f"ρ = {level:g} ρ_bulk ({name})",
+                scale=scale, translate=translate, units=("angstrom",) * 3, colormap=HEIGHT_COLORMAP,
+                contrast_limits=HEIGHT_RANGE, opacity=min(0.9, 0.45 + 0.3 * k), shading="smooth",
+                metadata={"hydrafm_derived": "isosurface", "isovalue": level, "colour": "height above the "
+                          "top Ca plane (Å)"}))
         return added
 
     def add_peak_slices(self, *_: Any) -> list[Any]:
