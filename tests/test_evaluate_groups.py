@@ -36,3 +36,16 @@ def test_scores_by_family_and_distance_with_a_worst_case_grid(tmp_path):
     assert len(res.worst) == 3 and res.worst[0][1] <= res.worst[-1][1]
     png = worst_cases_figure(ds, res.worst, tmp_path / "worst.png")
     assert png.stat().st_size > 10_000
+
+
+def test_experiment_like_degradation_is_seeded_and_keeps_the_scale():
+    from hydrafm.predict.evaluate import degrade_like_experiment
+
+    rng = np.random.default_rng(0)
+    stack = rng.normal(size=(10, 32, 32)).astype(np.float32) * 5
+    a = degrade_like_experiment(stack, np.random.default_rng([1, 2]), 0.2)
+    b = degrade_like_experiment(stack, np.random.default_rng([1, 2]), 0.2)
+    assert np.array_equal(a, b) and a.shape == stack.shape
+    # noise of a few % of the range: the frames stay recognisable
+    r = [np.corrcoef(stack[i].ravel(), a[i].ravel())[0, 1] for i in range(1)]
+    assert r[0] > 0.9 and not np.allclose(a, stack)

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--loose-atoms", action="store_true", help="score the peaks as they are, not whole molecules")
     ev.add_argument("--by-group", action="store_true",
                     help="also report per structure family and per closest-distance regime")
+    ev.add_argument("--degrade", action="store_true",
+                    help="score after experiment-like degradations (3 %% white and 1/f noise, a background "
+                         "plane, up to 0.3 Å drift, a scan-line jump); implies --by-group")
     ev.add_argument("--worst", type=Path, metavar="PNG",
                     help="write a picture grid of the worst cases (truth vs prediction) to this PNG")
     ev.add_argument("--val-runs", help="water datasets: score only samples from these MD runs (e.g. 4,13, "
@@ -553,12 +556,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.dataset}: --val-runs needs a water dataset made from the shipped pool")
         indices = split[1]
     indices = indices[: args.n] if args.n else indices
-    if args.by_group or args.worst:
+    if args.by_group or args.worst or args.degrade:
         from .predict.evaluate import evaluate_groups
 
         res = drive(evaluate_groups(ds, model, indices, args.threshold, device, args.top, args.flips,
-                                    not args.loose_atoms))
-        out = {"dataset": str(args.dataset), "model": str(args.model), "top": args.top, **res.summary()}
+                                    not args.loose_atoms, degrade=args.degrade))
+        out = {"dataset": str(args.dataset), "model": str(args.model), "top": args.top,
+               "degraded": bool(args.degrade), **res.summary()}
         if args.worst:
             from .predict.report import worst_cases_figure
 

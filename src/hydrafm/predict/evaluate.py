@@ -100,6 +100,37 @@ class GroupedScores:
                 "by_distance": {k: v.summary() for k, v in self.by_distance.items()}}
 
 
+def degrade_like_experiment(stack: np.ndarray, rng: np.random.Generator, pixel: float,
+                            noise: float = 0.03, max_drift: float = 0.3) -> np.ndarray:
+    """A stack ``(Z, H, W)`` as an experiment would show it, for robustness scores: white and 1/f
+    noise of ``noise`` × each frame's Δf range, a background plane, a lateral drift growing to up
+    to ``max_drift`` Å at the farthest frame, and a scan-line jump (a tip change) in one frame."""
+    from scipy.ndimage import shift as nd_shift
+
+    z, h, w = stack.shape
+    out = np.array(stack, dtype=np.float32, copy=True)
+    ky = np.fft.fftfreq(h)[:, None]
+    kx = np.fft.rfftfreq(w)[None, :]
+    k = np.sqrt(ky**2 + kx**2)
+    k[0, 0] = 1.0
+    ang = rng.uniform(0, 2 * np.pi)
+    drift = rng.uniform(0, max_drift) / pixel
+    jump_frame, jump_row = int(rng.integers(z)), int(rng.integers(h))
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    for i in range(z):
+        rng_i = float(np.ptp(out[i])) or 1.0
+        if i and drift:
+            f = drift * i / max(z - 1, 1)
+            out[i] = nd_shift(out[i], (f * np.sin(ang), f * np.cos(ang)), order=1, mode="nearest")
+        pink = np.fft.irfft2(np.fft.rfft2(rng.normal(size=(h, w))) / k, s=(h, w))
+        pink *= noise * rng_i / max(pink.std(), 1e-12)
+        plane = (rng.normal() * yy + rng.normal() * xx) * noise * rng_i
+        out[i] += (rng.normal(0, noise * rng_i, size=(h, w)) + pink + plane).astype(np.float32)
+        if i == jump_frame:
+            out[i, jump_row:] += np.float32(rng.choice([-1, 1]) * noise * rng_i)
+    return out
+
+
 def _regime(d: float, regimes) -> str:
     for lo, hi in regimes:
         if lo <= d < hi:
@@ -118,9 +149,11 @@ def evaluate_groups(
     molecules: bool = True,
     regimes=DISTANCE_REGIMES,
     n_worst: int = 12,
+    degrade: bool = False,
 ) -> Generator[Progress, None, GroupedScores]:
     """Score every chosen sample; add up per family (``AFMDataset.draws()['group']``) and per
-    closest-distance regime; keep the ``n_worst`` samples."""
+    closest-distance regime; keep the ``n_worst`` samples. ``degrade`` scores the stacks after
+    :func:`degrade_like_experiment` (seeded per sample)."""
     st = ds.settings
     net_info = resolve_model(model, device)
     t = default_threshold(net_info[1]) if threshold is None else float(threshold)
@@ -130,7 +163,10 @@ def evaluate_groups(
     per_sample = []
     for k, i in enumerate(idx):
         s = ds[int(i)]
-        stack = AFMStack(s.stack, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
+        data = s.stack
+        if degrade:
+            data = degrade_like_experiment(data, np.random.default_rng([int(i), 2026]), st.pixel_size)
+        stack = AFMStack(data, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
                          (st.pixel_size / 2, st.pixel_size / 2))
         atoms = Prediction(*predict_maps(stack, net_info, device, flips=flips)).atoms(t, molecules)
         truth = np.array(LABELS)[s.labels]
