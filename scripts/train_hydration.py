@@ -2,7 +2,8 @@
 
     python scripts/train_hydration.py data/hydration-md --out src/hydrafm/models/weights/hydration-calcite.pt \\
         --metrics docs/models/hydration-calcite.json [--steps 450] [--base 4] [--gate] [--attention] \\
-        [--train calcite-104_v0_s0 ...] [--init hydration-calcite] [--checkpoint run.state.pt] [--threads 1]
+        [--train calcite-104_v0_s0 ...] [--init hydration-calcite] [--checkpoint run.state.pt] [--threads 1] \\
+        [--profile-weight 10]
 
 Trains on the ``--train`` runs (default: calcite (10-14) pristine and with 1 and 2 vacancy
 pairs, and aragonite (010), the paper's calcite + aragonite network) and scores on every
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--init", help="start from this density model's weights (a name or a file)")
     ap.add_argument("--checkpoint", type=Path, help="training state, saved every 25 steps and resumed")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--profile-weight", type=float, default=0.0,
+                    help="weight of the rho(z) profile MSE next to the voxels' MSE")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -90,7 +93,7 @@ def main() -> None:
             print(json.dumps(vars(rec)), file=sys.stderr, flush=True)
 
     net = drive(train_density(train, config, steps=args.steps, lr=args.lr, seed=args.seed, init=init,
-                              checkpoint=args.checkpoint), on_record=log)
+                              checkpoint=args.checkpoint, profile_weight=args.profile_weight), on_record=log)
     seconds = last[0].seconds if last else 0.0  # over all resumed sessions
     scores = []
     for e in test + train:
@@ -114,7 +117,8 @@ def main() -> None:
                 "scripts/hydration_md.py campaign; densities folded over the slabs' exact lateral symmetries",
         "command": " ".join(["python"] + sys.argv),
         "init": args.init, "train": [e.name for e in train], "test": [e.name for e in test],
-        "steps": args.steps, "threads": args.threads, "train_seconds": round(seconds, 1), "gate": gate,
+        "steps": args.steps, "profile_weight": args.profile_weight, "threads": args.threads,
+        "train_seconds": round(seconds, 1), "gate": gate,
         "scores": scores,
     }
     save_density_model(args.out, net, info)

@@ -167,17 +167,23 @@ def test_shipped_model_has_hard_zeros_where_the_md_has_none():
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path):
+    from hydrafm.hydration.train import _profile_mse
     from hydrafm.progress import drive
+
+    y = torch.tensor([[[[1.0, 2.0]], [[float("nan"), 4.0]]]])  # (1, x 2, y 1, z 2)
+    ok = ~torch.isnan(y)
+    assert float(_profile_mse(torch.zeros_like(y), y, ok)) == pytest.approx((1.0 + 9.0) / 2)
 
     ex = load_example(_md_file(tmp_path, size=(8.0, 4.0))[0], DensityModelInfo(config=TINY))
     torch.set_num_threads(1)
-    straight = drive(train_density([ex], TINY, steps=4, seed=3), show=False)
+    straight = drive(train_density([ex], TINY, steps=4, seed=3, profile_weight=10.0), show=False)
     state = tmp_path / "state.pt"
-    stopped = train_density([ex], TINY, steps=4, seed=3, checkpoint=state, save_every=2)
+    stopped = train_density([ex], TINY, steps=4, seed=3, checkpoint=state, save_every=2, profile_weight=10.0)
     for rec in stopped:  # stop after the checkpoint at step 2
         if getattr(rec, "done", 0) == 2:
             break
-    resumed = drive(train_density([ex], TINY, steps=4, seed=3, checkpoint=state, save_every=2), show=False)
+    resumed = drive(train_density([ex], TINY, steps=4, seed=3, checkpoint=state, save_every=2, profile_weight=10.0),
+                    show=False)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b)
 

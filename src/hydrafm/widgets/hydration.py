@@ -363,7 +363,7 @@ class HydrationWidget(Container):
         """
         from skimage.measure import marching_cubes
 
-        slab, dens, name = self.result()
+        _, dens, name = self.result()
         vol = np.transpose(dens.density, (2, 1, 0))
         scale, translate = self._zyx(dens)
         added = []
