@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("-o", "--out", type=Path, required=True, help="the refined .xyz to write")
     rf.add_argument("--steps", type=int, default=60, help="simulations with gradients (default 60)")
     rf.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    rf.add_argument("--h-flips", action="store_true",
+                    help="also try turning each water so that one of its H changes class (experimental)")
     rf.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     _add_stack_options(rf)
 
@@ -269,7 +271,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     stack = load_stack(args.stack, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
                        heights=args.heights, z_order=args.z_order)
     atoms = read_xyz(args.atoms)
-    res = drive(iter_refine_atoms(stack, atoms, RefineSettings(steps=args.steps), pick_device(args.device)),
+    cfg = RefineSettings(steps=args.steps, flips=args.h_flips)
+    res = drive(iter_refine_atoms(stack, atoms, cfg, pick_device(args.device)),
                 show=sys.stderr.isatty())
     write_xyz(res.atoms, args.out, overwrite=args.overwrite)
     scores = list(res.fit_score.values())

@@ -26,7 +26,8 @@ from ..structures.pool import BadStructureError
 from .settings import SampledTip, SimulationSettings
 from .simulators import make_simulator
 
-__all__ = ["Verification", "verify_atoms", "iter_verify_atoms", "frame_similarity"]
+__all__ = ["Verification", "verify_atoms", "iter_verify_atoms", "frame_similarity", "ScanWindow", "scan_window",
+           "on_scan_grid"]
 
 MAX_PIXELS = 256  # simulation grid cap; larger scans are simulated coarser and resampled
 
@@ -62,6 +63,51 @@ def _heights(stack: AFMStack, default_dz: float) -> np.ndarray:
     return np.arange(stack.n_heights) * default_dz
 
 
+@dataclass(frozen=True)
+class ScanWindow:
+    """The square simulation window that covers a scan, at the scan's pixel size and height steps.
+
+    ``settings``: the simulation settings of the window (pixel count, size, heights, step);
+    ``heights``: the scan's heights relative to its closest frame (Å); ``corner``: the
+    window's lower-left corner in the scan's frame (x, y, z = 0), Å. Simulated pixel
+    ``(i, j)`` has its centre at ``corner + ((j + 0.5) d, (i + 0.5) d)``.
+    """
+
+    settings: SimulationSettings
+    heights: np.ndarray
+    corner: np.ndarray
+
+    def atoms_inside(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in the window's frame and the mask of those laterally inside it."""
+        pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3) - self.corner
+        size = self.settings.scan_size
+        inside = (pos[:, 0] > 0) & (pos[:, 0] < size) & (pos[:, 1] > 0) & (pos[:, 1] < size)
+        return pos, inside
+
+
+def scan_window(stack: AFMStack, base: SimulationSettings | None = None,
+                max_pixels: int = MAX_PIXELS) -> ScanWindow:
+    """The :class:`ScanWindow` of a stack: ``base`` settings with the scan's size, pixels and height steps."""
+    if stack.n_heights < 1:
+        raise ValueError("the stack has no frames")
+    base = base or SimulationSettings()
+    ny, nx = stack.data.shape[1:]
+    py, px = stack.pixel_size
+    size = max(ny * py, nx * px)
+    n_pix = int(min(max_pixels, max(16, round(size / min(py, px)))))
+    n_pix += n_pix % 2
+    heights = _heights(stack, base.dz)
+    steps = np.diff(heights)
+    dz = float(np.median(steps)) if len(steps) else base.dz
+    if dz <= 0:
+        raise ValueError("the stack's heights must increase away from the sample")
+    settings = replace(base, n_pixels=n_pix, scan_size=float(size), n_heights=int(round(heights[-1] / dz)) + 1,
+                       dz=dz)
+    # (0, 0) of the window at the scan's lower-left pixel corner
+    corner = np.array([stack.origin[1] - px / 2, stack.origin[0] - py / 2, 0.0])
+    return ScanWindow(settings, heights, corner)
+
+
 def iter_verify_atoms(
     stack: AFMStack,
     atoms: Atoms,
@@ -77,25 +123,9 @@ def iter_verify_atoms(
     """
     if len(atoms) == 0:
         raise ValueError("there are no atoms to simulate")
-    if stack.n_heights < 1:
-        raise ValueError("the stack has no frames")
-    base = settings or SimulationSettings()
-    ny, nx = stack.data.shape[1:]
-    py, px = stack.pixel_size
-    size = max(ny * py, nx * px)
-    n_pix = int(min(MAX_PIXELS, max(16, round(size / min(py, px)))))
-    n_pix += n_pix % 2
-    heights = _heights(stack, base.dz)
-    steps = np.diff(heights)
-    dz = float(np.median(steps)) if len(steps) else base.dz
-    if dz <= 0:
-        raise ValueError("the stack's heights must increase away from the sample")
-    settings = replace(base, n_pixels=n_pix, scan_size=float(size), n_heights=int(round(heights[-1] / dz)) + 1,
-                       dz=dz)
-    # atoms into the simulation window frame: (0, 0) at the scan's lower-left pixel corner
-    corner = np.array([stack.origin[1] - px / 2, stack.origin[0] - py / 2, 0.0])
-    pos = atoms.get_positions() - corner
-    inside = (pos[:, 0] > 0) & (pos[:, 0] < size) & (pos[:, 1] > 0) & (pos[:, 1] < size)
+    window = scan_window(stack, settings or SimulationSettings())
+    settings, heights = window.settings, window.heights
+    pos, inside = window.atoms_inside(atoms.get_positions())
     pos, numbers = pos[inside], atoms.numbers[inside]
     if len(pos) == 0:
         raise ValueError("none of the atoms lies inside the scan")
@@ -111,7 +141,7 @@ def iter_verify_atoms(
             failures.append(f"{d:g} Å: {exc}")
             yield Progress("simulating", k + 1, len(distances))
             continue
-        frames = _on_grid(out, stack, heights)
+        frames = on_scan_grid(out, stack, heights)
         per = frame_similarity(stack.data, frames)
         score = float(per.mean())
         if best is None or score > best.similarity:
@@ -140,7 +170,7 @@ def _drop_overlaps(pos: np.ndarray, numbers: np.ndarray, min_distance: float = 0
     return pos[keep], numbers[keep], int((~keep).sum())
 
 
-def _on_grid(sim: AFMStack, stack: AFMStack, heights: np.ndarray) -> np.ndarray:
+def on_scan_grid(sim: AFMStack, stack: AFMStack, heights: np.ndarray) -> np.ndarray:
     """The simulated stack sampled at the experiment's heights and pixel centres (linear)."""
     from scipy.ndimage import map_coordinates
 

@@ -1,0 +1,217 @@
+"""Refine: molecules fitted to a stack through the torch engine (tiny grids, a few waters)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from hydrafm.io.npz import save_npz
+from hydrafm.io.xyz import read_xyz, write_xyz
+from hydrafm.progress import Progress
+from hydrafm.refine import RefineSettings, RefineSnapshot, iter_refine_atoms, refine_atoms
+from hydrafm.refine.bodies import flip_orientations, group_atoms, rotate
+from hydrafm.simulate.engine import TorchSimulator
+from hydrafm.simulate.labels import atom_labels, h_labels
+from hydrafm.simulate.settings import SampledTip, SimulationSettings
+
+SETTINGS = SimulationSettings(n_pixels=40, scan_size=8.0, n_heights=6, dz=0.1, df_steps=4)
+FAST = RefineSettings(steps=30, move_rounds=0, base=SETTINGS)
+
+
+def _water(centre, azimuth, up=0.0):
+    """A rigid water (0.97 Å, 104.5°); its first H tilted ``up`` degrees, the second level."""
+    a, e = np.radians(104.5) / 2, np.radians(up)
+    c = np.asarray(centre, float)
+    h1 = np.array([np.cos(azimuth + a) * np.cos(e), np.sin(azimuth + a) * np.cos(e), np.sin(e)]) * 0.97
+    h2 = np.array([np.cos(azimuth - a), np.sin(azimuth - a), 0.0]) * 0.97
+    return [c, c + h1, c + h2]
+
+
+POSITIONS = np.array(_water((2.5, 2.6, 0.0), 0.3, 50) + _water((5.2, 3.0, 0.1), 2.0)
+                     + _water((3.6, 5.4, -0.2), 4.0, -50))
+NUMBERS = np.array([8, 1, 1] * 3)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    torch.set_num_threads(1)
+    return TorchSimulator(SETTINGS).simulate(POSITIONS, NUMBERS, SampledTip(2.6))
+
+
+def _atoms(positions, mol=True):
+    atoms = Atoms(numbers=NUMBERS, positions=positions)
+    atoms.new_array("label", atom_labels(positions, NUMBERS))
+    atoms.new_array("confidence", np.full(len(NUMBERS), 0.8))
+    if mol:
+        atoms.new_array("mol", np.repeat(np.arange(3), 3))
+    return atoms
+
+
+def test_molecules_without_mol_are_grouped_by_the_nearest_o_rule():
+    body = group_atoms(_atoms(POSITIONS, mol=False))
+    assert body.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_flip_orientations_change_exactly_one_h_class_and_keep_the_water_rigid():
+    o, hs = POSITIONS[0], POSITIONS[1:3]
+    current = tuple(h_labels(hs - o))
+    flips = flip_orientations(o, hs)
+    assert 2 <= len(flips) <= 4
+    for classes, new in flips:
+        assert sum(a != b for a, b in zip(classes, current)) == 1
+        assert tuple(h_labels(new - o)) == classes
+        assert np.allclose(np.linalg.norm(new - o, axis=1), np.linalg.norm(hs - o, axis=1))
+        assert np.isclose(np.linalg.norm(new[0] - new[1]), np.linalg.norm(hs[0] - hs[1]))
+
+
+def test_a_perturbed_structure_is_pulled_back(stack):
+    rng = np.random.default_rng(1)
+    start = POSITIONS.copy()
+    for m in range(3):  # each molecule shifted rigidly by ~0.3 Å
+        start[3 * m:3 * m + 3] += rng.normal(0, 0.3 / np.sqrt(3), 3)
+    records = []
+    gen = iter_refine_atoms(stack, _atoms(start), replace(FAST, steps=60))
+    while True:
+        try:
+            records.append(next(gen))
+        except StopIteration as stop:
+            res = stop.value
+            break
+    assert any(isinstance(r, Progress) for r in records)
+    snaps = [r for r in records if isinstance(r, RefineSnapshot)]
+    assert snaps and snaps[-1].residual.shape == stack.data.shape
+    assert res.image_loss[1] < 0.1 * res.image_loss[0]
+    lateral = lambda p: np.hypot(*(p - POSITIONS)[:, :2].T)  # noqa: E731
+    before, after = lateral(start), lateral(res.atoms.positions)
+    assert after.mean() < 0.5 * before.mean() and after.max() < 0.2
+    assert res.similarity.mean() > res.similarity_before.mean()
+    assert np.abs(res.residual).mean() < np.abs(res.residual_before).mean()
+    assert list(res.atoms.arrays["label"]) == list(atom_labels(POSITIONS, NUMBERS))
+    assert set(res.fit_score) == {0, 1, 2} and all(0.5 < v <= 1 for v in res.fit_score.values())
+    assert np.all(res.atoms.arrays["mol"] == np.repeat(np.arange(3), 3))
+
+
+def _flip_one(positions, m=1):
+    """Water ``m`` turned about its O–H bond 0 so that its level H points down (a wrong H class)."""
+    p = positions.copy()
+    o, hs = p[3 * m], p[3 * m + 1:3 * m + 3]
+    axis = (hs[0] - o) / np.linalg.norm(hs[0] - o)
+    for deg in range(20, 360, 10):
+        new = o + rotate(hs - o, axis, np.radians(deg))
+        if h_labels(new - o)[1] == "H_down" and abs(np.degrees(np.arcsin((new[1] - o)[2] / 0.97))) > 40:
+            p[3 * m + 1:3 * m + 3] = new
+            return p
+    raise AssertionError("no flip found")
+
+
+def test_a_right_h_flip_is_kept_and_a_wrong_one_is_not(stack):
+    wrong = _flip_one(POSITIONS)
+    assert list(atom_labels(wrong, NUMBERS)) != list(atom_labels(POSITIONS, NUMBERS))
+    moves = replace(FAST, steps=0, move_rounds=1, flips=True, add=False, remove=False)
+    fixed = refine_atoms(stack, _atoms(wrong), moves)
+    assert fixed.moves["flips"] == 1
+    assert list(fixed.atoms.arrays["label"]) == list(atom_labels(POSITIONS, NUMBERS))
+    assert np.allclose(fixed.atoms.positions[[0, 1, 2, 6, 7, 8]], POSITIONS[[0, 1, 2, 6, 7, 8]], atol=1e-6)
+    kept = refine_atoms(stack, _atoms(POSITIONS), moves)  # every class right: no flip lowers the loss
+    assert kept.moves["flips"] == 0
+    assert np.allclose(kept.atoms.positions, POSITIONS, atol=1e-6)
+
+
+def test_an_unsupported_molecule_is_removed_and_none_is_added_where_nothing_is_missing(stack):
+    extra = np.concatenate([POSITIONS, np.array(_water((6.2, 6.3, 0.0), 1.0))])
+    atoms = Atoms(numbers=np.concatenate([NUMBERS, [8, 1, 1]]), positions=extra)
+    atoms.new_array("label", atom_labels(extra, atoms.numbers))
+    # (the first round never removes: the structure is not fitted yet)
+    res = refine_atoms(stack, atoms, replace(FAST, steps=0, move_rounds=2, flips=False, add=False, remove=True))
+    assert res.moves["removed"] == 1 and len(res.atoms) == 9
+    assert np.allclose(np.sort(res.atoms.positions, axis=0), np.sort(POSITIONS, axis=0), atol=1e-6)
+    res = refine_atoms(stack, _atoms(POSITIONS), replace(FAST, steps=0, move_rounds=2, flips=False, add=True))
+    assert res.moves == {"flips": 0, "added": 0, "removed": 0} and len(res.atoms) == 9
+
+
+def test_frame_scale_offset_and_distance_are_fitted(stack):
+    scale = np.linspace(1.5, 2.5, stack.n_heights)
+    offset = np.linspace(-3.0, 3.0, stack.n_heights)
+    measured = replace(stack, data=(stack.data * scale[:, None, None] + offset[:, None, None]).astype(np.float32),
+                       metadata={**stack.metadata, "units": "a.u."})
+    res = refine_atoms(measured, _atoms(POSITIONS), replace(FAST, steps=0))
+    assert np.allclose(res.tip.scale, scale, rtol=0.03) and np.allclose(res.tip.offset, offset, atol=0.05 * 2.5)
+    assert res.similarity.min() > 0.999
+    far = TorchSimulator(SETTINGS).simulate(POSITIONS, NUMBERS, SampledTip(2.75))
+    res = refine_atoms(far, _atoms(POSITIONS), replace(FAST, steps=60, distances=(2.5,)))
+    # the tip coming closer and the molecules rising are the same thing: the gap is what is fitted
+    rise = float(np.mean(res.atoms.positions[:, 2] - POSITIONS[:, 2]))
+    assert res.tip.distance - rise == pytest.approx(2.75, abs=0.05)
+    assert res.image_loss[1] < 0.1 * res.image_loss[0]
+
+
+def test_bad_input_is_refused(stack):
+    with pytest.raises(ValueError, match="no atoms"):
+        refine_atoms(stack, Atoms(), FAST)
+    with pytest.raises(ValueError, match="at least two heights"):
+        refine_atoms(replace(stack, data=stack.data[:1], heights=stack.heights[:1]), _atoms(POSITIONS), FAST)
+    outside = _atoms(POSITIONS + [50.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="inside the scan"):
+        refine_atoms(stack, outside, FAST)
+
+
+def test_cli_refines_and_refuses_to_overwrite(stack, tmp_path, capsys):
+    from hydrafm import cli
+
+    stack_path = save_npz(stack, tmp_path / "stack.npz")
+    atoms_path = write_xyz(_atoms(POSITIONS + [0.1, -0.1, 0.0]), tmp_path / "atoms.xyz")
+    out = tmp_path / "refined.xyz"
+    assert cli.main(["refine", str(stack_path), str(atoms_path), "-o", str(out), "--steps", "4",
+                     "--device", "cpu"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["output"] == str(out) and line["atoms"]["O"] == 3
+    refined = read_xyz(out)
+    assert len(refined) == 9 and "mol" in refined.arrays
+    assert cli.main(["refine", str(stack_path), str(atoms_path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["refine", str(stack_path), str(tmp_path / "none.xyz"), "-o", str(tmp_path / "x.xyz")]) == 2
+    assert "none.xyz" in capsys.readouterr().err
+    assert cli.main(["refine", str(stack_path), str(atoms_path), "-o", str(tmp_path / "y.xyz"),
+                     "--steps", "-1"]) == 2
+    assert "--steps" in capsys.readouterr().err
+
+
+@pytest.mark.gui
+def test_refine_button_updates_the_points_in_place_and_undo_puts_them_back(stack, make_napari_viewer, qtbot,
+                                                                            tmp_path, monkeypatch):
+    pytest.importorskip("napari")
+    from hydrafm._layers import atoms_layer_data, stack_layer_data
+    from hydrafm.widgets.predict import WARM_UP_NAME, PredictWidget
+
+    monkeypatch.setenv("HYDRAFM_DATA", str(tmp_path / "data"))
+    viewer = make_napari_viewer()
+    data, kwargs, _ = stack_layer_data(stack, "tiny stack")
+    viewer.add_image(data, **kwargs)
+    start = POSITIONS + np.array([0.15, -0.1, 0.0])
+    data, kwargs, _ = atoms_layer_data(_atoms(start), "atoms (tiny stack)", {"stack": "tiny stack"})
+    points = viewer.add_points(data, **kwargs)
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    qtbot.waitUntil(lambda: WARM_UP_NAME not in [layer.name for layer in viewer.layers], timeout=5000)
+    viewer.layers.selection.active = points
+    before = points.data.copy()
+    w.refine(replace(FAST, steps=12))
+    assert w.refine_button.text == "Cancel refine" and w.running
+    residual = viewer.layers["refine residual (tiny stack)"]
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert w.refine_button.text == "Refine" and w.predict_button.text == "Predict"
+    assert np.abs(residual.data).max() > 0  # the last residual is shown
+    assert "fit" in points.features and points.features["fit"].between(0, 1).all()
+    assert len(points.data) == len(before) and not np.allclose(points.data, before)
+    moved = np.abs(points.data - before).max()
+    assert 0.01 < moved < 1.0
+    assert "Refined" in w.info.value and w.undo_refine_button.enabled
+    w.undo_refine()
+    assert np.allclose(points.data, before) and "fit" not in points.features
+    assert not w.undo_refine_button.enabled
