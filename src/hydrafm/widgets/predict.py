@@ -116,13 +116,17 @@ class PredictWidget(Container):
         self.engine = ComboBox(label="Simulator", choices=["torch", "ppafm"], value="torch",
                                tooltip="torch: HydrAFM's probe-particle engine (held to ppafm by tests); ppafm: "
                                        "the OpenCL reference, run in a separate process")
+        self.refine_button = PushButton(text="Refine", tooltip="Fit the molecules to the stack through the AFM "
+                                                               "simulator (positions, H classes, tip); colours by fit")
+        self.undo_refine_button = PushButton(text="Undo refine", enabled=False)
         self.export_path = FileEdit(mode="w", label="Export to", filter="Extended XYZ (*.xyz)")
         self.export_button = PushButton(text="Export .xyz")
         self.info = Label(value="")
         self.extend([self.stack, self.model, self.model_file, self.device, self.threshold, self.show_maps,
                      self.predict_button, self.progress, self.new_label, self.relabel_button,
                      self.select_molecules,
-                     self.engine, self.verify_button, self.export_path, self.export_button, self.info])
+                     self.engine, self.verify_button, self.refine_button, self.undo_refine_button,
+                     self.export_path, self.export_button, self.info])
 
         self.refresh_models()
         from ..models.registry import on_models_changed
@@ -133,6 +137,9 @@ class PredictWidget(Container):
         self.new_label.changed.connect(self._on_new_label)
         self.relabel_button.changed.connect(self.relabel_selected)
         self.verify_button.changed.connect(self.verify)
+        self.refine_button.changed.connect(self._on_refine_clicked)
+        self.undo_refine_button.changed.connect(self.undo_refine)
+        self._refine_undo: tuple | None = None  # (points layer, its data, features, sizes, colours) before refining
         self.export_button.changed.connect(self._on_export_clicked)
         self.model.changed.connect(self._update_model_tooltip)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -231,8 +238,6 @@ class PredictWidget(Container):
         """Start predicting the chosen stack in a worker thread."""
         from napari.qt.threading import create_worker
 
-        from ..training.train import usable_device
-
         layer = self.stack.value
         try:
             if layer is None:
@@ -242,11 +247,7 @@ class PredictWidget(Container):
         except Exception as exc:  # noqa: BLE001 - shown to the user, the widget stays usable
             self._fail(exc)
             return
-        device, notice = usable_device(self.device.value)
-        if notice:
-            self._notify(notice, warning=True)
-        if device.type == "cpu":
-            _leave_a_core_for_the_viewer()
+        device = self._usable_device()
         self._busy(True, "Predicting…", "Cancel")
         self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value, layer.name,
                                      _units_of(layer), _ignore_errors=True)
@@ -402,10 +403,7 @@ class PredictWidget(Container):
         if self.running:
             return
         try:
-            points = self.result_layer()
-            stack_layer = stack_layer_for(self._viewer, points, self.stack.value)
-            stack = stack_of_layer(stack_layer)
-            atoms = atoms_of_layer(points)
+            points, stack_layer, stack, atoms = self._atoms_and_stack()
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return
@@ -416,6 +414,23 @@ class PredictWidget(Container):
         self._worker.errored.connect(self._fail)
         self._worker.finished.connect(self._on_finished)
         self._worker.start()
+
+    def _usable_device(self) -> Any:
+        """The chosen device, or the CPU with a notice when it fails; on the CPU one core is left to the viewer."""
+        from ..training.train import usable_device
+
+        device, notice = usable_device(self.device.value)
+        if notice:
+            self._notify(notice, warning=True)
+        if device.type == "cpu":
+            _leave_a_core_for_the_viewer()
+        return device
+
+    def _atoms_and_stack(self) -> tuple[Any, Any, Any, Any]:
+        """The atoms layer to verify or refine, its stack layer, the stack and the atoms."""
+        points = self.result_layer()
+        stack_layer = stack_layer_for(self._viewer, points, self.stack.value)
+        return points, stack_layer, stack_of_layer(stack_layer), atoms_of_layer(points)
 
     def _on_verified(self, v: Any, stack_layer: Any) -> None:
         common = {"scale": tuple(stack_layer.scale), "translate": tuple(stack_layer.translate),
@@ -428,6 +443,95 @@ class PredictWidget(Container):
         self._set_info(f"Similarity {v.similarity:.3f} (mean correlation over heights; 1 = identical)\n"
                        f"best closest distance {v.distance:.1f} Å above the top atom{note}")
         self._notify(f"Verification: similarity {v.similarity:.3f}")
+
+    # ------------------------------------------------------------- refine
+    def _on_refine_clicked(self, *_: Any) -> None:
+        if self.running:
+            self.cancel()
+        else:
+            self.refine()
+
+    def refine(self, settings: Any = None) -> None:
+        """Fit the atoms to their stack in a worker: the residual shrinks as it goes, the points update at the end."""
+        from napari.qt.threading import create_worker
+
+        from ..refine import iter_refine_atoms
+
+        try:
+            points, stack_layer, stack, atoms = self._atoms_and_stack()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return
+        device = self._usable_device()
+        name = f"refine residual ({stack_layer.name})"
+        residual = next((lay for lay in self._viewer.layers if lay.name == name), None)
+        if residual is None:
+            residual = self._viewer.add_image(
+                np.zeros(stack.data.shape, np.float32), name=name, colormap="PiYG", contrast_limits=(-3, 3),
+                scale=tuple(stack_layer.scale), translate=tuple(stack_layer.translate),
+                units=tuple(str(u) for u in stack_layer.units), metadata={"hydrafm_derived": "refine residual"})
+        self._busy(True, "Refining: fitting the molecules to the stack…", "Cancel")
+        self.refine_button.text = "Cancel refine"
+        self._worker = create_worker(iter_refine_atoms, stack, atoms, settings, device, _ignore_errors=True)
+        self._worker.yielded.connect(lambda rec, layer=residual: self._on_refine_record(rec, layer))
+        self._worker.returned.connect(lambda res, layer=points: self._on_refined(res, layer))
+        self._worker.errored.connect(self._fail)
+        self._worker.aborted.connect(lambda: self._set_info("Refine cancelled; the atoms are unchanged."))
+        self._worker.finished.connect(self._on_refine_finished)
+        self._worker.start()
+
+    def _on_refine_record(self, rec: Any, residual: Any) -> None:
+        from ..refine import RefineSnapshot
+
+        if isinstance(rec, RefineSnapshot):
+            if residual in self._viewer.layers:
+                residual.data = rec.residual
+            self._set_info(f"Refining: step {rec.step} of {rec.total}, image mismatch {rec.loss:.4f}")
+        else:
+            show_progress(self.progress, rec)
+
+    def _on_refined(self, res: Any, layer: Any) -> None:
+        """Replace the points in place (kept for *Undo refine*), coloured by each molecule's fit score."""
+        if layer not in self._viewer.layers:
+            return
+        self._refine_undo = (layer, layer.data.copy(), layer.features.copy(), layer.size.copy(),
+                             layer.face_color.copy())
+        data, kwargs, _ = atoms_layer_data(res.atoms)
+        feats = kwargs["features"]
+        order = np.argsort([str(v).startswith("H") for v in res.atoms.arrays["label"]], kind="stable")
+        feats["fit"] = np.nan_to_num(res.atoms.arrays["fit"][order], nan=0.0)
+        scale, translate = np.asarray(layer.scale), np.asarray(layer.translate)
+        layer.data = (data - translate) / scale
+        layer.features = feats
+        layer.size = kwargs["size"]
+        layer.face_colormap = "RdYlGn"
+        layer.face_contrast_limits = (0.0, 1.0)
+        layer.face_color = "fit"
+        self.undo_refine_button.enabled = True
+        lo, hi = res.image_loss
+        self._set_info(f"Refined: image mismatch {lo:.4f} → {hi:.4f}; similarity {res.similarity_before.mean():.3f}"
+                       f" → {res.similarity.mean():.3f}\nmoves: {res.moves['flips']} H flips, {res.moves['added']}"
+                       f" added, {res.moves['removed']} removed; colour = fit score (red 0 … green 1)")
+        self._notify(f"Refine: similarity {res.similarity.mean():.3f}")
+
+    def _on_refine_finished(self) -> None:
+        self.refine_button.text = "Refine"
+        self._on_finished()
+
+    def undo_refine(self, *_: Any) -> None:
+        """Put back the atoms as they were before the last refine."""
+        if self._refine_undo is None:
+            return
+        layer, data, feats, size, colors = self._refine_undo
+        self._refine_undo = None
+        self.undo_refine_button.enabled = False
+        if layer not in self._viewer.layers:
+            return
+        layer.data = data
+        layer.features = feats
+        layer.size = size
+        layer.face_color = colors
+        self._set_info("Refine undone. " + self._summary(layer))
 
     # ------------------------------------------------------------- export
     def _on_export_clicked(self, *_: Any) -> None:
