@@ -62,7 +62,7 @@ def main() -> None:
 
         truth = read_xyz(sample_path("water_bilayer.xyz"))
         pdata, pkw, _ = atoms_layer_data(truth, "truth", {"stack": "scan"})
-        viewer.add_points(pdata, **pkw)
+        pts = viewer.add_points(pdata, **pkw)
     for _ in range(20):
         app.processEvents()
 
@@ -87,7 +87,11 @@ def main() -> None:
         t0 = time.perf_counter()
         last[0] = t0
         timer.start()
-        w.verify() if args.action == "verify" else w.predict()
+        if args.action == "verify":
+            viewer.layers.selection.active = pts  # Verify takes the selected atoms layer
+            w.verify()
+        else:
+            w.predict()
         while w.running:
             app.processEvents()
             time.sleep(0.001)
@@ -99,7 +103,8 @@ def main() -> None:
         stall = max(0.0, max(gaps) - 0.005) * 1000 if gaps else float("nan")
         results.append({"wall_s": round(wall, 3), "max_stall_ms": round(stall, 1),
                         "p99_gap_ms": round(float(np.percentile(gaps, 99)) * 1000, 1), "ticks": len(gaps),
-                        "worst_at_s": round(at[int(np.argmax(gaps))], 3) if gaps else None})
+                        "worst_at_s": round(at[int(np.argmax(gaps))], 3) if gaps else None,
+                        "widget_says": w.info.value[:80]})
         print(json.dumps(results[-1]), flush=True)
     print(json.dumps({"action": args.action, "size_px": args.size, "runs": args.runs,
                       "max_stall_ms": max(r["max_stall_ms"] for r in results), "target_ms": 100}))

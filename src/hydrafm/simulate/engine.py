@@ -342,21 +342,32 @@ class TorchSimulator:
         return out.reshape(B, P, self.nz, 3), apex
 
     def _newton(self, fld, pos, tip, k, d0, bidx, L, f2conv, iters: int = 5, max_step: float = 0.25):
-        """Damped Newton steps on G(p) = F_sample + F_spring; ``(positions, converged & stable)``."""
-        p = pos
+        """Damped Newton steps on G(p) = F_sample + F_spring; ``(positions, converged & stable)``.
+
+        Only points not yet converged are computed; converged points stay put, so a point's
+        result does not depend on the rest of the batch.
+        """
+        p = pos.clone()
+        M = len(p)
+        ok = torch.zeros(M, dtype=torch.bool, device=p.device)
+        act = torch.arange(M, device=p.device)
         for it in range(iters + 1):
-            val, jac = fld.sample(p, bidx, jacobian=True)
-            d = p - tip
-            G = val + self._tip_force(d, k, d0, L)
-            J = jac + self._tip_jacobian(d, k, L)
+            pa = p[act]
+            ka = k[act]
+            val, jac = fld.sample(pa, bidx[act], jacobian=True)
+            d = pa - tip[act]
+            G = val + self._tip_force(d, ka, d0[act], L)
+            J = jac + self._tip_jacobian(d, ka, L)
             conv = (G * G).sum(-1) < f2conv
-            if it == iters or bool(conv.all()):
+            ok[act[conv]] = _stable(J[conv]) & torch.isfinite(pa[conv]).all(-1)
+            if it == iters:
+                break
+            act, pa, G, J = act[~conv], pa[~conv], G[~conv], J[~conv]
+            if len(act) == 0:
                 break
             step = -_solve3(J, G)
             n = torch.sqrt((step * step).sum(-1, keepdim=True))
-            # converged points stay put, so a point's result does not depend on the rest of the batch
-            p = torch.where(conv[:, None], p, p + step * torch.clamp(max_step / (n + 1e-12), max=1.0))
-        ok = conv & _stable(J) & torch.isfinite(p).all(-1)
+            p[act] = pa + step * torch.clamp(max_step / (n + 1e-12), max=1.0)
         return p, ok
 
     def _fire(self, fld, pos, tip, k, d0, bidx, dt, damp, L, steps, f2conv):

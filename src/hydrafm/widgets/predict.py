@@ -81,6 +81,18 @@ def _leave_a_core_for_the_viewer() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
 
+def _verify_job(gen, stack_name: str, common: dict):
+    """Worker body of *Verify*: the simulation, then the two image layers (built here, off the main thread)."""
+    from napari.layers import Image
+
+    v = yield from gen
+    simulated = Image(v.simulated.data, name=f"simulated ({stack_name})", colormap="gray", **common)
+    lim = float(np.percentile(np.abs(v.residual), 99.5)) or 1.0
+    residual = Image(v.residual, name=f"residual ({stack_name})", colormap="PiYG", contrast_limits=(-lim, lim),
+                     **common)
+    return v, simulated, residual
+
+
 class PredictWidget(Container):
     """Predict atoms for the chosen stack layer, then edit, verify and export them."""
 
@@ -408,9 +420,12 @@ class PredictWidget(Container):
             self._fail(exc)
             return
         self._busy(True, "Simulating the atoms' AFM stack…", "Cancel")
-        self._worker = create_worker(iter_verify_atoms, stack, atoms, engine=self.engine.value, _ignore_errors=True)
+        common = {"scale": tuple(stack_layer.scale), "translate": tuple(stack_layer.translate),
+                  "units": tuple(str(u) for u in stack_layer.units), "metadata": {"hydrafm_derived": "verification"}}
+        self._worker = create_worker(_verify_job, iter_verify_atoms(stack, atoms, engine=self.engine.value),
+                                     stack_layer.name, common, _ignore_errors=True)
         self._worker.yielded.connect(self._on_progress)
-        self._worker.returned.connect(lambda v, layer=stack_layer: self._on_verified(v, layer))
+        self._worker.returned.connect(self._on_verified)
         self._worker.errored.connect(self._fail)
         self._worker.finished.connect(self._on_finished)
         self._worker.start()
@@ -432,17 +447,26 @@ class PredictWidget(Container):
         stack_layer = stack_layer_for(self._viewer, points, self.stack.value)
         return points, stack_layer, stack_of_layer(stack_layer), atoms_of_layer(points)
 
-    def _on_verified(self, v: Any, stack_layer: Any) -> None:
-        common = {"scale": tuple(stack_layer.scale), "translate": tuple(stack_layer.translate),
-                  "units": tuple(str(u) for u in stack_layer.units), "metadata": {"hydrafm_derived": "verification"}}
-        self._viewer.add_image(v.simulated.data, name=f"simulated ({stack_layer.name})", colormap="gray", **common)
-        lim = float(np.percentile(np.abs(v.residual), 99.5)) or 1.0
-        self._viewer.add_image(v.residual, name=f"residual ({stack_layer.name})", colormap="PiYG",
-                               contrast_limits=(-lim, lim), **common)
-        note = f"\n{v.dropped} overlapping atom(s) left out of the simulation" if v.dropped else ""
-        self._set_info(f"Similarity {v.similarity:.3f} (mean correlation over heights; 1 = identical)\n"
-                       f"best closest distance {v.distance:.1f} Å above the top atom{note}")
-        self._notify(f"Verification: similarity {v.similarity:.3f}")
+    def _on_verified(self, result: tuple) -> None:
+        """Insert the layers the worker built, one per event-loop turn (each insertion is a main-thread stall)."""
+        from qtpy.QtCore import QTimer
+
+        v, simulated, residual = result
+        self._viewer.add_layer(simulated)
+        self._settling = True
+
+        def second() -> None:
+            self._settling = False
+            try:
+                self._viewer.add_layer(residual)
+                note = f"\n{v.dropped} overlapping atom(s) left out of the simulation" if v.dropped else ""
+                self._set_info(f"Similarity {v.similarity:.3f} (mean correlation over heights; 1 = identical)\n"
+                               f"best closest distance {v.distance:.1f} Å above the top atom{note}")
+                self._notify(f"Verification: similarity {v.similarity:.3f}")
+            except RuntimeError:  # the widget was closed in the meantime
+                pass
+
+        QTimer.singleShot(60, second)
 
     # ------------------------------------------------------------- refine
     def _on_refine_clicked(self, *_: Any) -> None:
