@@ -1,0 +1,39 @@
+"""Calibrate each model's threshold on the first half of held-out sets, score on the second half.
+
+    for k in ice water hydrates; do hydrafm simulate $k -n 96 --split held-out --distance 2.5:3.5 \
+        --seed 7 --shard-size 16 --out $HYDRAFM_EVAL/$k-heldout; done
+    python scripts/compare_heldout.py MODEL [MODEL ...]      # → compare.json
+
+The threshold with the best mean O/H F1 on the first halves of the ice and water sets is chosen
+per model; every set's second half is then scored as it is and after experiment-like
+degradations (``hydrafm evaluate --degrade``), per family and per distance regime.
+"""
+import json, sys
+import numpy as np, torch
+torch.set_num_threads(2)
+from hydrafm.simulate.dataset import AFMDataset
+from hydrafm.predict.evaluate import evaluate_thresholds, best_threshold, evaluate_groups
+from hydrafm.progress import drive
+from hydrafm.predict.predictor import resolve_model
+sets = {k: AFMDataset(f"/work/cache/eval/{k}-heldout") for k in ("ice", "water", "hydrates")}
+models = sys.argv[1:]
+ths = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+out = {}
+for m in models:
+    net = resolve_model(m, "cpu")
+    tot = {t: None for t in ths}
+    for k in ("ice", "water"):
+        ds = sets[k]; half = np.arange(len(ds) // 2)
+        res = drive(evaluate_thresholds(ds, net, half, ths), show=False)
+        for t in ths:
+            tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
+    t = best_threshold(tot, ("O", "H"))
+    out[m] = {"threshold": t, "calibration": {str(k): v.summary() for k, v in tot.items()}}
+    for k, ds in sets.items():
+        rest = np.arange(len(ds) // 2, len(ds))
+        g = drive(evaluate_groups(ds, net, rest, t), show=False)
+        out[m][k] = g.summary()
+        gd = drive(evaluate_groups(ds, net, rest, t, degrade=True), show=False)
+        out[m][k + "_degraded"] = gd.summary()
+    print(m, "threshold", t, flush=True)
+json.dump(out, open("/work/cache/cmp/compare.json", "w"), indent=1)
