@@ -15,7 +15,10 @@ from hydrafm.simulate.dataset import AFMDataset
 from hydrafm.predict.evaluate import evaluate_thresholds, best_threshold, evaluate_groups
 from hydrafm.progress import drive
 from hydrafm.predict.predictor import resolve_model
-sets = {k: AFMDataset(f"/work/cache/eval/{k}-heldout") for k in ("ice", "water", "hydrates")}
+import os
+
+root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")  # the folders made by the commands above
+sets = {k: AFMDataset(f"{root}/{k}-heldout") for k in ("ice", "water", "hydrates")}
 models = sys.argv[1:]
 ths = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 out = {}
@@ -36,4 +39,4 @@ for m in models:
         gd = drive(evaluate_groups(ds, net, rest, t, degrade=True), show=False)
         out[m][k + "_degraded"] = gd.summary()
     print(m, "threshold", t, flush=True)
-json.dump(out, open("/work/cache/cmp/compare.json", "w"), indent=1)
+json.dump(out, open(os.environ.get("HYDRAFM_COMPARE_OUT", "compare.json"), "w"), indent=1)
