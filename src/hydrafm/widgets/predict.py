@@ -86,10 +86,11 @@ def _verify_job(gen, stack_name: str, common: dict):
     from napari.layers import Image
 
     v = yield from gen
-    simulated = Image(v.simulated.data, name=f"simulated ({stack_name})", colormap="gray", **common)
+    # built hidden: inserting a layer and drawing it the first time then fall in separate event-loop turns
+    simulated = Image(v.simulated.data, name=f"simulated ({stack_name})", colormap="gray", visible=False, **common)
     lim = float(np.percentile(np.abs(v.residual), 99.5)) or 1.0
     residual = Image(v.residual, name=f"residual ({stack_name})", colormap="PiYG", contrast_limits=(-lim, lim),
-                     **common)
+                     visible=False, **common)
     return v, simulated, residual
 
 
@@ -454,11 +455,19 @@ class PredictWidget(Container):
         v, simulated, residual = result
         self._viewer.add_layer(simulated)
         self._settling = True
+        QTimer.singleShot(30, lambda: setattr(simulated, "visible", True))
 
         def second() -> None:
-            self._settling = False
             try:
                 self._viewer.add_layer(residual)
+                QTimer.singleShot(30, third)
+            except RuntimeError:  # the widget was closed in the meantime
+                self._settling = False
+
+        def third() -> None:
+            self._settling = False
+            try:
+                residual.visible = True
                 note = f"\n{v.dropped} overlapping atom(s) left out of the simulation" if v.dropped else ""
                 self._set_info(f"Similarity {v.similarity:.3f} (mean correlation over heights; 1 = identical)\n"
                                f"best closest distance {v.distance:.1f} Å above the top atom{note}")
