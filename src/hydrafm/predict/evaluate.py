@@ -36,21 +36,29 @@ def evaluate_thresholds(
     ``molecules`` scores the whole molecules :func:`~hydrafm.predict.predictor.predict_atoms`
     returns by default; ``False`` the loose atoms.
     """
-    st = ds.settings
     net_info = resolve_model(model, device)
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
     totals = {float(t): Scores() for t in thresholds}
     for k, i in enumerate(idx):
-        s = ds[int(i)]
-        stack = AFMStack(s.stack, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
-                         (st.pixel_size / 2, st.pixel_size / 2))
-        pred = Prediction(*predict_maps(stack, net_info, device, flips=flips))
+        s, pred = _predict_sample(ds, int(i), net_info, device, flips)
         truth = np.array(LABELS)[s.labels]
         for t, total in totals.items():
             atoms = pred.atoms(t, molecules)
             total.add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top))
         yield Progress("evaluating", k + 1, len(idx))
     return totals
+
+
+def _predict_sample(ds: AFMDataset, i: int, net_info, device, flips: bool, degrade: bool = False):
+    """``(sample, Prediction)`` of sample ``i`` (after :func:`degrade_like_experiment`, seeded by ``i``)."""
+    st = ds.settings
+    s = ds[i]
+    data = s.stack
+    if degrade:
+        data = degrade_like_experiment(data, np.random.default_rng([i, 2026]), st.pixel_size)
+    stack = AFMStack(data, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
+                     (st.pixel_size / 2, st.pixel_size / 2))
+    return s, Prediction(*predict_maps(stack, net_info, device, flips=flips))
 
 
 def evaluate_dataset(
@@ -154,7 +162,6 @@ def evaluate_groups(
     """Score every chosen sample; add up per family (``AFMDataset.draws()['group']``) and per
     closest-distance regime; keep the ``n_worst`` samples. ``degrade`` scores the stacks after
     :func:`degrade_like_experiment` (seeded per sample)."""
-    st = ds.settings
     net_info = resolve_model(model, device)
     t = default_threshold(net_info[1]) if threshold is None else float(threshold)
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
@@ -162,13 +169,8 @@ def evaluate_groups(
     total, fam, dist = Scores(), {}, {}
     per_sample = []
     for k, i in enumerate(idx):
-        s = ds[int(i)]
-        data = s.stack
-        if degrade:
-            data = degrade_like_experiment(data, np.random.default_rng([int(i), 2026]), st.pixel_size)
-        stack = AFMStack(data, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
-                         (st.pixel_size / 2, st.pixel_size / 2))
-        atoms = Prediction(*predict_maps(stack, net_info, device, flips=flips)).atoms(t, molecules)
+        s, pred = _predict_sample(ds, int(i), net_info, device, flips, degrade)
+        atoms = pred.atoms(t, molecules)
         truth = np.array(LABELS)[s.labels]
         sc = score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top)
         total.add(sc)
