@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from ..models.preprocess import normalize_stack_torch
 from ..models.unet import StructureUNet, UNetConfig
 from ..progress import Progress
 from ..simulate.engine import TipBatch, TorchSimulator
@@ -253,7 +254,7 @@ class BatchMaker:
             maps = self.maps(plan["pos"], plan["lab"])
             if degrade_stacks:
                 x, maps = degrade(x, maps, np.random.default_rng(plan["seed"]), self.cfg.degrade)
-            x = normalize(x, self.cfg.normalization)
+            x = normalize_stack_torch(x, self.cfg.normalization)
         return x[:, None], maps
 
     def make(self, rng: np.random.Generator, n: int, degrade_stacks: bool = True,
@@ -294,16 +295,6 @@ class BatchMaker:
         gx = torch.exp(-0.5 * ((c[None, None, :] - xy[..., 0:1]) / cfg.sigma) ** 2)  # (B, N, W)
         gy = torch.exp(-0.5 * ((c[None, None, :] - xy[..., 1:2]) / cfg.sigma) ** 2)  # (B, N, H)
         return torch.einsum("bnl,bny,bnx->blyx", onehot, gy, gx).clamp_(max=1.0)
-
-
-def normalize(x: torch.Tensor, method: str) -> torch.Tensor:
-    """``models.preprocess.normalize_stack`` in torch, for ``(B, Z, H, W)``."""
-    dims = (-3, -2, -1) if method == "stack-zscore" else (-2, -1)
-    if method not in ("stack-zscore", "frame-zscore"):
-        raise ValueError(f"unknown normalisation {method!r}")
-    mean = x.mean(dim=dims, keepdim=True)
-    std = x.std(dim=dims, keepdim=True, unbiased=False)
-    return (x - mean) / std.clamp(min=1e-6)
 
 
 def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: Degradations):
