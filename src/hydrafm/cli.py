@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import warnings
@@ -472,7 +473,8 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
                            init_from=args.init_from, cache=cache_dir("otf"))
     out = drive(gen, show=sys.stderr.isatty(), on_record=lambda rec: print(
         json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))
-    print(json.dumps({"model": str(out)}))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports (and writes the model)
+        print(json.dumps({"model": str(out)}), flush=True)
     return 0
 
 
