@@ -624,7 +624,7 @@ class _Field:
         val = b0 + (b1 - b0) * tz
         if not jacobian:
             return val
-        ux, uy, uz = 1 - tx, 1 - ty, 1 - tz
+        uy, uz = 1 - ty, 1 - tz
         dx = ((c100 - c000) * uy * uz + (c110 - c010) * ty * uz + (c101 - c001) * uy * tz
               + (c111 - c011) * ty * tz) / st[0]
         dy = ((a10 - a00) * uz + (a11 - a01) * tz) / st[1]

@@ -28,7 +28,6 @@ from typing import Generator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from ..models.preprocess import normalize_stack_torch
