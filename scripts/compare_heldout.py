@@ -8,14 +8,13 @@ The threshold with the best mean O/H F1 on the first halves of the ice and water
 per model; every set's second half is then scored as it is and after experiment-like
 degradations (``hydrafm evaluate --degrade``), per family and per distance regime.
 """
-import json, sys
+import json, os, sys
 import numpy as np, torch
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 from hydrafm.simulate.dataset import AFMDataset
 from hydrafm.predict.evaluate import evaluate_thresholds, best_threshold, evaluate_groups
 from hydrafm.progress import drive
 from hydrafm.predict.predictor import resolve_model
-import os
 
 root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")  # the folders made by the commands above
 sets = {k: AFMDataset(f"{root}/{k}-heldout") for k in ("ice", "water", "hydrates")}

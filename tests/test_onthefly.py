@@ -15,8 +15,8 @@ import torch
 from hydrafm.models.checkpoint import load_checkpoint
 from hydrafm.models.unet import UNetConfig
 from hydrafm.progress import drive
-from hydrafm.training.onthefly import (BatchMaker, Degradations, OnTheFlyConfig, default_split, degrade,
-                                       train_on_the_fly)
+from hydrafm.training.onthefly import (BatchMaker, Degradations, OnTheFlyConfig, ReplayBuffer, default_split,
+                                       degrade, train_on_the_fly)
 
 TINY = OnTheFlyConfig(pools=("water",), batch_size=2, crop=16, steps_per_epoch=2, epochs=2, val_size=4,
                       layer_depth=3.0)
@@ -121,3 +121,27 @@ def test_2d_encoder_trains_and_round_trips(tmp_path):
     model, info, _ = load_checkpoint(out)
     assert info.config.encoder == "2d"
     assert model(torch.zeros(1, 1, 10, 16, 16)).shape == (1, 6, 16, 16)
+
+
+def test_replay_buffer_keeps_the_newest_and_samples_from_them():
+    buf = ReplayBuffer(3)
+    for v in range(5):  # 0..4 pushed; capacity 3 keeps 2, 3, 4
+        buf.push(torch.full((1, 2, 4, 4), float(v)), torch.full((1, 6, 4, 4), float(v)))
+    x, y = buf.sample(np.random.default_rng(0), 50)
+    assert buf.size == 3 and set(x[:, 0, 0, 0].tolist()) == {2.0, 3.0, 4.0}
+    assert torch.equal(x[:, 0, 0, 0], y[:, 0, 0, 0])  # stacks stay with their maps
+    with pytest.raises(ValueError, match="empty"):
+        ReplayBuffer(2).sample(np.random.default_rng(0), 1)
+
+
+def test_replay_trains_more_samples_than_it_simulates(tmp_path):
+    out = tmp_path / "r.pt"
+    recs = []
+    cfg = replace(TINY, epochs=1, steps_per_epoch=6, sim_share=1e-9, buffer=8)
+    drive(train_on_the_fly(out, cfg, UNetConfig(base_channels=4), device="cpu", cache=tmp_path / "cache"),
+          show=False, on_record=recs.append)
+    (rec,) = recs
+    # a first batch is always simulated; with a share of ~0 the other 5 steps replay it
+    assert rec.new_samples_per_s * 6 == pytest.approx(rec.samples_per_s, rel=1e-6)
+    _, info, _ = load_checkpoint(out)
+    assert info.provenance["on_the_fly"]["sim_share"] == pytest.approx(1e-9)

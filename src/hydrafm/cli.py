@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--minutes", type=float, help="stop cleanly after this many minutes (best checkpoint kept)")
     tr.add_argument("--steps-per-epoch", type=int, default=100, help="on the fly: batches per epoch")
     tr.add_argument("--val-size", type=int, default=96, help="on the fly: held-out stacks scored every epoch")
+    tr.add_argument("--sim-share", type=float,
+                    help="on the fly: reuse simulated stacks from a replay buffer (each time freshly rotated, "
+                         "drifted and noised), spending about this share of the time simulating (e.g. 0.5 on a CPU); "
+                         "default: a fresh batch every step")
+    tr.add_argument("--buffer", type=int, default=1024, help="on the fly with --sim-share: stacks kept for replay")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("-o", "--out", type=Path, required=True, help="checkpoint to write (best epoch)")
     tr.add_argument("--init-from", help="start from this model (name or file): fine-tuning / transfer")
@@ -466,7 +471,7 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
     cfg = OnTheFlyConfig(pools=tuple(p.strip() for p in args.pools.split(",") if p.strip()),
                          batch_size=args.batch_size, crop=args.crop or 64, steps_per_epoch=args.steps_per_epoch,
                          epochs=args.epochs, minutes=args.minutes, val_size=args.val_size, lr=args.lr,
-                         patience=args.patience, seed=args.seed,
+                         patience=args.patience, seed=args.seed, sim_share=args.sim_share, buffer=args.buffer,
                          label_depth=args.label_depth if args.label_depth is not None else 2.0)
     gen = train_on_the_fly(args.out, cfg, UNetConfig(base_channels=args.base_channels, encoder=args.encoder),
                            device=args.device,

@@ -38,7 +38,7 @@ from ..simulate.settings import SampledTip, SimulationSettings
 from .train import EpochStats, pick_device, train_step, weighted_mse
 
 __all__ = ["TipRanges", "Degradations", "OnTheFlyConfig", "StructureSource", "BatchMaker", "train_on_the_fly",
-           "degrade"]
+           "degrade", "ReplayBuffer"]
 
 N_LABELS = 6  # O, Na, K, H_up, H_flat, H_down (hydrafm.io.xyz.LABELS)
 
@@ -101,6 +101,8 @@ class OnTheFlyConfig:
     sigma: float = 0.35
     positive_weight: float = 10.0
     label_depth: float | None = 2.0  # only atoms this close to the top get targets
+    sim_share: float | None = None  # None: a fresh batch every step; else replay (see ReplayBuffer)
+    buffer: int = 1024  # replay: simulated stacks kept
     layer_depth: float | None = None  # water windows: keep only molecules this close to the top
     normalization: str = "stack-zscore"
     tips: TipRanges = field(default_factory=TipRanges)
@@ -243,35 +245,44 @@ class BatchMaker:
         return {"amp": amp, "dz": dz, "pos": pos, "num": num, "lab": lab, "tips": tips,
                 "seed": int(rng.integers(2**62))}
 
-    def render(self, plan: dict, degrade_stacks: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The device half: simulate, label, degrade, normalise → ``(stacks (n, 1, Z, H, W), maps (n, 6, H, W))``."""
+    def simulate(self, plan: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device half: clean Δf stacks ``(n, Z, H, W)`` and label maps ``(n, 6, H, W)``."""
         sim = self.simulator(plan["amp"], plan["dz"])
         tb = TipBatch.from_tips(plan["tips"], sim.settings, self.device)
         with torch.no_grad():
             x = sim(plan["pos"], plan["num"], tb)  # (n, Z, H, W)
             x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-1e3, 1e3)
-            maps = self.maps(plan["pos"], plan["lab"])
-            if degrade_stacks:
-                x, maps = degrade(x, maps, np.random.default_rng(plan["seed"]), self.cfg.degrade)
+            return x, self.maps(plan["pos"], plan["lab"])
+
+    def finish(self, x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Degrade (unless ``rng`` is None) and normalise → ``(stacks (n, 1, Z, H, W), maps)``."""
+        with torch.no_grad():
+            if rng is not None:
+                x, maps = degrade(x, maps, rng, self.cfg.degrade)
             x = normalize_stack_torch(x, self.cfg.normalization)
         return x[:, None], maps
+
+    def render(self, plan: dict, degrade_stacks: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Simulate, label, degrade, normalise → ``(stacks (n, 1, Z, H, W), maps (n, 6, H, W))``."""
+        x, maps = self.simulate(plan)
+        return self.finish(x, maps, np.random.default_rng(plan["seed"]) if degrade_stacks else None)
 
     def make(self, rng: np.random.Generator, n: int, degrade_stacks: bool = True,
              nominal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch ``(stacks (n, 1, Z, H, W) normalised, maps (n, 6, H, W))`` on the device."""
         return self.render(self.plan(rng, n, nominal), degrade_stacks)
 
-    def stream(self, rng: np.random.Generator, n: int, count: int):
-        """``count`` batches; the next batch's CPU half is drawn in a thread while this one trains."""
+    def plans(self, rng: np.random.Generator, n: int):
+        """Endless batch plans; the next one is drawn in a thread while this one is used."""
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             nxt = pool.submit(self.plan, rng, n)
-            for k in range(count):
+            while True:
                 plan = nxt.result()
-                if k + 1 < count:
-                    nxt = pool.submit(self.plan, rng, n)
-                yield self.render(plan)
+                nxt = pool.submit(self.plan, rng, n)
+                yield plan
 
     def maps(self, positions: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> torch.Tensor:
         """Gaussian label maps ``(B, 6, H, W)`` on the device (peak 1 per atom; see ``simulate.labels``)."""
@@ -294,6 +305,38 @@ class BatchMaker:
         gx = torch.exp(-0.5 * ((c[None, None, :] - xy[..., 0:1]) / cfg.sigma) ** 2)  # (B, N, W)
         gy = torch.exp(-0.5 * ((c[None, None, :] - xy[..., 1:2]) / cfg.sigma) ** 2)  # (B, N, H)
         return torch.einsum("bnl,bny,bnx->blyx", onehot, gy, gx).clamp_(max=1.0)
+
+
+class ReplayBuffer:
+    """The last ``capacity`` clean simulated stacks and their maps, on the training device.
+
+    On a CPU, simulating a 64 × 64 stack costs ~20× a 2D U-Net training step, so fresh batches
+    alone leave the network idle. With a replay buffer each stack is used several times, each time
+    under new random rotations, flips, drift, noise and contrast (:func:`degrade`), and the share
+    of time spent simulating is held at ``OnTheFlyConfig.sim_share``.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.size = 0
+        self._next = 0
+
+    def push(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.x is None:
+            self.x = x.new_zeros((self.capacity, *x.shape[1:]))
+            self.y = y.new_zeros((self.capacity, *y.shape[1:]))
+        for k in range(len(x)):
+            self.x[self._next], self.y[self._next] = x[k], y[k]
+            self._next = (self._next + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.size == 0:
+            raise ValueError("the replay buffer is empty")
+        idx = torch.as_tensor(rng.choice(self.size, size=n, replace=self.size < n), device=self.x.device)
+        return self.x[idx], self.y[idx]
 
 
 def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: Degradations):
@@ -477,16 +520,25 @@ def train_on_the_fly(
         return weighted_mse(pred, target, cfg.positive_weight)
 
     samples = 0
+    replay = ReplayBuffer(cfg.buffer) if cfg.sim_share is not None else None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, rank, epoch]))
         net.train()
-        total, count, sim_s = 0.0, 0, 0.0
+        total, count, sim_s, fresh, fresh_s = 0.0, 0, 0.0, 0, 0.0
         stop = False
-        batches = maker.stream(rng, cfg.batch_size, cfg.steps_per_epoch)
+        plans = maker.plans(rng, cfg.batch_size)
         for b in range(cfg.steps_per_epoch):
             ts = time.perf_counter()
-            x, y = next(batches)
+            if replay is None:
+                x, y = maker.render(next(plans))
+                fresh += len(x)
+            else:
+                if replay.size < cfg.batch_size or fresh_s <= cfg.sim_share * (ts - t0):
+                    replay.push(*maker.simulate(next(plans)))
+                    fresh += cfg.batch_size
+                    fresh_s += time.perf_counter() - ts
+                x, y = maker.finish(*replay.sample(rng, cfg.batch_size), rng)
             sim_s += time.perf_counter() - ts
             total += train_step(net, model, opt, x, y, loss_fn, dev) * len(x)
             count += len(x)
@@ -497,7 +549,7 @@ def train_on_the_fly(
             stop = _agree(stop, world, dev)
             if stop:
                 break
-        batches.close()  # ends the drawing thread
+        plans.close()  # ends the drawing thread
         seconds = time.perf_counter() - t0
         improved = False
         if rank == 0:
@@ -514,7 +566,8 @@ def train_on_the_fly(
                                                 "stale": stale, "otf_config": cfg.to_dict(),
                                                 "seconds": spent + time.perf_counter() - t_start})
             yield OnTheFlyEpoch(epoch + 1, cfg.epochs, total / max(count, 1), val, best, improved, seconds,
-                                str(dev), None, count * world / max(seconds, 1e-9), sim_s / max(seconds, 1e-9))
+                                str(dev), None, count * world / max(seconds, 1e-9), sim_s / max(seconds, 1e-9),
+                                fresh * world / max(seconds, 1e-9))
         stop = stop or _agree(stale >= cfg.patience, world, dev)
         if stop:
             break
@@ -531,6 +584,7 @@ class OnTheFlyEpoch(EpochStats):
 
     samples_per_s: float = 0.0
     simulation_share: float = 0.0  # fraction of the epoch's time spent making batches
+    new_samples_per_s: float = 0.0  # freshly simulated stacks (lower than samples_per_s with replay)
 
 
 def _same_run(saved: dict | None, cfg: OnTheFlyConfig) -> bool:
