@@ -513,7 +513,7 @@ def train_on_the_fly(
         "world_size": world,
         "device": str(dev),
     })
-    t_start = time.perf_counter()
+    t_start, cpu0 = time.perf_counter(), time.process_time()
     deadline = None if cfg.minutes is None else t_start + 60 * cfg.minutes
 
     def loss_fn(pred, target):
@@ -567,7 +567,7 @@ def train_on_the_fly(
                                                 "seconds": spent + time.perf_counter() - t_start})
             yield OnTheFlyEpoch(epoch + 1, cfg.epochs, total / max(count, 1), val, best, improved, seconds,
                                 str(dev), None, count * world / max(seconds, 1e-9), sim_s / max(seconds, 1e-9),
-                                fresh * world / max(seconds, 1e-9))
+                                fresh * world / max(seconds, 1e-9), time.process_time() - cpu0)
         stop = stop or _agree(stale >= cfg.patience, world, dev)
         if stop:
             break
@@ -585,6 +585,7 @@ class OnTheFlyEpoch(EpochStats):
     samples_per_s: float = 0.0
     simulation_share: float = 0.0  # fraction of the epoch's time spent making batches
     new_samples_per_s: float = 0.0  # freshly simulated stacks (lower than samples_per_s with replay)
+    cpu_seconds: float = 0.0  # CPU time of this process so far (all its threads): the compute spent
 
 
 def _same_run(saved: dict | None, cfg: OnTheFlyConfig) -> bool:
