@@ -71,6 +71,25 @@ def test_newton_and_fire_reach_the_same_equilibrium_and_batching_is_exact():
     assert torch.allclose(one[0], both[1], atol=1e-5 * float(both[1].abs().max()))
 
 
+def test_relaxation_returns_the_force_that_forces_at_samples():
+    s = SimulationSettings(**SMALL)
+    sim = TorchSimulator(s, dtype=torch.float64)
+    pos, z = pair()
+    tb = TipBatch.from_tips([SampledTip(2.4, (0.2, -0.1))], s, dtype=torch.float64)
+    p, c, q = sim.prepare([pos], [z], tb)
+    grid = sim.force_field(p, c, q, sim.tip_charges(tb))
+    for solver in ("newton", "fire"):
+        relaxed, apex, fz = sim.relax(grid, tb, solver=solver, return_fz=True)
+        assert fz.shape == relaxed.shape[:3]
+        assert torch.allclose(fz, sim.forces_at(grid, relaxed, apex, tb), rtol=0, atol=1e-12)
+    # Newton, started from the equilibrium predicted along the stroke, finds FIRE's equilibria
+    # (within the force tolerance; a few points near an instability end on the other branch)
+    newton, _ = sim.relax(grid, tb, solver="newton")
+    fire, _ = sim.relax(grid, tb, solver="fire")
+    d = (newton - fire).norm(dim=-1)
+    assert float(d.median()) < 0.003 and float((d > 0.02).double().mean()) < 0.005
+
+
 def test_gradients_match_finite_differences():
     s = SimulationSettings(**SMALL)
     sim = TorchSimulator(s, dtype=torch.float64)

@@ -266,13 +266,19 @@ class TorchSimulator:
         return (dpos - d0) * k[..., :3] + dpos * (k[..., 3:4] * (r - length) / r)
 
     @staticmethod
-    def _tip_jacobian(dpos: torch.Tensor, k: torch.Tensor, length: float) -> torch.Tensor:
-        """``∂ tipForce / ∂ dpos`` ``(..., 3, 3)``."""
+    def _tip_jacobian(dpos: torch.Tensor, k: torch.Tensor, length: float, add: torch.Tensor | None = None):
+        """``∂ tipForce / ∂ dpos`` ``(..., 3, 3)`` (plus ``add``, e.g. the sample force's Jacobian)."""
         r2 = (dpos * dpos).sum(-1, keepdim=True)
         r = torch.sqrt(r2)
         kr = k[..., 3:4]
-        J = torch.diag_embed(k[..., :3] + kr * (1 - length / r))
-        return J + (kr * length / (r2 * r))[..., None] * dpos[..., :, None] * dpos[..., None, :]
+        J = (kr * length / (r2 * r))[..., None] * dpos[..., :, None] * dpos[..., None, :]
+        if add is not None:
+            J = J + add
+        diag = k[..., :3] + kr * (1 - length / r)
+        if J.requires_grad or diag.requires_grad:
+            return J + torch.diag_embed(diag)
+        J.diagonal(dim1=-2, dim2=-1).add_(diag)
+        return J
 
     def _springs(self, tips: TipBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Spring constants ``(B, 1, 4)`` in eV/Å² (negative: restoring) and rest offsets ``(B, 1, 3)``."""
@@ -291,24 +297,38 @@ class TorchSimulator:
         steps: int = N_RELAX_STEP_MAX,
         f2conv: float = F2CONV,
         newton_iters: int = 5,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return_fz: bool = False,
+    ):
         """Relaxed probe positions ``(B, P, nz, 3)`` and the tip apexes ``(P, nz, 3)`` (no gradients).
 
         ``solver='fire'`` is ppafm's FIRE relaxation step by step; ``'newton'`` (default)
-        solves the same equilibrium F_sample + F_spring = 0 by damped Newton steps from the
-        previous height's position (the same branch as the stroke) and hands every pixel
-        that is not converged to a stable equilibrium after a few steps to FIRE.
+        solves the same equilibrium F_sample + F_spring = 0 by damped Newton steps and hands
+        every pixel that is not converged to a stable equilibrium after a few steps to FIRE
+        (from the previous height's position, as the stroke). Newton starts from the previous
+        height's equilibrium followed to first order as the tip steps down (usually converged
+        already, or after one step), and where that fails from the previous height's
+        position moved with the tip.
+
+        With ``return_fz`` also the sample's F_z ``(B, P, nz)`` at the relaxed probe, taken
+        from the relaxation's last force evaluation (the same value :meth:`forces_at`
+        samples, without its gradients).
         """
         if solver not in ("newton", "fire"):
             raise ValueError(f"unknown relaxation solver {solver!r}; choose 'newton' or 'fire'")
         with _one_cpu_thread(self.device):
-            return self._relax(grid, tips, solver, steps, f2conv, newton_iters)
+            relaxed, apex, fz = self._relax(grid, tips, solver, steps, f2conv, newton_iters)
+        return (relaxed, apex, fz) if return_fz else (relaxed, apex)
+
+    #: largest difference (Å) between the predicted equilibrium at the next height and the
+    #: previous one moved with the tip that the Newton start takes (beyond: near an instability)
+    PREDICT_MAX = 0.1
 
     def _relax(self, grid, tips, solver, steps, f2conv, newton_iters):
         s = self.settings
         L = s.probe_length
         B = grid.shape[0]
         P = self.tip_xy.shape[0]
+        M = B * P
         kw = dict(device=self.device, dtype=self.dtype)
         with torch.no_grad():
             fld = self.field(grid.detach())
@@ -317,69 +337,105 @@ class TorchSimulator:
             kM, d0M = k.expand(B, P, 4).reshape(-1, 4), d0.expand(B, P, 3).reshape(-1, 3)
             tip = torch.cat([self.tip_xy, torch.full((P, 1), self.Z_TOP, **kw)], dim=1).repeat(B, 1)  # (M, 3)
             pos = tip + d0M
-            dt = torch.full((B * P, 1), DT, **kw)
-            damp = torch.full((B * P, 1), DAMP, **kw)
-            out = torch.empty((B * P, self.nz, 3), **kw)
+            dt = torch.full((M, 1), DT, **kw)
+            damp = torch.full((M, 1), DAMP, **kw)
+            out = torch.empty((M, self.nz, 3), **kw)
+            fz = torch.empty((M, self.nz), **kw)
+            step_z = torch.tensor([0.0, 0.0, s.dz], **kw)
             for iz in range(self.nz):
-                todo = torch.arange(B * P, device=self.device)
+                todo = None
                 if solver == "newton":
-                    pos_n, ok = self._newton(fld, pos, tip, kM, d0M, bidx, L, f2conv, newton_iters)
+                    start, moved = pos, None
+                    if iz >= 1:  # the previous equilibrium followed along the stroke to first order
+                        jump = pred - pos
+                        moved = ok & ((jump * jump).sum(-1) < self.PREDICT_MAX**2)
+                        start = torch.where(moved[:, None], pred, pos)
+                    pos_n, ok, f_n, pred = self._newton(fld, start, tip, kM, d0M, bidx, L, f2conv, newton_iters,
+                                                        next_dz=s.dz)
+                    redo = None if moved is None or bool(ok.all()) else (moved & ~ok).nonzero()[:, 0]
+                    if redo is not None and len(redo):
+                        # where the predicted start failed, Newton from the previous position
+                        p2, ok2, f2, pr2 = self._newton(fld, pos[redo], tip[redo], kM[redo], d0M[redo], bidx[redo],
+                                                        L, f2conv, newton_iters, next_dz=s.dz)
+                        pos_n[redo], ok[redo], f_n[redo], pred[redo] = p2, ok2, f2, pr2
                     pos = torch.where(ok[:, None], pos_n, pos)
-                    todo = todo[~ok]
-                if len(todo):
+                    fz[:, iz] = f_n
+                    if not bool(ok.all()):
+                        todo = (~ok).nonzero()[:, 0]
+                else:
+                    todo = torch.arange(M, device=self.device)
+                if todo is not None:
                     p, d, m = self._fire(fld, pos[todo], tip[todo], kM[todo], d0M[todo], bidx[todo], dt[todo],
                                          damp[todo], L, steps, f2conv)
                     pos[todo], dt[todo], damp[todo] = p, d, m
+                    fz[todo, iz] = fld.sample(p, bidx[todo])[:, 2]
                 out[:, iz] = pos
-                tip = tip.clone()
-                tip[:, 2] -= s.dz
-                pos = pos.clone()
-                pos[:, 2] -= s.dz
+                tip = tip - step_z
+                pos = pos - step_z
         tips_z = self.Z_TOP - s.dz * torch.arange(self.nz, **kw)
         apex = torch.cat(
             [self.tip_xy[:, None, :].expand(P, self.nz, 2), tips_z[None, :, None].expand(P, self.nz, 1)], dim=-1
         )
-        return out.reshape(B, P, self.nz, 3), apex
+        return out.reshape(B, P, self.nz, 3), apex, fz.reshape(B, P, self.nz)
 
-    def _newton(self, fld, pos, tip, k, d0, bidx, L, f2conv, iters: int = 5, max_step: float = 0.25):
-        """Damped Newton steps on G(p) = F_sample + F_spring; ``(positions, converged & stable)``.
+    def _newton(self, fld, pos, tip, k, d0, bidx, L, f2conv, iters: int = 5, max_step: float = 0.25,
+                next_dz: float = 0.0):
+        """Damped Newton steps on G(p) = F_sample + F_spring; ``(positions, converged & stable,
+        sample F_z at the positions, predicted equilibria with the tip ``next_dz`` lower)``.
 
         Only points not yet converged are computed; converged points stay put, so a point's
-        result does not depend on the rest of the batch.
+        result does not depend on the rest of the batch. The prediction is the linearisation
+        at the converged point: G + J δp + ∂G/∂tip δtip = 0 (∂G/∂tip = −J_spring), which also
+        removes the residual G left within the tolerance.
         """
         p = pos.clone()
         M = len(p)
-        ok = torch.zeros(M, dtype=torch.bool, device=p.device)
-        act = torch.arange(M, device=p.device)
+        act = None  # None: all points
+        pa, ta, ka, da, ba = p, tip, k, d0, bidx
         for it in range(iters + 1):
-            pa = p[act]
-            ka = k[act]
-            val, jac = fld.sample(pa, bidx[act], jacobian=True)
-            d = pa - tip[act]
-            G = val + self._tip_force(d, ka, d0[act], L)
-            J = jac + self._tip_jacobian(d, ka, L)
+            val, jac = fld.sample(pa, ba, jacobian=True)
+            d = pa - ta
+            G = val + self._tip_force(d, ka, da, L)
+            J = self._tip_jacobian(d, ka, L, add=jac)
             conv = (G * G).sum(-1) < f2conv
-            ok[act[conv]] = _stable(J[conv]) & torch.isfinite(pa[conv]).all(-1)
-            if it == iters:
+            rows = _rows(J)
+            good = conv & _stable(J, rows) & torch.isfinite(pa).all(-1)
+            last = it == iters or not bool((~conv).any())
+            g_next = G + next_dz * (J[:, :, 2] - jac[:, :, 2])  # G once the tip moved (J − jac: the springs')
+            if last:  # no more steps: only the prediction
+                X = _solve3(J, g_next, rows)[..., None]
+            else:  # the Newton step and the prediction share J's cofactors
+                X = _solve3(J, torch.stack([g_next, G], dim=-1), rows)
+            pr = pa - X[..., 0]
+            if act is None:
+                ok, fz, pred = good, val[:, 2].clone(), pr
+            else:
+                ok[act], fz[act], pred[act] = good, val[:, 2], pr
+            if last:
                 break
-            act, pa, G, J = act[~conv], pa[~conv], G[~conv], J[~conv]
-            if len(act) == 0:
-                break
-            step = -_solve3(J, G)
+            keep = ~conv
+            step = X[..., 1]
+            if not bool(keep.all()):
+                idx = keep.nonzero()[:, 0]
+                act = idx if act is None else act[idx]
+                pa, step = pa[idx], step[idx]
+                ta, ka, da, ba = tip[act], k[act], d0[act], bidx[act]
+            elif act is None:
+                act = torch.arange(M, device=p.device)
             n = torch.sqrt((step * step).sum(-1, keepdim=True))
-            p[act] = pa + step * torch.clamp(max_step / (n + 1e-12), max=1.0)
-        return p, ok
+            pa = pa - step * torch.clamp(max_step / (n + 1e-12), max=1.0)
+            p[act] = pa
+        return p, ok, fz, pred
 
     def _fire(self, fld, pos, tip, k, d0, bidx, dt, damp, L, steps, f2conv):
         """ppafm's FIRE relaxation of the given points (only unconverged points are computed)."""
         pos, dt, damp = pos.clone(), dt.clone(), damp.clone()
-        v = torch.zeros_like(pos)
         idx = torch.arange(len(pos), device=pos.device)
+        # the working set: compacted only when points stop (few points: every operation counts)
+        p, vi, dti, dmi = pos, torch.zeros_like(pos), dt, damp
+        ti, ki, d0i, bi = tip, k, d0, bidx
         for _ in range(steps):
-            if len(idx) == 0:
-                break
-            p, vi, dti, dmi = pos[idx], v[idx], dt[idx], damp[idx]
-            f = fld.sample(p, bidx[idx]) + self._tip_force(p - tip[idx], k[idx], d0[idx], L)
+            f = fld.sample(p, bi) + self._tip_force(p - ti, ki, d0i, L)
             ff = (f * f).sum(-1, keepdim=True)
             vv = (vi * vi).sum(-1, keepdim=True)
             vf = (vi * f).sum(-1, keepdim=True)
@@ -388,8 +444,19 @@ class TorchSimulator:
             dti = torch.where(back, torch.clamp(dti * FTDEC, min=DT * 0.1), torch.clamp(dti * FTINC, max=DT))
             dmi = torch.where(back, torch.full_like(dmi, DAMP), dmi * FDAMP)
             vi = vi + f * dti
-            pos[idx], v[idx], dt[idx], damp[idx] = p + vi * dti, vi, dti, dmi
-            idx = idx[ff[:, 0] >= f2conv]  # ppafm stops a pixel after the step in which |F|² < F2CONV
+            p = p + vi * dti
+            go = ff[:, 0] >= f2conv  # ppafm stops a pixel after the step in which |F|² < F2CONV
+            if not bool(go.all()):
+                stop = ~go
+                pos[idx[stop]], dt[idx[stop]], damp[idx[stop]] = p[stop], dti[stop], dmi[stop]
+                sel = go.nonzero()[:, 0]
+                idx = idx[sel]
+                if len(idx) == 0:
+                    break
+                p, vi, dti, dmi = p[sel], vi[sel], dti[sel], dmi[sel]
+                ti, ki, d0i, bi = ti[sel], ki[sel], d0i[sel], bi[sel]
+        if len(idx):
+            pos[idx], dt[idx], damp[idx] = p, dti, dmi
         return pos, dt, damp
 
     def forces_at(
@@ -405,10 +472,7 @@ class TorchSimulator:
         fld = self.field(grid)
         ps = relaxed.reshape(B * P * nz, 3)
         bidx = torch.arange(B, device=self.device).repeat_interleave(P * nz)
-        needs_grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (grid, tips.k_lateral, tips.k_radial, tips.tilt_xy)
-        )
-        if not needs_grad:
+        if not _needs_grad(grid, tips):
             return fld.sample(ps, bidx)[:, 2].reshape(B, P, nz)
         k, d0 = self._springs(tips)
         kM = k.expand(B, P * nz, 4).reshape(-1, 4)
@@ -418,7 +482,7 @@ class TorchSimulator:
         p0 = ps.detach()
         with torch.no_grad():
             _, jac = self.field(grid.detach()).sample(p0, bidx, jacobian=True)
-            J = jac + self._tip_jacobian(p0 - a, kM.detach(), L)
+            J = self._tip_jacobian(p0 - a, kM.detach(), L, add=jac)
         G = fld.sample(p0, bidx) + self._tip_force(p0 - a, kM, d0M, L)
         p = p0 - _solve3(J, G)
         return fld.sample(p, bidx)[:, 2].reshape(B, P, nz)
@@ -499,8 +563,10 @@ class TorchSimulator:
         """Δf stacks ``(B, n_heights, ny, nx)`` in Hz, frame 0 closest (AFMStack convention)."""
         pos, cLJ, q = self.prepare(positions, numbers, tips, charges)
         grid = self.force_field(pos, cLJ, q, self.tip_charges(tips))
-        relaxed, apex = self.relax(grid, tips, solver=solver, steps=steps, f2conv=f2conv, newton_iters=newton_iters)
-        fz = self.forces_at(grid, relaxed, apex, tips)
+        relaxed, apex, fz = self.relax(grid, tips, solver=solver, steps=steps, f2conv=f2conv,
+                                       newton_iters=newton_iters, return_fz=True)
+        if _needs_grad(grid, tips):  # F_z again, differentiable at the equilibrium
+            fz = self.forces_at(grid, relaxed, apex, tips)
         return self.df(fz)
 
     def simulate(
@@ -566,6 +632,13 @@ def _chunk_force(zoffs, gx, gy, dX2, dY2, ax, ay, az, gz, c6, c12, *qk) -> torch
     return torch.stack(planes, dim=2)
 
 
+def _needs_grad(grid: torch.Tensor, tips: TipBatch) -> bool:
+    """Whether the Δf stack needs gradients (to the grid or the tip's springs)."""
+    return torch.is_grad_enabled() and any(
+        t.requires_grad for t in (grid, tips.k_lateral, tips.k_radial, tips.tilt_xy)
+    )
+
+
 @contextmanager
 def _one_cpu_thread(device: torch.device):
     """Run the relaxation's many small operations on one CPU thread.
@@ -597,61 +670,73 @@ class _Field:
         self.n = (nx, ny, nk)
         self.box, self.k0 = box, k0
         self.strides = (1, nx, nx * ny, nx * ny * nk)
+        kw = dict(device=grid.device, dtype=grid.dtype)
+        o, st = box.origin, box.step
+        self.origin = torch.tensor([o[0], o[1], o[2] + k0 * st[2]], **kw)  # of the first computed plane
+        self.inv_step = 1.0 / torch.tensor(st, **kw)
+        self.lo = torch.tensor([-math.inf, -math.inf, 0.0], **kw)
+        self.hi = torch.tensor([math.inf, math.inf, nk - 1 - 1e-4], **kw)
 
     def sample(self, pos: torch.Tensor, bidx: torch.Tensor, jacobian: bool = False):
         nx, ny, nk = self.n
-        o, st = self.box.origin, self.box.step
-        fx = (pos[:, 0] - o[0]) / st[0]
-        fy = (pos[:, 1] - o[1]) / st[1]
-        fz = ((pos[:, 2] - o[2]) / st[2] - self.k0).clamp(0.0, nk - 1 - 1e-4)
-        ix, iy, iz = torch.floor(fx), torch.floor(fy), torch.floor(fz)
-        tx, ty, tz = (fx - ix)[:, None], (fy - iy)[:, None], (fz - iz)[:, None]
-        ix, iy, iz = ix.long(), iy.long(), iz.long()
-        x0, x1 = ix % nx, (ix + 1) % nx
-        y0, y1 = (iy % ny) * nx, ((iy + 1) % ny) * nx
-        base = bidx * self.strides[3] + iz * self.strides[2]
-        z1 = self.strides[2]
-        idx = torch.stack([base + y0 + x0, base + y0 + x1, base + y1 + x0, base + y1 + x1], dim=0)
-        idx = torch.cat([idx, idx + z1], dim=0).reshape(-1)
-        c = self.flat.index_select(0, idx).reshape(8, -1, 3)
-        c000, c100, c010, c110, c001, c101, c011, c111 = c
-        a00 = c000 + (c100 - c000) * tx
-        a10 = c010 + (c110 - c010) * tx
-        a01 = c001 + (c101 - c001) * tx
-        a11 = c011 + (c111 - c011) * tx
-        b0 = a00 + (a10 - a00) * ty
-        b1 = a01 + (a11 - a01) * ty
-        val = b0 + (b1 - b0) * tz
+        f = (pos - self.origin) * self.inv_step  # grid coordinates
+        fc = torch.clamp(f, self.lo, self.hi)  # z clamped to the computed planes
+        i = torch.floor(fc)
+        t = fc - i
+        tx, ty, tz = t[:, 0:1], t[:, 1:2], t[:, 2:3]
+        i = i.long()
+        x0 = i[:, 0] % nx
+        x1 = (x0 + 1) % nx
+        y0 = (i[:, 1] % ny) * nx
+        y1 = ((i[:, 1] + 1) % ny) * nx
+        base = bidx * self.strides[3] + i[:, 2] * self.strides[2]
+        idx = torch.stack([y0 + x0, y0 + x1, y1 + x0, y1 + x1], dim=0) + base
+        idx = torch.cat([idx, idx + self.strides[2]], dim=0).reshape(-1)
+        c = self.flat.index_select(0, idx).reshape(2, 2, 2, -1, 3)  # [z][y][x] corners
+        dX = c[:, :, 1] - c[:, :, 0]  # (z, y, M, 3)
+        a = c[:, :, 0] + dX * tx
+        dY = a[:, 1] - a[:, 0]  # (z, M, 3)
+        b = a[:, 0] + dY * ty
+        dZ = b[1] - b[0]
+        val = b[0] + dZ * tz
         if not jacobian:
             return val
-        uy, uz = 1 - ty, 1 - tz
-        dx = ((c100 - c000) * uy * uz + (c110 - c010) * ty * uz + (c101 - c001) * uy * tz
-              + (c111 - c011) * ty * tz) / st[0]
-        dy = ((a10 - a00) * uz + (a11 - a01) * tz) / st[1]
-        dz = (b1 - b0) / st[2]
-        inside = ((pos[:, 2] - o[2]) / st[2] - self.k0 > 0) & ((pos[:, 2] - o[2]) / st[2] - self.k0 < nk - 1)
-        dz = dz * inside[:, None]
+        st = self.box.step
+        gx = dX[:, 0] + (dX[:, 1] - dX[:, 0]) * ty  # ∂/∂x, interpolated in y, then z
+        dx = (gx[0] + (gx[1] - gx[0]) * tz) / st[0]
+        dy = (dY[0] + (dY[1] - dY[0]) * tz) / st[1]
+        fz = f[:, 2:3]
+        dz = dZ * (((fz > 0) & (fz < nk - 1)) / st[2])
         return val, torch.stack([dx, dy, dz], dim=-1)  # (M, 3 components, 3 directions)
 
 
-def _solve3(J: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``J⁻¹ b`` for a batch of 3 × 3 matrices by cofactors (fast for many small systems)."""
-    a, bb, c = J[:, 0, 0], J[:, 0, 1], J[:, 0, 2]
-    d, e, f = J[:, 1, 0], J[:, 1, 1], J[:, 1, 2]
-    g, h, i = J[:, 2, 0], J[:, 2, 1], J[:, 2, 2]
+def _rows(J: torch.Tensor) -> torch.Tensor:
+    """The entries of ``(M, 3, 3)`` matrices as 9 contiguous rows ``(9, M)`` (row-major order):
+    the element-wise arithmetic below runs on contiguous memory."""
+    return J.reshape(-1, 9).t().contiguous()
+
+
+def _solve3(J: torch.Tensor, b: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``J⁻¹ b`` for a batch of 3 × 3 matrices ``(M, 3, 3)`` by cofactors (fast for many small
+    systems); ``b`` is ``(M, 3)`` or ``(M, 3, K)``; ``rows``: ``_rows(J)`` if at hand."""
+    a, bb, c, d, e, f, g, h, i = _rows(J) if rows is None else rows
     A, Bc, C = e * i - f * h, -(d * i - f * g), d * h - e * g
     det = a * A + bb * Bc + c * C
     det = torch.where(det.abs() < 1e-30, torch.full_like(det, 1e-30), det)
     D, E, Fc = -(bb * i - c * h), a * i - c * g, -(a * h - bb * g)
     G, H, I = bb * f - c * e, -(a * f - c * d), a * e - bb * d
-    x, y, z = b[:, 0], b[:, 1], b[:, 2]
-    return torch.stack([A * x + D * y + G * z, Bc * x + E * y + H * z, C * x + Fc * y + I * z], dim=-1) / det[:, None]
+    if b.dim() == 3:  # several right-hand sides (M, 3, K)
+        A, Bc, C, D, E, Fc, G, H, I, det = (v[:, None] for v in (A, Bc, C, D, E, Fc, G, H, I, det))
+    x, y, z = b.movedim(1, 0).contiguous()
+    return torch.stack([A * x + D * y + G * z, Bc * x + E * y + H * z, C * x + Fc * y + I * z], dim=1) / det[:, None]
 
 
-def _stable(J: torch.Tensor) -> torch.Tensor:
+def _stable(J: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """True where the symmetric part of −J is positive definite (a stable equilibrium)."""
-    S = -(J + J.transpose(-1, -2)) / 2
-    m1 = S[:, 0, 0]
-    m2 = S[:, 0, 0] * S[:, 1, 1] - S[:, 0, 1] * S[:, 1, 0]
-    m3 = torch.linalg.det(S)
-    return (m1 > 0) & (m2 > 0) & (m3 > 0)
+    j = _rows(J) if rows is None else rows
+    # S = −(J + Jᵀ) (twice the symmetric part of −J: the same signs of the leading minors)
+    a, e, i = -2 * j[0], -2 * j[4], -2 * j[8]
+    b, c, f = -(j[1] + j[3]), -(j[2] + j[6]), -(j[5] + j[7])
+    m2 = a * e - b * b
+    m3 = a * (e * i - f * f) - b * (b * i - f * c) + c * (b * f - e * c)  # det S (symmetric)
+    return (a > 0) & (m2 > 0) & (m3 > 0)
