@@ -156,14 +156,29 @@ def test_hard_zeros_inside_the_slab_on_every_surface_and_user_files(tmp_path, ti
     assert _excluded_max(load_surface(tmp_path / "user.extxyz"), tiny_model) == 0
 
 
-def test_shipped_model_has_hard_zeros_where_the_md_has_none():
-    from hydrafm.hydration.density import load_density_model
+@pytest.mark.parametrize("name", ["hydration-calcite", "hydration-calcite-attention"])
+def test_shipped_model_has_hard_zeros_where_the_md_has_none(name, tmp_path):
+    """Every shipped model: ≤ 1e-4 Å⁻³ inside the slab (and in the gap above it) on every surface and a user file."""
+    from ase.io import write
 
-    model = load_density_model("hydration-calcite")
-    if not model[1].config.gate:
-        pytest.skip("the shipped model has no exclusion gate")
-    for name in SURFACES:
-        assert _excluded_max(build_surface(name, (18, 18), 3, vacuum=25.0), model) <= 1e-4
+    from hydrafm.hydration.density import SHIPPED_DENSITY_MODELS, iter_predict_density, load_density_model
+    from hydrafm.hydration.surfaces import load_surface
+    from hydrafm.progress import drive
+
+    assert set(SHIPPED_DENSITY_MODELS) == {"hydration-calcite", "hydration-calcite-attention"}  # all covered here
+    model = load_density_model(name)
+    assert model[1].config.gate, f"{name} has no exclusion gate"
+    for surface in SURFACES:
+        assert _excluded_max(build_surface(surface, (18, 18), 3, vacuum=25.0), model) <= 1e-4, surface
+        assert _excluded_max(build_surface(surface, (18, 18), 3, vacuum=25.0, vacancies=1, seed=3), model) <= 1e-4
+    slab = build_surface("calcite-104", (12, 12), 3, vacuum=25.0)
+    slab.positions[:, 2] += 4.0  # a user file in its own coordinates: load_surface puts the top Ca plane at 0
+    write(tmp_path / "user.extxyz", slab)
+    assert _excluded_max(load_surface(tmp_path / "user.extxyz"), model) <= 1e-4
+    if model[1].config.attention:  # the widget's *Show attention maps*: one map per gate, on the density's grid
+        dens = drive(iter_predict_density(load_surface(tmp_path / "user.extxyz"), model, attention=True), show=False)
+        assert len(dens.attention) == model[1].config.levels
+        assert all(a.shape == dens.density.shape and 0 <= a.min() and a.max() <= 1 for a in dens.attention)
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path):
