@@ -85,6 +85,11 @@ def test_train_checkpoint_resume_and_minutes(tmp_path):
     drive(train_on_the_fly(out2, replace(TINY, minutes=1e-6, epochs=50), UNetConfig(base_channels=4),
                            device="cpu", cache=tmp_path / "cache"), show=False, on_record=recs.append)
     assert len(recs) == 1 and out2.exists()
+    # --cpu-minutes: the same on the process's CPU time
+    recs = []
+    drive(train_on_the_fly(tmp_path / "c.pt", replace(TINY, cpu_minutes=1e-6, epochs=50), UNetConfig(base_channels=4),
+                           device="cpu", cache=tmp_path / "cache"), show=False, on_record=recs.append)
+    assert len(recs) == 1 and recs[0].cpu_seconds > 0
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--pools", default="water",
                     help="on the fly: comma-separated pools to draw from (water, hydrates, ice, or .npz files)")
     tr.add_argument("--minutes", type=float, help="stop cleanly after this many minutes (best checkpoint kept)")
+    tr.add_argument("--cpu-minutes", type=float,
+                    help="on the fly: stop after this much CPU time of the process (equal-compute comparisons)")
     tr.add_argument("--steps-per-epoch", type=int, default=100, help="on the fly: batches per epoch")
     tr.add_argument("--val-size", type=int, default=96, help="on the fly: held-out stacks scored every epoch")
     tr.add_argument("--sim-share", type=float,
@@ -470,7 +472,7 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
 
     cfg = OnTheFlyConfig(pools=tuple(p.strip() for p in args.pools.split(",") if p.strip()),
                          batch_size=args.batch_size, crop=args.crop or 64, steps_per_epoch=args.steps_per_epoch,
-                         epochs=args.epochs, minutes=args.minutes, val_size=args.val_size, lr=args.lr,
+                         epochs=args.epochs, minutes=args.minutes, cpu_minutes=args.cpu_minutes, val_size=args.val_size, lr=args.lr,
                          patience=args.patience, seed=args.seed, sim_share=args.sim_share, buffer=args.buffer,
                          label_depth=args.label_depth if args.label_depth is not None else 2.0)
     gen = train_on_the_fly(args.out, cfg, UNetConfig(base_channels=args.base_channels, encoder=args.encoder),

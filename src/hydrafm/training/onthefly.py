@@ -93,6 +93,7 @@ class OnTheFlyConfig:
     steps_per_epoch: int = 100
     epochs: int = 1000
     minutes: float | None = None  # stop cleanly after this much wall time
+    cpu_minutes: float | None = None  # ... or after this much CPU time of this process (equal-compute comparisons)
     val_size: int = 96
     lr: float = 1e-3
     weight_decay: float = 1e-5
@@ -545,7 +546,8 @@ def train_on_the_fly(
             samples += len(x) * world
             if rank == 0:
                 yield Progress(f"epoch {epoch + 1}", b + 1, cfg.steps_per_epoch)
-            stop = deadline is not None and time.perf_counter() > deadline
+            stop = (deadline is not None and time.perf_counter() > deadline) or (
+                cfg.cpu_minutes is not None and time.process_time() - cpu0 > 60 * cfg.cpu_minutes)
             stop = _agree(stop, world, dev)
             if stop:
                 break
@@ -592,7 +594,7 @@ def _same_run(saved: dict | None, cfg: OnTheFlyConfig) -> bool:
     """A saved run continues under ``cfg`` when only its length (epochs, minutes, patience) changed."""
     if saved is None:
         return False
-    length = ("epochs", "minutes", "patience")
+    length = ("epochs", "minutes", "cpu_minutes", "patience")
     return {k: v for k, v in saved.items() if k not in length} == {
         k: v for k, v in cfg.to_dict().items() if k not in length}
 
