@@ -71,6 +71,20 @@ def test_newton_and_fire_reach_the_same_equilibrium_and_batching_is_exact():
     assert torch.allclose(one[0], both[1], atol=1e-5 * float(both[1].abs().max()))
 
 
+def test_batches_of_different_sizes_and_tips_match_single_structures():
+    """Without gradients each sample's force field uses only its own atoms and tip charges."""
+    s = SimulationSettings(**SMALL)
+    sim = TorchSimulator(s, dtype=torch.float64)
+    pos, z = pair()
+    big = np.concatenate([pos + [dx, dy, 0.0] for dx, dy in ((0, 0), (2.5, 0), (0, 2.5), (2.5, 2.5))])
+    tips = [SampledTip(2.7, charge=-0.1), SampledTip(2.9, charge=0.05, quadrupole=-0.05)]
+    with torch.no_grad():
+        both = sim([big, pos[:3]], [np.tile(z, 4), z[:3]], TipBatch.from_tips(tips, s, dtype=torch.float64))
+        for b, (p, n) in enumerate(((big, np.tile(z, 4)), (pos[:3], z[:3]))):
+            one = sim([p], [n], TipBatch.from_tips(tips[b : b + 1], s, dtype=torch.float64))
+            assert torch.allclose(one[0], both[b], rtol=0, atol=1e-9 * float(both[b].abs().max()))
+
+
 def test_relaxation_returns_the_force_that_forces_at_samples():
     s = SimulationSettings(**SMALL)
     sim = TorchSimulator(s, dtype=torch.float64)
