@@ -149,9 +149,14 @@ class WatchPanel(Container):
         self._points: dict[str, Any] = {}  # name → atoms layer
         self._predicted: dict[str, Any] = {}  # name → the latest prediction as first shown
         self._auto_limits: dict[str, tuple[float, float]] = {}
+        self._pending: dict[int, list[Callable[[], None]]] = {}  # id(layer) being inserted → what waits for it
+        self._axes_due: dict[str, dict[str, Any]] = {}  # stack → layer kwargs whose scale and units are due
         self.log: list[tuple[str, str, int, float]] = []
         stop = self._stop
         self.native.destroyed.connect(lambda *_: stop.set())
+        from ._vispy_cache import install
+
+        install()  # each new layer's first draw re-parsed its shader code: ~50-75 ms for the first atoms layer
 
     # ------------------------------------------------------------- control
     @property
@@ -288,40 +293,115 @@ class WatchPanel(Container):
         if tuple(self._viewer.camera.orientation2d) != ORIENTATION_2D:
             self._viewer.camera.orientation2d = ORIENTATION_2D
 
+    def _present(self, layer: Any) -> bool:
+        """The layer is in the viewer, or on its way in (see :meth:`_insert`)."""
+        return layer is not None and (id(layer) in self._pending or layer in self._viewer.layers)
+
+    def _insert(self, layer: Any) -> None:
+        """Add a layer over several short event-loop turns (see ``_staging``: a first layer in one turn
+        stalled the viewer for 160-240 ms); what :meth:`_when_shown` queues for it runs once it is shown."""
+        from ._staging import add_layer_in_turns
+
+        waiting: list[Callable[[], None]] = []
+        self._pending[id(layer)] = waiting
+
+        def shown() -> None:
+            self._pending.pop(id(layer), None)
+            try:
+                self._orient()
+                for f in waiting:
+                    f()
+                self._show_status()
+            except RuntimeError:  # the widget was closed in the meantime
+                pass
+
+        def failed(exc: BaseException) -> None:
+            self._pending.pop(id(layer), None)
+            try:
+                report_error(exc, self.status)
+            except RuntimeError:
+                pass
+
+        add_layer_in_turns(self._viewer, layer, done=shown, failed=failed)
+
+    def _when_shown(self, layer: Any, f: Callable[[], None]) -> None:
+        """Run ``f`` now, or once the layer is shown if it is still on its way in."""
+        waiting = self._pending.get(id(layer))
+        if waiting is None:
+            f()
+        else:
+            waiting.append(f)
+
+    @staticmethod
+    def _axes_differ(layer: Any, kwargs: dict[str, Any]) -> bool:
+        return (not np.allclose(layer.scale, kwargs["scale"], rtol=1e-6, atol=0)
+                or tuple(str(u) for u in layer.units) != tuple(str(u) for u in kwargs["units"]))
+
+    def _set_axes(self, name: str, layer: Any) -> None:
+        """Give a stack layer (and its atoms) the scale and units of the latest frames, if still due."""
+        kwargs = self._axes_due.pop(name, None)
+        if kwargs is None or not self._present(layer):
+            return
+        if not np.allclose(layer.scale, kwargs["scale"], rtol=1e-6, atol=0):
+            layer.scale = kwargs["scale"]
+        units = tuple(str(u) for u in kwargs["units"])
+        if tuple(str(u) for u in layer.units) != units:
+            layer.units = units
+            if self._present(self._points.get(name)):
+                self._points[name].units = units
+
     def _show_stack(self, rec: StackChanged, data: np.ndarray, kwargs: dict[str, Any], built: Any) -> None:
         from napari.layers import Image
+        from qtpy.QtCore import QTimer
+
+        from ._staging import GAP_MS
 
         layer = self._images.get(rec.name)
-        if layer is None or layer not in self._viewer.layers:
+        if not self._present(layer):
             layer = built if built is not None else Image(data, **kwargs)  # (made here if the user deleted it)
-            self._viewer.add_layer(layer)
-            self._orient()
             self._images[rec.name] = layer
+            self._insert(layer)
         else:
             auto = tuple(layer.contrast_limits) == self._auto_limits.get(rec.name)
             layer.metadata = kwargs["metadata"]
             layer.data = data
-            if not np.allclose(layer.scale, kwargs["scale"], rtol=1e-6, atol=0):
-                layer.scale = kwargs["scale"]
-            units = tuple(str(u) for u in kwargs["units"])
-            if tuple(str(u) for u in layer.units) != units:
-                layer.units = units
-                if rec.name in self._points and self._points[rec.name] in self._viewer.layers:
-                    self._points[rec.name].units = units
             if auto:  # the user has not changed the contrast: follow the data
                 layer.contrast_limits_range = kwargs["contrast_limits"]
                 layer.contrast_limits = kwargs["contrast_limits"]
         self._auto_limits[rec.name] = tuple(layer.contrast_limits)
-        if self.follow.value:  # in a later event-loop turn: moving the slider re-slices every layer
-            from qtpy.QtCore import QTimer
+        sources = list(rec.stack.metadata.get("sources", []))
+        newest = max(sources.index(str(p)) for p in rec.paths if str(p) in sources) if sources else 0
+        point = float(kwargs["translate"][0] + newest * kwargs["scale"][0])
 
-            sources = list(rec.stack.metadata.get("sources", []))
-            newest = max(sources.index(str(p)) for p in rec.paths if str(p) in sources) if sources else 0
-            point = float(layer.translate[0] + newest * layer.scale[0])
-            if not np.isclose(self._viewer.dims.point[0], point):
-                QTimer.singleShot(0, lambda: self._viewer.dims.set_point(0, point))
-        now = time.time()
-        self.log.extend(("frame", p.name, rec.stack.n_heights, now) for p in rec.paths)
+        def shown() -> None:
+            # in a later event-loop turn: moving the slider re-slices every layer
+            if self.follow.value and not np.isclose(self._viewer.dims.point[0], point):
+                QTimer.singleShot(GAP_MS, lambda: self._viewer.dims.set_point(0, point))
+            now = time.time()
+            self.log.extend(("frame", p.name, rec.stack.n_heights, now) for p in rec.paths)
+
+        if not self._axes_differ(layer, kwargs):
+            self._when_shown(layer, shown)
+        elif id(layer) in self._pending:  # not in the viewer yet: nothing to update but the layer
+            self._axes_due[rec.name] = kwargs
+            self._set_axes(rec.name, layer)
+            self._when_shown(layer, shown)
+        else:
+            # the height axis changed (the second frame gives the height step): its scale and units, which
+            # update the dims and every layer, follow the data in a turn of their own
+            self._axes_due[rec.name] = kwargs
+            QTimer.singleShot(GAP_MS, lambda: self._closed_safe(lambda: self._set_axes(rec.name, layer), shown))
+        self._set_state(rec)
+
+    @staticmethod
+    def _closed_safe(*steps: Callable[[], Any]) -> None:
+        try:
+            for f in steps:
+                f()
+        except RuntimeError:  # the widget was closed in the meantime
+            pass
+
+    def _set_state(self, rec: StackChanged) -> None:
         info = self._stacks.setdefault(rec.name, {})
         info.update(heights=rec.stack.n_heights, size=rec.scan_frame.describe())
         if rec.stack.n_heights < 2 or self.model.value == ONLY_WATCH:
@@ -330,20 +410,17 @@ class WatchPanel(Container):
             info["state"] = "predicting…"
 
     def _show_atoms(self, rec: AtomsPredicted, built: Any) -> None:
-        from qtpy.QtCore import QTimer
-
         from ..predict.live import keep_edits
 
         layer = self._points.get(rec.name)
-        if layer is None or layer not in self._viewer.layers:
+        if not self._present(layer):
             if built is None:  # the user deleted the layer: make a new one here
                 built = _atoms_layer(rec)
             image = self._images.get(rec.name)
             if image is not None:
                 built.units = image.units  # the same axes as the stack's layer
-            self._viewer.add_layer(built)
-            QTimer.singleShot(30, lambda layer=built: setattr(layer, "visible", True))
             self._points[rec.name] = layer = built
+            self._insert(built)
             shown = rec.atoms
         else:
             shown = keep_edits(self._predicted[rec.name], atoms_of_layer(layer), rec.atoms)
@@ -353,7 +430,7 @@ class WatchPanel(Container):
             layer.size = kwargs["size"]
             layer.refresh_colors()
         self._predicted[rec.name] = rec.atoms
-        self.log.append(("atoms", rec.name, rec.n_heights, time.time()))
+        self._when_shown(layer, lambda: self.log.append(("atoms", rec.name, rec.n_heights, time.time())))
         info = self._stacks.setdefault(rec.name, {})
         running_again = info.get("heights", 0) > rec.n_heights
         info.update(predicted=time.strftime("%H:%M:%S", time.localtime(rec.finished_at)), atoms=len(shown),

@@ -86,7 +86,7 @@ def _verify_job(gen, stack_name: str, common: dict):
     from napari.layers import Image
 
     v = yield from gen
-    # built hidden: inserting a layer and drawing it the first time then fall in separate event-loop turns
+    # built hidden: inserting a layer and drawing it the first time fall in separate event-loop turns
     simulated = Image(v.simulated.data, name=f"simulated ({stack_name})", colormap="gray", visible=False, **common)
     lim = float(np.percentile(np.abs(v.residual), 99.5)) or 1.0
     residual = Image(v.residual, name=f"residual ({stack_name})", colormap="PiYG", contrast_limits=(-lim, lim),
@@ -449,25 +449,25 @@ class PredictWidget(Container):
         return points, stack_layer, stack_of_layer(stack_layer), atoms_of_layer(points)
 
     def _on_verified(self, result: tuple) -> None:
-        """Insert the layers the worker built, one per event-loop turn (each insertion is a main-thread stall)."""
-        from qtpy.QtCore import QTimer
+        """Insert the layers the worker built, each over several event-loop turns (see ``_staging``)."""
+        from ._staging import add_layer_in_turns
 
         v, simulated, residual = result
-        self._viewer.add_layer(simulated)
         self._settling = True
-        QTimer.singleShot(30, lambda: setattr(simulated, "visible", True))
 
-        def second() -> None:
-            try:
-                self._viewer.add_layer(residual)
-                QTimer.singleShot(30, third)
-            except RuntimeError:  # the widget was closed in the meantime
-                self._settling = False
-
-        def third() -> None:
+        def failed(exc: BaseException) -> None:
             self._settling = False
             try:
-                residual.visible = True
+                self._fail(exc)
+            except RuntimeError:  # the widget was closed in the meantime
+                pass
+
+        def second() -> None:
+            add_layer_in_turns(self._viewer, residual, done=finish, failed=failed)
+
+        def finish() -> None:
+            self._settling = False
+            try:
                 note = f"\n{v.dropped} overlapping atom(s) left out of the simulation" if v.dropped else ""
                 self._set_info(f"Similarity {v.similarity:.3f} (mean correlation over heights; 1 = identical)\n"
                                f"best closest distance {v.distance:.1f} Å above the top atom{note}")
@@ -475,7 +475,8 @@ class PredictWidget(Container):
             except RuntimeError:  # the widget was closed in the meantime
                 pass
 
-        QTimer.singleShot(60, second)
+        # the residual is selected last, as when both were added in one go: no need to select the first
+        add_layer_in_turns(self._viewer, simulated, select=False, done=second, failed=failed)
 
     # ------------------------------------------------------------- refine
     def _on_refine_clicked(self, *_: Any) -> None:
