@@ -110,6 +110,10 @@ def recovery(pos, truth, labels, true_labels, top):
             "h_class": float(np.mean(labels[top & h] == true_labels[top & h]))}
 
 
+def settings(args):
+    return RefineSettings(steps=args.steps, flips=args.h_flips, pull=args.pull)
+
+
 def cmd_perturbed(args):
     rng = np.random.default_rng(args.seed)
     rows = []
@@ -119,13 +123,13 @@ def cmd_perturbed(args):
         truth_lab = atom_labels(pos, numbers)
         top = pos[:, 2] >= pos[:, 2].max() - 2.0
         every = np.ones(len(pos), bool)
-        t = time.perf_counter()
-        res = refine_atoms(stack, as_atoms(start, numbers), RefineSettings(steps=args.steps, flips=args.h_flips, pull=args.pull))
-        secs = time.perf_counter() - t
+        t, c = time.perf_counter(), time.process_time()
+        res = refine_atoms(stack, as_atoms(start, numbers), settings(args))
+        secs, cpu = time.perf_counter() - t, time.process_time() - c
         lab0 = atom_labels(start, numbers)
         pos1, lab1 = by_molecule(res.atoms, len(pos))
         row = {"structure": i, "atoms": len(pos), "distance": round(tip.distance, 2), "seconds": round(secs, 1),
-               "image_loss": [round(v, 4) for v in res.image_loss], "moves": res.moves,
+               "cpu_seconds": round(cpu, 1), "image_loss": [round(v, 4) for v in res.image_loss], "moves": res.moves,
                "before_all": recovery(start, pos, lab0, truth_lab, every),
                "after_all": recovery(pos1, pos, lab1, truth_lab, every),
                "before_top2": recovery(start, pos, lab0, truth_lab, top),
@@ -135,6 +139,8 @@ def cmd_perturbed(args):
     summary = {k: {m: round(float(np.mean([r[k][m] for r in rows])), 4) for m in rows[0][k]}
                for k in ("before_all", "after_all", "before_top2", "after_top2")}
     summary["seconds_median"] = float(np.median([r["seconds"] for r in rows]))
+    summary["cpu_seconds_median"] = float(np.median([r["cpu_seconds"] for r in rows]))
+    summary["image_loss_mean"] = [round(float(np.mean([r["image_loss"][k] for r in rows])), 4) for k in (0, 1)]
     print(json.dumps({"summary": summary}))
 
 
@@ -149,14 +155,15 @@ def cmd_predict(args):
         stack, tip = simulate(pos, numbers, rng)
         truth_lab = atom_labels(pos, numbers)
         pred = predict_atoms(stack, model)
-        t = time.perf_counter()
-        res = refine_atoms(stack, pred, RefineSettings(steps=args.steps, flips=args.h_flips, pull=args.pull))
-        secs = time.perf_counter() - t
+        t, c = time.perf_counter(), time.process_time()
+        res = refine_atoms(stack, pred, settings(args))
+        secs, cpu = time.perf_counter() - t, time.process_time() - c
         s0 = score_atoms(pred.positions[:, :2], pred.arrays["label"], pos, truth_lab, top=2.0)
         s1 = score_atoms(res.atoms.positions[:, :2], res.atoms.arrays["label"], pos, truth_lab, top=2.0)
         before.add(s0)
         after.add(s1)
-        print(json.dumps({"structure": i, "seconds": round(secs, 1), "moves": res.moves,
+        print(json.dumps({"structure": i, "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1),
+                          "moves": res.moves,
                           "image_loss": [round(v, 4) for v in res.image_loss],
                           "before": s0.summary(), "after": s1.summary()}), flush=True)
     print(json.dumps({"summary": {"predict": before.summary(), "refined": after.summary()}}))
@@ -169,10 +176,11 @@ def cmd_experiment(args):
     path = TESTDATA / "jiang_lab_water_Au111" / "L1_20_L2_1Ying_Jiang_1.npz"
     stack = load_stack(path)
     pred = predict_atoms(stack, "water")
-    t = time.perf_counter()
-    res = refine_atoms(stack, pred, RefineSettings(steps=args.steps, flips=args.h_flips, pull=args.pull))
-    secs = time.perf_counter() - t
+    t, c = time.perf_counter(), time.process_time()
+    res = refine_atoms(stack, pred, settings(args))
+    secs, cpu = time.perf_counter() - t, time.process_time() - c
     out = {"stack": str(path.name), "frames": stack.n_heights, "atoms": len(pred), "seconds": round(secs, 1),
+           "cpu_seconds": round(cpu, 1),
            "moves": res.moves, "image_loss": [round(v, 4) for v in res.image_loss],
            "residual_rms": [round(float(np.sqrt(np.mean(res.residual_before ** 2))), 4),
                             round(float(np.sqrt(np.mean(res.residual ** 2))), 4)],

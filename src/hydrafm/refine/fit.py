@@ -16,8 +16,9 @@ where they started and the tip near the training tip. Molecules stay whole (rigi
 
 The schedule: the tip distance (and height step) by a short search; H flips (a water
 turned the wrong way would otherwise be dragged sideways by the gradient); L-BFGS steps on
-a coarse pixel grid (0.4 Å); all moves; more coarse steps; a few steps on the fine grid
-(0.2 Å). (Adam, the alternative, keeps wandering near the optimum: every parameter moves
+a coarse pixel grid (0.4 Å); all moves; more coarse steps; optionally a few steps on the
+fine grid (0.2 Å; ``fine_share``, off by default: the same time in coarse steps fits better).
+The image mismatch before and after is always measured on the fine grid. (Adam, the alternative, keeps wandering near the optimum: every parameter moves
 by its learning rate whatever its gradient.) The moves the gradient cannot make are judged on small crops around the
 molecule, all candidates of a round in batches: turn a water so that one of its H
 changes class (up / flat / down), add a water where the residual is largest, remove a
@@ -59,11 +60,16 @@ MIN_DISTANCE = {(8, 8): 2.4, (8, 11): 2.2, (8, 19): 2.5, (11, 11): 3.0, (11, 19)
 class RefineSettings:
     """How to refine (defaults: ~30 s for a 25 × 25 Å, 10-height stack on 2 CPU cores)."""
 
-    steps: int = 60  # simulations with gradients in all (40 % coarse, 35 % coarse after the moves, 25 % fine)
+    steps: int = 60  # simulations with gradients in all (coarse; with moves 40 % before, 60 % after them)
     coarse_pixel: float = 0.4  # Å, pixel of the coarse grid (early steps and the moves)
     fine_pixel: float = 0.2  # Å, pixel of the fine grid (never finer than the scan's)
     coarse_grid: int = 3  # force-field points per Å on the coarse grid
     fine_grid: int = 5
+    orient_steps: int = 0  # first coarse steps with the molecules' positions frozen (only turns and the tip)
+    # of the steps on the fine grid at the end: 0 by default — a fine step costs 3.5-4x a coarse one and the
+    # same CPU time spent on more coarse steps ends lower on the fine grid's loss (docs/benchmarks.md)
+    fine_share: float = 0.0
+    fine_fit_grid: int | None = None  # force-field points per Å of the fine fit steps (None: fine_grid)
     distances: tuple[float, ...] = (2.3, 2.6, 2.9, 3.2)  # Å, closest-probe distances to start from
     height_step_scales: tuple[float, ...] | None = None  # None: (0.8, 1, 1.25) for stacks without heights
     move_rounds: int = 2
@@ -91,6 +97,10 @@ class RefineSettings:
     pull: float = 1e-3  # weight of that pull (per molecule; the image loss is ~0.1–1 at the start)
     flips_first: bool = True  # a round of H flips before the first fit
     batch: int = 16  # crops simulated at once
+    # a fit stage stops when its last 5 L-BFGS steps lowered the loss by less than this fraction of what the
+    # stage has gained so far (0: never); the steps a coarse stage leaves go to the fine grid (its floor is
+    # lower: the coarse force field is approximate)
+    stall: float = 0.005
     polish_evals: int = 10  # local L-BFGS evaluations given to each candidate of a move before it is judged
     snapshot_every: int = 5
     base: SimulationSettings = field(default_factory=SimulationSettings)
@@ -668,7 +678,7 @@ def _move_round(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, a
 
 # ---------------------------------------------------------------------------------------- fitting
 def _fit(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, steps: int, cfg: RefineSettings,
-         counter: list[int], total: int, losses: list[float], stack: AFMStack):
+         counter: list[int], total: int, losses: list[float], stack: AFMStack, rotation_only: bool = False):
     """L-BFGS (or Adam) steps on molecule poses and tip parameters; returns ``(structure, frames, (a, b))``."""
     kw = dict(device=level.device, dtype=level.dtype)
     bodies = structure.bodies
@@ -676,6 +686,8 @@ def _fit(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, steps: i
     t = torch.zeros((M, 3), **kw, requires_grad=True)
     w = torch.zeros((M, 3), **kw, requires_grad=True)
     groups = [{"params": [t], "lr": cfg.lr_position}, {"params": [w], "lr": cfg.lr_rotation}]
+    if rotation_only:  # the molecules only turn (and the tip adapts): a wrong turn is not dragged sideways
+        groups = groups[1:]
     tip_params = []
     if cfg.fit_tip:
         tip_params += [tip.distance, tip.log_k, tip.charge]
@@ -709,7 +721,9 @@ def _fit(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, steps: i
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: 0.25 + 0.75 * 0.5 * (1 + math.cos(math.pi * i / max(1, steps))))
     done = 0
-    while done < steps:
+    stage: list[float] = []
+    while done < steps and not (cfg.stall > 0 and len(stage) > 5
+                                and stage[-6] - stage[-1] < cfg.stall * (stage[0] - stage[-1])):
         if cfg.optimizer == "lbfgs":
             opt.param_groups[0]["max_eval"] = max(1, min(4, steps - done))
             before = last.get("evals", 0)
@@ -725,6 +739,7 @@ def _fit(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, steps: i
         new = last["evals"] - done
         done = last["evals"]
         losses.append(last["loss"])
+        stage.append(last["loss"])
         counter[0] += new
         yield Progress("refining", min(counter[0], total), total)
         if cfg.snapshot_every and (len(losses) % cfg.snapshot_every == 1 or done >= steps):
@@ -823,9 +838,12 @@ def iter_refine_atoms(
     coarse_px = max(cfg.coarse_pixel, fine_px)
     tie = cfg.scale_tie if cfg.scale_tie is not None else (3.0 if stack.metadata.get("units") == "Hz" else 0.0)
     scales = cfg.height_step_scales or ((1.0,) if stack.heights is not None else (0.8, 1.0, 1.25))
-    n_steps = [int(round(cfg.steps * f)) for f in (0.4, 0.35)]
-    n_steps.append(cfg.steps - sum(n_steps))
-    total = cfg.steps + cfg.move_rounds + 2
+    n_fine = int(round(cfg.steps * cfg.fine_share))
+    n_steps = [int(round((cfg.steps - n_fine) * 0.4 / 0.75))]
+    n_steps += [cfg.steps - n_fine - n_steps[0], n_fine]
+    # with every move off, a round would only simulate crops to throw them away
+    rounds = cfg.move_rounds if (cfg.flips or cfg.add or cfg.remove) else 0
+    total = cfg.steps + rounds + 2
     counter, losses = [0], []
 
     # 1. the tip distance (and the height step): the best of a few, on the coarse grid
@@ -847,6 +865,9 @@ def iter_refine_atoms(
     with torch.no_grad():
         tip.distance.fill_(float(d0))
     fine = _Level(stack, window, fine_px, cfg.fine_grid, scale, device, dtype, tie) if fine_px < coarse_px else coarse
+    fit_grid = cfg.fine_fit_grid or cfg.fine_grid
+    fine_fit = fine if fit_grid == cfg.fine_grid or fine is coarse else \
+        _Level(stack, window, fine_px, fit_grid, scale, device, dtype, tie)
     raw0, fitted0, _, _, loss0 = _final(fine, structure, tip, z_ref, stack)
     residual0 = _scan_residual(stack, fitted0)
     counter[0] += 1
@@ -857,16 +878,24 @@ def iter_refine_atoms(
     moves = {"flips": 0, "added": 0, "removed": 0}
     # a wrongly turned water gets dragged sideways by the gradient: the first moves come first
     plan: list = []
-    for r in range(2):
-        if r < cfg.move_rounds and (r > 0 or cfg.flips_first):
-            plan.append(("moves", r))
-        plan.append((coarse, n_steps[r]))
-        if r == 0 and cfg.move_rounds and not cfg.flips_first:
-            plan.append(("moves", 1))
-    plan += [("moves", r) for r in range(2, cfg.move_rounds)]
-    plan.append((fine, n_steps[2]))
+    n_orient = min(cfg.orient_steps, n_steps[0])
+    if n_orient:
+        plan.append((coarse, n_orient, True))
+        n_steps[0] -= n_orient
+    if rounds == 0:  # no moves: one coarse fit (the L-BFGS history is kept), then the fine grid
+        plan.append((coarse, n_steps[0] + n_steps[1]))
+    else:
+        for r in range(2):
+            if r < rounds and (r > 0 or cfg.flips_first):
+                plan.append(("moves", r))
+            plan.append((coarse, n_steps[r]))
+            if r == 0 and rounds and not cfg.flips_first:
+                plan.append(("moves", 1))
+        plan += [("moves", r) for r in range(2, rounds)]
+    plan.append((fine_fit, n_steps[2]))
     frames, ab = _evaluate(coarse, structure, tip, z_ref)
-    for level, steps in plan:
+    left = 0  # steps the coarse stages did not use (their loss stalled): the fine grid gets them
+    for level, steps, *rot in plan:
         if level == "moves":
             if structure.bodies.n_bodies:
                 # nothing is removed before the first fit (a molecule a bit off may still look unsupported)
@@ -878,11 +907,16 @@ def iter_refine_atoms(
             counter[0] += 1
             yield Progress("refining", counter[0], total)
             continue
+        if level is fine_fit and fine_fit is not coarse:
+            steps += left
         if steps > 0:
+            used = counter[0]
             structure, frames, ab = yield from _fit(level, structure, tip, z_ref, steps, cfg, counter, total,
-                                                    losses, stack)
+                                                    losses, stack, rotation_only=bool(rot and rot[0]))
             if level is not coarse:
                 frames, ab = _evaluate(coarse, structure, tip, z_ref)
+            elif cfg.stall > 0:
+                left += max(0, steps - (counter[0] - used))
 
     # 3. fit scores (how much each molecule explains) and the result
     frames, ab = _evaluate(coarse, structure, tip, z_ref)
