@@ -95,7 +95,11 @@ def test_relaxation_returns_the_force_that_forces_at_samples():
     for solver in ("newton", "fire"):
         relaxed, apex, fz = sim.relax(grid, tb, solver=solver, return_fz=True)
         assert fz.shape == relaxed.shape[:3]
-        assert torch.allclose(fz, sim.forces_at(grid, relaxed, apex, tb), rtol=0, atol=1e-12)
+        # Newton's last step is taken to first order (no new evaluation): F_z agrees to second order
+        # (to ~1e-4 of the range where the step crosses a cell of the trilinear field)
+        ref = sim.forces_at(grid, relaxed, apex, tb)
+        err = (fz - ref).abs() / float(ref.abs().max())
+        assert float(err.max()) < 1e-3 and float(err.median()) < 1e-8
     # Newton, started from the equilibrium predicted along the stroke, finds FIRE's equilibria
     # (within the force tolerance; a few points near an instability end on the other branch)
     newton, _ = sim.relax(grid, tb, solver="newton")

@@ -414,19 +414,25 @@ class TorchSimulator:
             good = conv & _stable(J, rows) & torch.isfinite(pa).all(-1)
             last = it == iters or not bool((~conv).any())
             g_next = G + next_dz * (J[:, :, 2] - jac[:, :, 2])  # G once the tip moved (J − jac: the springs')
-            if last:  # no more steps: only the prediction
-                X = _solve3(J, g_next, rows)[..., None]
-            else:  # the Newton step and the prediction share J's cofactors
-                X = _solve3(J, torch.stack([g_next, G], dim=-1), rows)
+            # the Newton step and the prediction share J's cofactors
+            X = _solve3(J, torch.stack([g_next, G], dim=-1), rows)
             pr = pa - X[..., 0]
+            step = X[..., 1]
+            # a converged point still takes its last Newton step, to first order and without another
+            # evaluation: a start that is already within the tolerance (|G|² < f2conv) would otherwise
+            # leave the probe up to |G|/k ≈ 0.006 Å from the equilibrium on a soft tip, a jitter that
+            # depends on the path and makes fitted stacks (refine) a rough function of the atoms
+            fix = torch.where(conv[:, None], step, torch.zeros_like(step))
+            fz_a = val[:, 2] - (jac[:, 2, :] * fix).sum(-1)
             if act is None:
-                ok, fz, pred = good, val[:, 2].clone(), pr
+                ok, fz, pred = good, fz_a, pr
+                p = torch.where(conv[:, None], pa - fix, p)
             else:
-                ok[act], fz[act], pred[act] = good, val[:, 2], pr
+                ok[act], fz[act], pred[act] = good, fz_a, pr
+                p[act] = torch.where(conv[:, None], pa - fix, p[act])
             if last:
                 break
             keep = ~conv
-            step = X[..., 1]
             if not bool(keep.all()):
                 idx = keep.nonzero()[:, 0]
                 act = idx if act is None else act[idx]
