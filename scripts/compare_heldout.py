@@ -19,7 +19,7 @@ from hydrafm.predict.predictor import resolve_model
 root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")  # the folders made by the commands above
 sets = {k: AFMDataset(f"{root}/{k}-heldout") for k in ("ice", "water", "hydrates")}
 models = sys.argv[1:]
-ths = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+ths = (0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 out = {}
 for m in models:
     net = resolve_model(m, "cpu")

@@ -2,6 +2,11 @@
 
     python scripts/ship_model.py CKPT NAME DATASET [--val-runs 4,13 | --indices A:B] [-n 200] \\
         [--summary "..."] [--also-top 2.0] [--overwrite]
+    python scripts/ship_model.py CKPT NAME --compare compare.json [--summary "..."] [--overwrite]
+
+With ``--compare``, the threshold and the scores are those ``scripts/compare_heldout.py``
+measured for CKPT (threshold on the first halves of the held-out ice-like and MD-water sets,
+scores per set, family and distance regime on the second halves, clean and degraded).
 
 The held-out samples are split in two: the threshold with the best mean F1 is chosen
 on the first half and the scores are measured on the second half, which neither
@@ -32,7 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("name")
-    ap.add_argument("dataset", type=Path, help="dataset holding the held-out samples")
+    ap.add_argument("dataset", type=Path, nargs="?", help="dataset holding the held-out samples")
+    ap.add_argument("--compare", type=Path, help="take threshold and scores from scripts/compare_heldout.py output")
     ap.add_argument("--val-runs", help="water: the MD runs held out in training (e.g. 4,13)")
     ap.add_argument("--indices", help="A:B, the held-out sample indices of DATASET")
     ap.add_argument("-n", type=int, default=200, help="held-out samples used (half calibrate, half score)")
@@ -42,6 +48,10 @@ def main() -> None:
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
 
+    if args.compare:
+        return ship_compared(args)
+    if args.dataset is None:
+        sys.exit("give a DATASET or --compare")
     ds = AFMDataset(args.dataset)
     if args.val_runs:
         idx = _split_water_runs(ds, args.val_runs)[1]
@@ -75,6 +85,35 @@ def main() -> None:
     (ROOT / "docs" / "models").mkdir(parents=True, exist_ok=True)
     (ROOT / "docs" / "models" / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
+
+
+def ship_compared(args) -> None:
+    """Ship CKPT with the threshold and held-out scores compare_heldout.py measured for it."""
+    from hydrafm.models.checkpoint import load_checkpoint, save_checkpoint
+
+    table = json.loads(args.compare.read_text())
+    key = next((k for k in table if Path(k).resolve() == args.checkpoint.resolve()), None)
+    if key is None:
+        sys.exit(f"{args.checkpoint} is not in {args.compare} (has: {', '.join(table)})")
+    res = table[key]
+    t = float(res["threshold"])
+    sets = {k: v for k, v in res.items() if k not in ("threshold", "calibration")}
+    result = {"name": args.name, "threshold": t, "top": 3.0, "scores": sets,
+              "calibration": res["calibration"],
+              "held_out": {"how": "scripts/compare_heldout.py: threshold on the first halves of the ice and water "
+                                  "held-out sets, scores on the second halves (48 stacks each)",
+                           "sets": "hydrafm simulate {ice,water,hydrates} -n 96 --split held-out --distance 2.5:3.5 "
+                                   "--seed 7 --shard-size 16"}}
+    out = ROOT / "src" / "hydrafm" / "models" / "weights" / f"{args.name}.pt"
+    if out.exists() and not args.overwrite:
+        sys.exit(f"{out} exists; pass --overwrite")
+    net, info, _ = load_checkpoint(args.checkpoint)
+    flat = {f"{g} ({k})": sets[k]["all"][g] for k in ("ice", "water", "hydrates") if k in sets for g in ("O", "H")}
+    info.provenance.update({"threshold": t, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
+                            "held_out": result["held_out"]})
+    save_checkpoint(out, net, info)
+    (ROOT / "docs" / "models" / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({"shipped": str(out), "threshold": t}))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python scripts/sweep_table.py OUT_DIR            # after scripts/arch_sweep.sh and compare_heldout.py
 
-Reads ``OUT_DIR/<name>.jsonl`` (epoch lines of ``hydrafm train --on-the-fly``) and
+Reads ``OUT_DIR/<name>.jsonl`` (epoch lines of ``hydrafm train --on-the-fly``, resumed runs appended) and
 ``OUT_DIR/compare.json`` and/or ``OUT_DIR/eval/*.json`` (``scripts/compare_heldout.py``) and prints one row per candidate:
 parameters, CPU minutes actually spent (process CPU time where logged, else wall time),
 samples trained and simulated, held-out O / H F1 per set, their mean, and the mean per CPU-hour.
@@ -28,7 +28,16 @@ def main() -> None:
         name = Path(model).stem
         log = root / f"{name}.jsonl"
         epochs = [json.loads(v) for v in log.read_text().splitlines() if v.startswith('{"epoch"')] if log.exists() else []
-        cpu = epochs[-1].get("cpu_seconds") if epochs else None
+        # a log may hold several runs of the same model (a resumed run restarts its CPU clock)
+        cpu, last = None, 0.0
+        for e in epochs:
+            c = e.get("cpu_seconds")
+            if c is None:
+                continue
+            if c < last:
+                cpu = (cpu or 0.0) + last
+            last = c
+        cpu = None if last == 0.0 else (cpu or 0.0) + last
         wall = sum(e["seconds"] for e in epochs)
         trained = sum(e["samples_per_s"] * e["seconds"] for e in epochs)
         fresh = sum(e.get("new_samples_per_s", 0.0) * e["seconds"] for e in epochs)
