@@ -34,22 +34,18 @@ def score(stack, model: str) -> tuple[dict, object]:
     mol = pred.atoms()
     loose = pred.atoms(molecules=False)
     lab, ids = mol.arrays["label"], mol.arrays["mol"]
+    from scipy.spatial import cKDTree
+
     o = np.flatnonzero(lab == "O")
-    oxy = mol.positions[o, :2]
-    if len(o) > 1:
-        d = np.linalg.norm(oxy[:, None] - oxy[None], axis=-1)
-        np.fill_diagonal(d, np.inf)
-        nn = d.min(1)
-    else:
-        nn = np.array([])
+    nn = cKDTree(mol.positions[o, :2]).query(mol.positions[o, :2], k=2)[0][:, 1] if len(o) > 1 else np.array([])
     hpk = loose.positions[np.char.startswith(loose.arrays["label"].astype(str), "H"), :2]
+    peaks = cKDTree(hpk) if len(hpk) else None
     two, two_peaks = 0, 0
     for k in o:
         hs = np.flatnonzero((ids == ids[k]) & np.char.startswith(lab.astype(str), "H"))
         two += len(hs) == 2
-        if len(hs) == 2 and len(hpk):
-            dist = np.linalg.norm(mol.positions[hs, None, :2] - hpk[None], axis=-1).min(1)
-            two_peaks += bool((dist <= 0.6).all())
+        if len(hs) == 2 and peaks is not None:
+            two_peaks += bool((peaks.query(mol.positions[hs, :2])[0] <= 0.6).all())
     n = max(len(o), 1)
     return {"model": model, "threshold": float(mol.info["threshold"]), "n_O": int(len(o)),
             "n_H_peaks": int(len(hpk)), "median_OO_nn": float(np.median(nn)) if len(nn) else None,

@@ -472,7 +472,8 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
 
     cfg = OnTheFlyConfig(pools=tuple(p.strip() for p in args.pools.split(",") if p.strip()),
                          batch_size=args.batch_size, crop=args.crop or 64, steps_per_epoch=args.steps_per_epoch,
-                         epochs=args.epochs, minutes=args.minutes, cpu_minutes=args.cpu_minutes, val_size=args.val_size, lr=args.lr,
+                         epochs=args.epochs, minutes=args.minutes, cpu_minutes=args.cpu_minutes,
+                         val_size=args.val_size, lr=args.lr,
                          patience=args.patience, seed=args.seed, sim_share=args.sim_share, buffer=args.buffer,
                          label_depth=args.label_depth if args.label_depth is not None else 2.0)
     gen = train_on_the_fly(args.out, cfg, UNetConfig(base_channels=args.base_channels, encoder=args.encoder),

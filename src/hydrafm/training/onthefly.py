@@ -328,10 +328,11 @@ class ReplayBuffer:
         if self.x is None:
             self.x = x.new_zeros((self.capacity, *x.shape[1:]))
             self.y = y.new_zeros((self.capacity, *y.shape[1:]))
-        for k in range(len(x)):
-            self.x[self._next], self.y[self._next] = x[k], y[k]
-            self._next = (self._next + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
+        x, y = x[-self.capacity :], y[-self.capacity :]  # more than fits: the newest
+        idx = (self._next + torch.arange(len(x), device=self.x.device)) % self.capacity
+        self.x[idx], self.y[idx] = x, y
+        self._next = (self._next + len(x)) % self.capacity
+        self.size = min(self.size + len(x), self.capacity)
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.size == 0:
