@@ -3,12 +3,13 @@
     for k in ice water hydrates; do hydrafm simulate $k -n 96 --split held-out --distance 2.5:3.5 \
         --seed 7 --shard-size 16 --out $HYDRAFM_EVAL/$k-heldout; done
     python scripts/compare_heldout.py MODEL [MODEL ...]      # → compare.json
+    python scripts/compare_heldout.py --calibrate hydrates --classes O,Na,K,H MODEL ...  # ion models
 
-The threshold with the best mean O/H F1 on the first halves of the ice and water sets is chosen
-per model; every set's second half is then scored as it is and after experiment-like
+The threshold with the best mean O/H F1 on the first halves of the ice and water sets (or the
+sets and classes given) is chosen per model; every set's second half is then scored as it is and after experiment-like
 degradations (``hydrafm evaluate --degrade``), per family and per distance regime.
 """
-import json, os, sys
+import argparse, json, os
 import numpy as np, torch
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 from hydrafm.simulate.dataset import AFMDataset
@@ -18,20 +19,27 @@ from hydrafm.predict.predictor import resolve_model
 
 root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")  # the folders made by the commands above
 sets = {k: AFMDataset(f"{root}/{k}-heldout") for k in ("ice", "water", "hydrates")}
-models = sys.argv[1:]
+ap = argparse.ArgumentParser()
+ap.add_argument("models", nargs="+")
+ap.add_argument("--calibrate", default="ice,water", help="held-out sets whose first halves choose the threshold")
+ap.add_argument("--score", default="ice,water,hydrates", help="held-out sets whose second halves are scored")
+ap.add_argument("--classes", default="O,H", help="classes whose mean F1 chooses the threshold")
+args = ap.parse_args()
+models = args.models
 ths = (0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 out = {}
 for m in models:
     net = resolve_model(m, "cpu")
     tot = {t: None for t in ths}
-    for k in ("ice", "water"):
+    for k in args.calibrate.split(","):
         ds = sets[k]; half = np.arange(len(ds) // 2)
         res = drive(evaluate_thresholds(ds, net, half, ths), show=False)
         for t in ths:
             tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
-    t = best_threshold(tot, ("O", "H"))
+    t = best_threshold(tot, tuple(args.classes.split(",")))
     out[m] = {"threshold": t, "calibration": {str(k): v.summary() for k, v in tot.items()}}
-    for k, ds in sets.items():
+    for k in args.score.split(","):
+        ds = sets[k]
         rest = np.arange(len(ds) // 2, len(ds))
         g = drive(evaluate_groups(ds, net, rest, t), show=False)
         out[m][k] = g.summary()

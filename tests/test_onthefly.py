@@ -16,7 +16,7 @@ from hydrafm.models.checkpoint import load_checkpoint
 from hydrafm.models.unet import UNetConfig
 from hydrafm.progress import drive
 from hydrafm.training.onthefly import (BatchMaker, Degradations, OnTheFlyConfig, ReplayBuffer, default_split,
-                                       degrade, train_on_the_fly)
+                                       degrade, train_on_the_fly, cosine_lr, _budget_used)
 
 TINY = OnTheFlyConfig(pools=("water",), batch_size=2, crop=16, steps_per_epoch=2, epochs=2, val_size=4,
                       layer_depth=3.0)
@@ -79,6 +79,12 @@ def test_train_checkpoint_resume_and_minutes(tmp_path):
     drive(train_on_the_fly(out, replace(TINY, epochs=4), UNetConfig(base_channels=4), device="cpu",
                            cache=tmp_path / "cache"), show=False, on_record=recs.append)
     assert [r.epoch for r in recs] == [3, 4]
+    # resume with a cosine decay (a new schedule continues the same run): 2 more epochs end at lr_final
+    recs = []
+    drive(train_on_the_fly(out, replace(TINY, epochs=6, lr=2e-3, lr_final=1e-4), UNetConfig(base_channels=4),
+                           device="cpu", cache=tmp_path / "cache"), show=False, on_record=recs.append)
+    assert [r.epoch for r in recs] == [5, 6]
+    assert 1e-4 < recs[0].lr < 2e-3 and recs[1].lr < recs[0].lr
     # --minutes: stops after the first batch, still scores and keeps a checkpoint
     out2 = tmp_path / "t.pt"
     recs = []
@@ -90,6 +96,16 @@ def test_train_checkpoint_resume_and_minutes(tmp_path):
     drive(train_on_the_fly(tmp_path / "c.pt", replace(TINY, cpu_minutes=1e-6, epochs=50), UNetConfig(base_channels=4),
                            device="cpu", cache=tmp_path / "cache"), show=False, on_record=recs.append)
     assert len(recs) == 1 and recs[0].cpu_seconds > 0
+
+
+def test_cosine_lr_follows_the_budget():
+    cfg = replace(TINY, lr=1e-3, lr_final=1e-5)
+    assert cosine_lr(cfg, 0.0) == pytest.approx(1e-3) and cosine_lr(cfg, 1.0) == pytest.approx(1e-5)
+    assert cosine_lr(cfg, 0.5) == pytest.approx(0.5 * (1e-3 + 1e-5))
+    assert cosine_lr(replace(cfg, lr_final=None), 0.7) == pytest.approx(1e-3)  # constant without lr_final
+    # the first budget to end sets the pace: 30 of 60 minutes beats 1 of 10 epochs
+    assert _budget_used(replace(cfg, minutes=60.0), 0.1, 1800.0, 0.0) == pytest.approx(0.5)
+    assert _budget_used(replace(cfg, cpu_minutes=10.0), 0.1, 1800.0, 1200.0) == 1.0
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--lr", type=float, default=3e-4)
+    tr.add_argument("--lr-final", type=float,
+                    help="on the fly: decay the learning rate along a cosine to this value over the run's budget "
+                         "(--minutes, --cpu-minutes or --epochs, whichever ends first); a resumed run may change it")
     tr.add_argument("--crop", type=int, default=64, help="train on random crops of this many px (0: whole)")
     tr.add_argument("--base-channels", type=int, default=16)
     tr.add_argument("--encoder", choices=["3d", "2d"], default="3d",
@@ -473,7 +476,7 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
     cfg = OnTheFlyConfig(pools=tuple(p.strip() for p in args.pools.split(",") if p.strip()),
                          batch_size=args.batch_size, crop=args.crop or 64, steps_per_epoch=args.steps_per_epoch,
                          epochs=args.epochs, minutes=args.minutes, cpu_minutes=args.cpu_minutes,
-                         val_size=args.val_size, lr=args.lr,
+                         val_size=args.val_size, lr=args.lr, lr_final=args.lr_final,
                          patience=args.patience, seed=args.seed, sim_share=args.sim_share, buffer=args.buffer,
                          label_depth=args.label_depth if args.label_depth is not None else 2.0)
     gen = train_on_the_fly(args.out, cfg, UNetConfig(base_channels=args.base_channels, encoder=args.encoder),

@@ -96,6 +96,7 @@ class OnTheFlyConfig:
     cpu_minutes: float | None = None  # ... or after this much CPU time of this process (equal-compute comparisons)
     val_size: int = 96
     lr: float = 1e-3
+    lr_final: float | None = None  # cosine decay from lr to this over the run's budget (None: constant lr)
     weight_decay: float = 1e-5
     patience: int = 20
     seed: int = 0
@@ -499,6 +500,7 @@ def train_on_the_fly(
         opt.load_state_dict(state["optimizer"])
         start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
         spent = float(state.get("seconds", 0.0))
+    _set_lr(opt, cfg.lr)  # a resumed run may continue with another learning rate
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -532,6 +534,9 @@ def train_on_the_fly(
         plans = maker.plans(rng, cfg.batch_size)
         for b in range(cfg.steps_per_epoch):
             ts = time.perf_counter()
+            if cfg.lr_final is not None:
+                done = (epoch - start_epoch + b / cfg.steps_per_epoch) / max(cfg.epochs - start_epoch, 1)
+                _set_lr(opt, cosine_lr(cfg, _budget_used(cfg, done, ts - t_start, time.process_time() - cpu0)))
             if replay is None:
                 x, y = maker.render(next(plans))
                 fresh += len(x)
@@ -570,7 +575,8 @@ def train_on_the_fly(
                                                 "seconds": spent + time.perf_counter() - t_start})
             yield OnTheFlyEpoch(epoch + 1, cfg.epochs, total / max(count, 1), val, best, improved, seconds,
                                 str(dev), None, count * world / max(seconds, 1e-9), sim_s / max(seconds, 1e-9),
-                                fresh * world / max(seconds, 1e-9), time.process_time() - cpu0)
+                                fresh * world / max(seconds, 1e-9), time.process_time() - cpu0,
+                                opt.param_groups[0]["lr"])
         stop = stop or _agree(stale >= cfg.patience, world, dev)
         if stop:
             break
@@ -589,13 +595,37 @@ class OnTheFlyEpoch(EpochStats):
     simulation_share: float = 0.0  # fraction of the epoch's time spent making batches
     new_samples_per_s: float = 0.0  # freshly simulated stacks (lower than samples_per_s with replay)
     cpu_seconds: float = 0.0  # CPU time of this process so far (all its threads): the compute spent
+    lr: float = 0.0  # learning rate at the end of the epoch
+
+
+def _budget_used(cfg: OnTheFlyConfig, epochs_used: float, wall_s: float, cpu_s: float) -> float:
+    """Fraction (0–1) of this invocation's budget spent: the first of epochs, minutes, CPU minutes to end."""
+    used = [epochs_used]
+    if cfg.minutes is not None:
+        used.append(wall_s / (60 * cfg.minutes))
+    if cfg.cpu_minutes is not None:
+        used.append(cpu_s / (60 * cfg.cpu_minutes))
+    return min(max(used), 1.0)
+
+
+def cosine_lr(cfg: OnTheFlyConfig, used: float) -> float:
+    """Learning rate after ``used`` (0–1) of the budget: cosine from ``cfg.lr`` to ``cfg.lr_final``."""
+    end = cfg.lr if cfg.lr_final is None else cfg.lr_final
+    return end + (cfg.lr - end) * 0.5 * (1 + math.cos(math.pi * min(max(used, 0.0), 1.0)))
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def _same_run(saved: dict | None, cfg: OnTheFlyConfig) -> bool:
-    """A saved run continues under ``cfg`` when only its length (epochs, minutes, patience) changed."""
+    """A saved run continues under ``cfg`` when only its length (epochs, minutes, patience) or its
+    learning-rate schedule changed (options added since the run was saved take their defaults)."""
     if saved is None:
         return False
-    length = ("epochs", "minutes", "cpu_minutes", "patience")
+    saved = {**OnTheFlyConfig().to_dict(), **saved}
+    length = ("epochs", "minutes", "cpu_minutes", "patience", "lr", "lr_final")
     return {k: v for k, v in saved.items() if k not in length} == {
         k: v for k, v in cfg.to_dict().items() if k not in length}
 
