@@ -23,6 +23,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("models", nargs="+")
 ap.add_argument("--calibrate", default="ice,water", help="held-out sets whose first halves choose the threshold")
 ap.add_argument("--score", default="ice,water,hydrates", help="held-out sets whose second halves are scored")
+ap.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the highest atom")
+ap.add_argument("--flips", action="store_true", help="average each prediction over the four mirror images")
 ap.add_argument("--classes", default="O,H", help="classes whose mean F1 chooses the threshold")
 args = ap.parse_args()
 models = args.models
@@ -33,17 +35,19 @@ for m in models:
     tot = {t: None for t in ths}
     for k in args.calibrate.split(","):
         ds = sets[k]; half = np.arange(len(ds) // 2)
-        res = drive(evaluate_thresholds(ds, net, half, ths), show=False)
+        res = drive(evaluate_thresholds(ds, net, half, ths, top=args.top, flips=args.flips or None), show=False)
         for t in ths:
             tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
     t = best_threshold(tot, tuple(args.classes.split(",")))
-    out[m] = {"threshold": t, "calibration": {str(k): v.summary() for k, v in tot.items()}}
+    out[m] = {"threshold": t, "flips": bool(args.flips), "top": args.top, "calibrated_on": args.calibrate,
+              "calibration_classes": args.classes,
+              "calibration": {str(k): v.summary() for k, v in tot.items()}}
     for k in args.score.split(","):
         ds = sets[k]
         rest = np.arange(len(ds) // 2, len(ds))
-        g = drive(evaluate_groups(ds, net, rest, t), show=False)
+        g = drive(evaluate_groups(ds, net, rest, t, top=args.top, flips=args.flips or None), show=False)
         out[m][k] = g.summary()
-        gd = drive(evaluate_groups(ds, net, rest, t, degrade=True), show=False)
+        gd = drive(evaluate_groups(ds, net, rest, t, top=args.top, degrade=True, flips=args.flips or None), show=False)
         out[m][k + "_degraded"] = gd.summary()
     print(m, "threshold", t, flush=True)
 json.dump(out, open(os.environ.get("HYDRAFM_COMPARE_OUT", "compare.json"), "w"), indent=1)

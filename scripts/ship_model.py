@@ -97,19 +97,23 @@ def ship_compared(args) -> None:
         sys.exit(f"{args.checkpoint} is not in {args.compare} (has: {', '.join(table)})")
     res = table[key]
     t = float(res["threshold"])
-    sets = {k: v for k, v in res.items() if k not in ("threshold", "calibration")}
-    result = {"name": args.name, "threshold": t, "top": 3.0, "scores": sets,
+    flips, top, calib = bool(res.get("flips", False)), float(res.get("top", 3.0)), res.get("calibrated_on", "ice,water")
+    meta = ("threshold", "calibration", "flips", "top", "calibrated_on", "calibration_classes")
+    sets = {k: v for k, v in res.items() if k not in meta}
+    result = {"name": args.name, "threshold": t, "flips": flips, "top": top, "scores": sets,
               "calibration": res["calibration"],
-              "held_out": {"how": "scripts/compare_heldout.py: threshold on the first halves of the ice and water "
-                                  "held-out sets, scores on the second halves (48 stacks each)",
+              "held_out": {"how": f"scripts/compare_heldout.py: threshold on the first halves of the {calib} "
+                                  "held-out sets, scores on the second halves (48 stacks each)"
+                                  + (", averaging the four mirror images" if flips else ""),
                            "sets": "hydrafm simulate {ice,water,hydrates} -n 96 --split held-out --distance 2.5:3.5 "
                                    "--seed 7 --shard-size 16"}}
     out = ROOT / "src" / "hydrafm" / "models" / "weights" / f"{args.name}.pt"
     if out.exists() and not args.overwrite:
         sys.exit(f"{out} exists; pass --overwrite")
     net, info, _ = load_checkpoint(args.checkpoint)
-    flat = {f"{g} ({k})": sets[k]["all"][g] for k in ("ice", "water", "hydrates") if k in sets for g in ("O", "H")}
-    info.provenance.update({"threshold": t, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
+    flat = {f"{g} ({k})": sets[k]["all"][g] for k in ("ice", "water", "hydrates") if k in sets
+            for g in ("O", "Na", "K", "H") if g in sets[k]["all"]}
+    info.provenance.update({"threshold": t, "flips": flips, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
                             "held_out": result["held_out"]})
     save_checkpoint(out, net, info)
     (ROOT / "docs" / "models" / f"{args.name}.json").write_text(json.dumps(result, indent=1))

@@ -136,3 +136,8 @@ def test_mirror_averaging_is_equivariant():
     np.testing.assert_allclose(a, b[:, :, ::-1], atol=1e-5)
     plain = predict_maps(AFMStack(data, (0.2, 0.2), np.arange(10) * 0.1), (net, info))[0]
     assert not np.allclose(a, plain, atol=1e-4)
+    # a model that recommends mirror averaging gets it by default; False still turns it off
+    info.provenance["flips"] = True
+    st = AFMStack(data, (0.2, 0.2), np.arange(10) * 0.1)
+    np.testing.assert_allclose(predict_maps(st, (net, info))[0], a, atol=1e-6)
+    np.testing.assert_allclose(predict_maps(st, (net, info), flips=False)[0], plain, atol=1e-6)

@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     pr.add_argument("--threshold", type=float,
                     help="minimum confidence of an atom (default: the model's recommended threshold)")
-    pr.add_argument("--flips", action="store_true",
-                    help="average over the four mirror images (more accurate, ~4× slower)")
+    pr.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                    help="average over the four mirror images (more accurate, ~4× the network time; "
+                         "default: as the model recommends)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing .xyz files")
     pr.add_argument("--loose-atoms", action="store_true",
                     help="write the peaks as they are instead of whole molecules (H2O with two H, ion shells)")
@@ -185,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threshold", type=float, help="default: the model's recommended threshold")
     ev.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the top")
-    ev.add_argument("--flips", action="store_true", help="average over the four mirror images")
+    ev.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                    help="average over the four mirror images (default: as the model recommends)")
     ev.add_argument("--loose-atoms", action="store_true", help="score the peaks as they are, not whole molecules")
     ev.add_argument("--by-group", action="store_true",
                     help="also report per structure family and per closest-distance regime")

@@ -28,7 +28,7 @@ def evaluate_thresholds(
     thresholds: Sequence[float] = (0.5,),
     device: str = "cpu",
     top: float = 3.0,
-    flips: bool = False,
+    flips: bool | None = None,
     molecules: bool = True,
 ) -> Generator[Progress, None, dict[float, Scores]]:
     """Predict every chosen sample once and score its atoms at each threshold: ``{threshold: Scores}``.
@@ -49,7 +49,7 @@ def evaluate_thresholds(
     return totals
 
 
-def _predict_sample(ds: AFMDataset, i: int, net_info, device, flips: bool, degrade: bool = False):
+def _predict_sample(ds: AFMDataset, i: int, net_info, device, flips: bool | None, degrade: bool = False):
     """``(sample, Prediction)`` of sample ``i`` (after :func:`degrade_like_experiment`, seeded by ``i``)."""
     st = ds.settings
     s = ds[i]
@@ -68,7 +68,7 @@ def evaluate_dataset(
     threshold: float | None = None,
     device: str = "cpu",
     top: float = 3.0,
-    flips: bool = False,
+    flips: bool | None = None,
     molecules: bool = True,
 ) -> Generator[Progress, None, Scores]:
     """Predict every chosen sample of ``ds`` and add up the scores; yields progress, returns :class:`Scores`.
@@ -153,7 +153,7 @@ def evaluate_groups(
     threshold: float | None = None,
     device: str = "cpu",
     top: float = 3.0,
-    flips: bool = False,
+    flips: bool | None = None,
     molecules: bool = True,
     regimes=DISTANCE_REGIMES,
     n_worst: int = 12,

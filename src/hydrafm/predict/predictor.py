@@ -31,6 +31,7 @@ from .atoms import maps_to_atoms
 from .molecules import maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
+           "default_flips",
            "select_heights", "SHIPPED_MODELS", "default_threshold"]
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
@@ -104,13 +105,19 @@ def default_threshold(info: ModelInfo) -> float:
     return float(info.provenance.get("threshold", 0.5))
 
 
+def default_flips(info: ModelInfo) -> bool:
+    """Whether the model's held-out scores were measured averaging the four mirror images (then
+    Predict does the same by default), as recorded with the model."""
+    return bool(info.provenance.get("flips", False))
+
+
 def predict_maps(
     stack: AFMStack,
     model: str | Path | tuple[StructureUNet, ModelInfo] = "water",
     device: str | torch.device = "cpu",
     tile: int = 128,
     overlap: int = 32,
-    flips: bool = False,
+    flips: bool | None = None,
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], ModelInfo]:
     """Label maps (0–1) for a whole scan: ``(maps, pixel size, origin, info)`` of the maps' grid."""
     p = drive(iter_predict_maps(stack, model, device, tile, overlap, flips), show=False)
@@ -123,17 +130,19 @@ def iter_predict_maps(
     device: str | torch.device = "cpu",
     tile: int = 128,
     overlap: int = 32,
-    flips: bool = False,
+    flips: bool | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """:func:`predict_maps` as a generator: yields :class:`Progress` per tile, returns a :class:`Prediction`.
 
     ``flips`` averages the maps over the four mirror images of each tile (test-time
-    augmentation: about 4× the network time). Closing the generator between tiles
+    augmentation: about 4× the network time); ``None`` does what the model recommends
+    (:func:`default_flips`). Closing the generator between tiles
     cancels the prediction.
     """
     name = "in-memory" if isinstance(model, tuple) else str(model)
     yield Progress("loading model", 0, 1)
     net, info = resolve_model(model, device)
+    flips = default_flips(info) if flips is None else bool(flips)
     frames = select_heights(stack, info.config.n_heights, info.dz)
     frames, px = _resample(frames, stack.pixel_size, info.pixel_size)
     # pixel centres of the resampled grid, in the stack's physical frame
@@ -176,7 +185,7 @@ def predict_atoms(
     model: str | Path | tuple[StructureUNet, ModelInfo] = "water",
     device: str | torch.device = "cpu",
     threshold: float | None = None,
-    flips: bool = False,
+    flips: bool | None = None,
     molecules: bool = True,
 ) -> Atoms:
     """Whole molecules of a stack (``label``, ``confidence``, ``mol``, ``shell``), Å in the stack's frame.
