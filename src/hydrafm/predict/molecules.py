@@ -72,10 +72,13 @@ SHELL_RADIUS = {"Na": 3.1, "K": 3.4}
 ACCEPTOR = (2.4, 3.3)  # Å, lateral O···O distance of an H-bond (2.5–3.2 Å and 0.1 Å for the peaks' error)
 MIN_TILT = 40.0  # degrees: smallest elevation given to an H_up / H_down peak
 MAX_LEVEL_TILT = 20.0  # degrees: largest tilt given to an H_flat peak
+PEAK_REACH = OH_BOND_MAX  # Å: lateral O–H peak distance within which a peak can be an O's H
+MIN_BOND_ANGLE = 60.0  # degrees: two H peaks closer in direction than this are not one water's
 HBOND_CONE = 25.0  # degrees: an H points at an acceptor within this angle
 W_HBOND = 0.3  # score of a level O–H pointing straight at a free acceptor
 W_SETTLED = 0.05  # extra for an acceptor that has chosen its own H already (the bond costs it nothing)
 PENALTY = 1.0
+PEAK_WEIGHT = 1.0  # an H peak's weight in the rigid fit is this + its confidence (an inferred H: 1)
 PRIOR = {"H_up": 0.03, "H_flat": 0.02, "H_down": 0.0}  # tie-breakers without evidence
 _REACH = max(ACCEPTOR[1], *SHELL_RADIUS.values())
 
@@ -254,7 +257,7 @@ def assemble_molecules(
     taken = xy[h_idx] if n_o else np.zeros((0, 2))
     near_o = np.zeros(len(h_idx), bool)  # H peaks with an O within reach; the others are orphans
     if n_o and len(h_idx):
-        pairs = cKDTree(xy[h_idx]).query_ball_point(xy[o_idx], OH_BOND_MAX)
+        pairs = cKDTree(xy[h_idx]).query_ball_point(xy[o_idx], PEAK_REACH)
         near_o[[j for js in pairs for j in js]] = True
         cand = [(float(np.hypot(*(xy[h_idx[j]] - xy[o_idx[k]]))), k, j)
                 for k, js in enumerate(pairs) for j in js]
@@ -264,9 +267,9 @@ def assemble_molecules(
                 continue
             i = h_idx[j]
             t, tilt = _peak_direction(xy[i] - xy[o_idx[k]], lab[i])
-            if targets[k] and targets[k][0][0] @ t > math.cos(math.radians(60)):
+            if targets[k] and targets[k][0][0] @ t > math.cos(math.radians(MIN_BOND_ANGLE)):
                 continue
-            targets[k].append((t, 1.0 + conf[i], conf[i], True, tilt))
+            targets[k].append((t, PEAK_WEIGHT + conf[i], conf[i], True, tilt))
             used[j] = True
         taken = xy[h_idx[used]]
 
