@@ -3,7 +3,10 @@
     for k in ice water hydrates; do hydrafm simulate $k -n 96 --split held-out --distance 2.5:3.5 \
         --seed 7 --shard-size 16 --out $HYDRAFM_EVAL/$k-heldout; done
     python scripts/compare_heldout.py MODEL [MODEL ...]      # → compare.json
-    python scripts/compare_heldout.py --calibrate hydrates --classes O,Na,K,H MODEL ...  # ion models
+    hydrafm simulate hydrates -n 96 --split held-out --distance 2.5:3.5 --seed 8 --shard-size 16 \
+        --out $HYDRAFM_EVAL/hydrates2-heldout
+    python scripts/compare_heldout.py --calibrate hydrates --classes O,Na,K,H --score hydrates \
+        --score-whole hydrates2 MODEL ...                  # ion models
 
 The threshold with the best mean O/H F1 on the first halves of the ice and water sets (or the
 sets and classes given) is chosen per model; every set's second half is then scored as it is and after experiment-like
@@ -18,16 +21,21 @@ from hydrafm.progress import drive
 from hydrafm.predict.predictor import resolve_model
 
 root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")  # the folders made by the commands above
-sets = {k: AFMDataset(f"{root}/{k}-heldout") for k in ("ice", "water", "hydrates")}
 ap = argparse.ArgumentParser()
 ap.add_argument("models", nargs="+")
 ap.add_argument("--calibrate", default="ice,water", help="held-out sets whose first halves choose the threshold")
 ap.add_argument("--score", default="ice,water,hydrates", help="held-out sets whose second halves are scored")
+ap.add_argument("--score-whole", default="", help="held-out sets scored whole (never used for calibration)")
 ap.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the highest atom")
 ap.add_argument("--flips", action="store_true", help="average each prediction over the four mirror images")
 ap.add_argument("--classes", default="O,H", help="classes whose mean F1 chooses the threshold")
 args = ap.parse_args()
 models = args.models
+whole = [k for k in args.score_whole.split(",") if k]
+if set(whole) & set(args.calibrate.split(",")):
+    ap.error("a set used for calibration cannot be scored whole")
+names = args.calibrate.split(",") + args.score.split(",") + whole
+sets = {k: AFMDataset(f"{root}/{k}-heldout") for k in dict.fromkeys(names)}
 ths = (0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 out = {}
 for m in models:
@@ -42,9 +50,9 @@ for m in models:
     out[m] = {"threshold": t, "flips": bool(args.flips), "top": args.top, "calibrated_on": args.calibrate,
               "calibration_classes": args.classes,
               "calibration": {str(k): v.summary() for k, v in tot.items()}}
-    for k in args.score.split(","):
+    for k in args.score.split(",") + whole:
         ds = sets[k]
-        rest = np.arange(len(ds) // 2, len(ds))
+        rest = np.arange(len(ds)) if k in whole else np.arange(len(ds) // 2, len(ds))
         g = drive(evaluate_groups(ds, net, rest, t, top=args.top, flips=args.flips or None), show=False)
         out[m][k] = g.summary()
         gd = drive(evaluate_groups(ds, net, rest, t, top=args.top, degrade=True, flips=args.flips or None), show=False)

@@ -111,7 +111,7 @@ def ship_compared(args) -> None:
     if out.exists() and not args.overwrite:
         sys.exit(f"{out} exists; pass --overwrite")
     net, info, _ = load_checkpoint(args.checkpoint)
-    flat = {f"{g} ({k})": sets[k]["all"][g] for k in ("ice", "water", "hydrates") if k in sets
+    flat = {f"{g} ({k})": sets[k]["all"][g] for k in sets if not k.endswith("_degraded")
             for g in ("O", "Na", "K", "H") if g in sets[k]["all"]}
     info.provenance.update({"threshold": t, "flips": flips, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
                             "held_out": result["held_out"]})
