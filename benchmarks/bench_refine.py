@@ -148,7 +148,7 @@ def cmd_predict(args):
     from hydrafm.predict.metrics import Scores, score_atoms
     from hydrafm.predict.predictor import predict_atoms, resolve_model
 
-    model = resolve_model("water")
+    model = resolve_model(args.model)
     rng = np.random.default_rng(args.seed)
     before, after = Scores(), Scores()
     for i, pos, numbers in held_out_structures(args.n, args.seed):
@@ -175,7 +175,7 @@ def cmd_experiment(args):
 
     path = TESTDATA / "jiang_lab_water_Au111" / "L1_20_L2_1Ying_Jiang_1.npz"
     stack = load_stack(path)
-    pred = predict_atoms(stack, "water")
+    pred = predict_atoms(stack, args.model)
     t, c = time.perf_counter(), time.process_time()
     res = refine_atoms(stack, pred, settings(args))
     secs, cpu = time.perf_counter() - t, time.process_time() - c
@@ -240,12 +240,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--figure")
+    ap.add_argument("--model", default="water", help="predict and experiment: the model whose molecules are refined")
     ap.add_argument("--pull", type=float, default=RefineSettings.pull,
                     help="weight of the pull of each molecule back to where it started")
     ap.add_argument("--h-flips", action="store_true", help="refine with the (experimental) H-flip moves")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(json.dumps({"mode": args.mode, "threads": args.threads, "h_flips": args.h_flips, "pull": args.pull,
+    print(json.dumps({"mode": args.mode, "model": args.model, "threads": args.threads, "h_flips": args.h_flips, "pull": args.pull,
                       "load_1min": round(os.getloadavg()[0], 2)}), flush=True)
     {"perturbed": cmd_perturbed, "predict": cmd_predict, "experiment": cmd_experiment}[args.mode](args)
 
