@@ -28,6 +28,7 @@ ap.add_argument("--score", default="ice,water,hydrates", help="held-out sets who
 ap.add_argument("--score-whole", default="", help="held-out sets scored whole (never used for calibration)")
 ap.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the highest atom")
 ap.add_argument("--flips", action="store_true", help="average each prediction over the four mirror images")
+ap.add_argument("--no-ions", action="store_true", help="leave the Na/K maps out (models that report no ions)")
 ap.add_argument("--classes", default="O,H", help="classes whose mean F1 chooses the threshold")
 args = ap.parse_args()
 models = args.models
@@ -40,6 +41,8 @@ ths = (0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 out = {}
 for m in models:
     net = resolve_model(m, "cpu")
+    if args.no_ions:
+        net[1].provenance["ions"] = False
     tot = {t: None for t in ths}
     for k in args.calibrate.split(","):
         ds = sets[k]; half = np.arange(len(ds) // 2)
@@ -47,7 +50,7 @@ for m in models:
         for t in ths:
             tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
     t = best_threshold(tot, tuple(args.classes.split(",")))
-    out[m] = {"threshold": t, "flips": bool(args.flips), "top": args.top, "calibrated_on": args.calibrate,
+    out[m] = {"threshold": t, "flips": bool(args.flips), "ions": not args.no_ions, "top": args.top, "calibrated_on": args.calibrate,
               "calibration_classes": args.classes,
               "calibration": {str(k): v.summary() for k, v in tot.items()}}
     for k in args.score.split(",") + whole:

@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--also-top", type=float, help="also report scores for this depth")
     ap.add_argument("--summary", default="")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--no-ions", action="store_true", help="the model reports no Na/K atoms (its ion maps are left out)")
     args = ap.parse_args()
 
     if args.compare:
@@ -98,7 +99,7 @@ def ship_compared(args) -> None:
     res = table[key]
     t = float(res["threshold"])
     flips, top, calib = bool(res.get("flips", False)), float(res.get("top", 3.0)), res.get("calibrated_on", "ice,water")
-    meta = ("threshold", "calibration", "flips", "top", "calibrated_on", "calibration_classes")
+    meta = ("threshold", "calibration", "flips", "top", "calibrated_on", "calibration_classes", "ions")
     sets = {k: v for k, v in res.items() if k not in meta}
     result = {"name": args.name, "threshold": t, "flips": flips, "top": top, "scores": sets,
               "calibration": res["calibration"],
@@ -113,7 +114,9 @@ def ship_compared(args) -> None:
     net, info, _ = load_checkpoint(args.checkpoint)
     flat = {f"{g} ({k})": sets[k]["all"][g] for k in sets if not k.endswith("_degraded")
             for g in ("O", "Na", "K", "H") if g in sets[k]["all"]}
-    info.provenance.update({"threshold": t, "flips": flips, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
+    if res.get("ions", True) != (not args.no_ions):
+        sys.exit(f"{args.compare} was measured with ions={res.get('ions', True)}; ship with the same setting")
+    info.provenance.update({"threshold": t, "flips": flips, "ions": not args.no_ions, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
                             "held_out": result["held_out"]})
     save_checkpoint(out, net, info)
     (ROOT / "docs" / "models" / f"{args.name}.json").write_text(json.dumps(result, indent=1))

@@ -141,3 +141,23 @@ def test_mirror_averaging_is_equivariant():
     st = AFMStack(data, (0.2, 0.2), np.arange(10) * 0.1)
     np.testing.assert_allclose(predict_maps(st, (net, info))[0], a, atol=1e-6)
     np.testing.assert_allclose(predict_maps(st, (net, info), flips=False)[0], plain, atol=1e-6)
+
+
+def test_a_model_that_reports_no_ions_gives_no_na_or_k():
+    from hydrafm.models.unet import UNetConfig
+    from hydrafm.predict.predictor import Prediction, reports_ions
+
+    cfg = UNetConfig(base_channels=4)
+    info = ModelInfo(config=cfg, pixel_size=0.2)
+    labels = list(info.labels)
+    maps = np.zeros((len(labels), 64, 64), np.float32)
+    yy, xx = np.mgrid[0:64, 0:64]
+    blob = lambda r, c: np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 4.0)  # noqa: E731
+    maps[labels.index("O")] = blob(20, 20)
+    maps[labels.index("Na")] = blob(40, 40)
+    pred = Prediction(maps, (0.2, 0.2), (0.0, 0.0), info)
+    assert reports_ions(info) and "Na" in pred.atoms(0.5, molecules=False).arrays["label"]
+    info.provenance["ions"] = False
+    lab = pred.atoms(0.5, molecules=False).arrays["label"]
+    assert "Na" not in lab and "O" in lab
+    assert pred.maps[labels.index("Na")].max() > 0.9  # the maps themselves are untouched

@@ -31,7 +31,7 @@ from .atoms import maps_to_atoms
 from .molecules import maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
-           "default_flips",
+           "default_flips", "reports_ions",
            "select_heights", "SHIPPED_MODELS", "default_threshold"]
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
@@ -90,11 +90,18 @@ class Prediction:
         ``None`` uses the model's recommended threshold (:func:`default_threshold`).
         ``molecules`` (default) makes every O an H2O with two H and gives ions their
         shell (arrays ``label``, ``confidence``, ``mol``, ``shell``); ``False`` returns
-        the peaks as they are (``label``, ``confidence``).
+        the peaks as they are (``label``, ``confidence``). A model that does not report
+        ions (:func:`reports_ions`) gives none: its Na/K maps are left out.
         """
         threshold = default_threshold(self.info) if threshold is None else threshold
         to_atoms = maps_to_molecules if molecules else maps_to_atoms
-        atoms = to_atoms(self.maps, self.pixel_size, self.origin, threshold, self.info.labels)
+        maps = self.maps
+        if not reports_ions(self.info):
+            keep = [i for i, name in enumerate(self.info.labels) if name not in ("Na", "K")]
+            if len(keep) < len(self.info.labels):
+                maps = np.array(maps, copy=True)
+                maps[[i for i in range(len(self.info.labels)) if i not in keep]] = 0.0
+        atoms = to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
         return atoms
@@ -103,6 +110,13 @@ class Prediction:
 def default_threshold(info: ModelInfo) -> float:
     """The confidence threshold recorded with the model (best F1 on its validation data), else 0.5."""
     return float(info.provenance.get("threshold", 0.5))
+
+
+def reports_ions(info: ModelInfo) -> bool:
+    """Whether the model's Na/K peaks become atoms (recorded with the model as ``ions``; default
+    yes). ``water`` does not: it learnt the ions only to see past them, and the ion model is
+    ``na-hydrate``."""
+    return bool(info.provenance.get("ions", True))
 
 
 def default_flips(info: ModelInfo) -> bool:
