@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--flips", action="store_true", help="average over the four mirror images (default: as the model recommends)")
     ap.add_argument("--encoder", default="3d", choices=["3d", "2d"], help="untrained networks: encoder")
     args = ap.parse_args()
+    flips = args.flips or None  # None: as the model records
     torch.set_num_threads(args.threads)
     stack = load_stack(sample_path())
     models = []
@@ -48,18 +49,18 @@ def main() -> None:
     for name, model in models:
         n_par = sum(p.numel() for p in model[0].parameters())
         for molecules in (True, False):
-            atoms = predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=args.flips or None)
+            atoms = predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips)
             times, cpu_times = [], []
             for _ in range(10):
                 t, c = time.perf_counter(), time.process_time()
-                predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=args.flips or None)
+                predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips)
                 times.append(time.perf_counter() - t)
                 cpu_times.append(time.process_time() - c)
             what = f"{(atoms.arrays['label'] == 'O').sum():3d} waters" if molecules else "loose atoms"
             print(f"{name:>10s}  {n_par:>9,d} params  {what:>11s}  {len(atoms):4d} atoms  "
                   f"median {statistics.median(times):.3f} s  best {min(times):.3f} s  "
                   f"CPU median {statistics.median(cpu_times):.3f} s")
-        pred = drive(iter_predict_maps(stack, model, flips=args.flips or None), show=False)
+        pred = drive(iter_predict_maps(stack, model, flips=flips), show=False)
         cpu = {}
         for molecules in (False, True):
             ts = []

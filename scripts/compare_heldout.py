@@ -32,6 +32,7 @@ ap.add_argument("--no-ions", action="store_true", help="leave the Na/K maps out 
 ap.add_argument("--classes", default="O,H", help="classes whose mean F1 chooses the threshold")
 args = ap.parse_args()
 models = args.models
+flips = args.flips or None  # None: as the model records
 whole = [k for k in args.score_whole.split(",") if k]
 if set(whole) & set(args.calibrate.split(",")):
     ap.error("a set used for calibration cannot be scored whole")
@@ -46,19 +47,19 @@ for m in models:
     tot = {t: None for t in ths}
     for k in args.calibrate.split(","):
         ds = sets[k]; half = np.arange(len(ds) // 2)
-        res = drive(evaluate_thresholds(ds, net, half, ths, top=args.top, flips=args.flips or None), show=False)
+        res = drive(evaluate_thresholds(ds, net, half, ths, top=args.top, flips=flips), show=False)
         for t in ths:
             tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
     t = best_threshold(tot, tuple(args.classes.split(",")))
-    out[m] = {"threshold": t, "flips": bool(args.flips), "ions": not args.no_ions, "top": args.top, "calibrated_on": args.calibrate,
-              "calibration_classes": args.classes,
+    out[m] = {"threshold": t, "flips": bool(args.flips), "ions": not args.no_ions, "top": args.top,
+              "calibrated_on": args.calibrate, "calibration_classes": args.classes,
               "calibration": {str(k): v.summary() for k, v in tot.items()}}
     for k in args.score.split(",") + whole:
         ds = sets[k]
         rest = np.arange(len(ds)) if k in whole else np.arange(len(ds) // 2, len(ds))
-        g = drive(evaluate_groups(ds, net, rest, t, top=args.top, flips=args.flips or None), show=False)
+        g = drive(evaluate_groups(ds, net, rest, t, top=args.top, flips=flips), show=False)
         out[m][k] = g.summary()
-        gd = drive(evaluate_groups(ds, net, rest, t, top=args.top, degrade=True, flips=args.flips or None), show=False)
+        gd = drive(evaluate_groups(ds, net, rest, t, top=args.top, degrade=True, flips=flips), show=False)
         out[m][k + "_degraded"] = gd.summary()
     print(m, "threshold", t, flush=True)
 json.dump(out, open(os.environ.get("HYDRAFM_COMPARE_OUT", "compare.json"), "w"), indent=1)

@@ -96,11 +96,10 @@ class Prediction:
         threshold = default_threshold(self.info) if threshold is None else threshold
         to_atoms = maps_to_molecules if molecules else maps_to_atoms
         maps = self.maps
-        if not reports_ions(self.info):
-            keep = [i for i, name in enumerate(self.info.labels) if name not in ("Na", "K")]
-            if len(keep) < len(self.info.labels):
-                maps = np.array(maps, copy=True)
-                maps[[i for i in range(len(self.info.labels)) if i not in keep]] = 0.0
+        ions = [i for i, name in enumerate(self.info.labels) if name in ("Na", "K")]
+        if ions and not reports_ions(self.info):
+            maps = maps.copy()
+            maps[ions] = 0.0
         atoms = to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
