@@ -79,3 +79,10 @@ def test_reader_warnings_are_one_line_on_stderr(testdata, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [line for line in err if line.startswith("hydrafm: warning:")]
     assert any("sweep samples" in line and "Zsweep_df.3ds" in line for line in err)
+
+
+def test_train_on_the_fly_refuses_negative_noise(tmp_path, capsys):
+    assert main(["train", "--on-the-fly", "-o", str(tmp_path / "m.pt"), "--noise", "-0.1", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--noise" in err[0]
+    assert not (tmp_path / "m.pt").exists()

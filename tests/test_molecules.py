@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase import Atoms
+from scipy.spatial import cKDTree
 
 from hydrafm.io.xyz import LABELS, atoms_to_points, points_to_atoms, read_xyz, write_xyz
 from hydrafm.predict.atoms import maps_to_atoms
 from hydrafm.predict.metrics import score_atoms
-from hydrafm.predict.molecules import (ACCEPTOR, HOH_ANGLE, OH_LENGTH, assemble_molecules, maps_to_molecules,
-                                       molecule_confidence, molecule_members)
+from hydrafm.predict.molecules import (ACCEPTOR, HOH_ANGLE, MAX_NEIGHBOURS, OH_LENGTH, assemble_molecules,
+                                       drop_crowded, maps_to_molecules, molecule_confidence, molecule_members)
 from hydrafm.simulate.labels import atom_labels, h_labels, label_maps
 
 PX = 0.2
@@ -64,7 +65,55 @@ def test_random_maps_give_whole_waters(seed):
     assert (mol.arrays["label"] == "O").sum() > 5
     check_geometry(mol)
     loose = maps_to_atoms(maps, PX, (1.0, -2.0), 0.5)
-    assert (mol.arrays["label"] == "O").sum() == (loose.arrays["label"] == "O").sum()  # every O kept
+    whole = assemble_molecules(loose, maps, PX, (1.0, -2.0))
+    assert (whole.arrays["label"] == "O").sum() == (loose.arrays["label"] == "O").sum()  # every O assembled
+    o = mol.positions[mol.arrays["label"] == "O", :2]  # then only crowded O are dropped
+    assert max(len(n) - 1 for n in cKDTree(o).query_ball_point(o, ACCEPTOR[1])) <= MAX_NEIGHBOURS
+    assert len(o) >= 0.7 * (loose.arrays["label"] == "O").sum()
+
+
+def _loose(xy: np.ndarray, conf: np.ndarray, ions: np.ndarray | None = None) -> Atoms:
+    ions = np.zeros((0, 2)) if ions is None else ions
+    pos = np.column_stack([np.vstack([xy, ions]), np.zeros(len(xy) + len(ions))])
+    atoms = Atoms(symbols=["O"] * len(xy) + ["Na"] * len(ions), positions=pos)
+    atoms.new_array("label", np.array(["O"] * len(xy) + ["Na"] * len(ions), dtype="<U6"))
+    atoms.new_array("confidence", np.concatenate([conf, np.ones(len(ions))]))
+    return atoms
+
+
+def test_ring_centres_are_dropped_and_ring_o_kept():
+    ring_o = honeycomb(a=2.6)
+    steps = 2.6 * np.array([[np.cos(t), np.sin(t)] for t in np.radians(np.arange(0, 360, 60))])
+    cand = np.unique(np.round((ring_o[:, None] + steps[None]).reshape(-1, 2), 3), axis=0)
+    d = np.hypot(*(cand[:, None] - ring_o[None]).transpose(2, 0, 1))
+    centres = cand[((np.abs(d - 2.6) < 0.05).sum(1) == 6) & (d.min(1) > 1.0)]  # the hexagons' empty centres
+    some = [0]  # false O in a few centres that share no ring O (all of them would make a triangular lattice)
+    for k in range(1, len(centres)):
+        if np.hypot(*(centres[some] - centres[k]).T).min() > 6.0:
+            some.append(k)
+    centres = centres[some]
+    assert len(centres) >= 4
+    xy = np.vstack([ring_o, centres])
+    rng = np.random.default_rng(0)
+    # the network is often as sure of a centre as of the ring
+    conf = np.concatenate([rng.uniform(0.5, 1.0, len(ring_o)), rng.uniform(0.6, 0.9, len(centres))])
+    whole = assemble_molecules(_loose(xy, conf, ions=np.array([[-20.0, -20.0]])))
+    out = drop_crowded(whole)
+    kept = out.positions[out.arrays["label"] == "O", :2]
+    assert len(kept) == len(ring_o)
+    assert np.hypot(*(kept[:, None] - centres[None]).transpose(2, 0, 1)).min() > 1.0
+    check_geometry(out)
+    waters = _waters(out)
+    assert sorted(np.unique(out.arrays["mol"]).tolist()) == list(range(len(waters) + 1))  # ids 0, 1, … again
+    assert out.arrays["shell"][out.arrays["label"] == "Na"] == out.arrays["mol"][out.arrays["label"] == "Na"]
+
+
+@pytest.mark.parametrize("lattice", ["square", "honeycomb"])
+def test_layers_without_crowding_are_untouched(lattice):
+    xy = (np.array([[i, j] for i in range(8) for j in range(8)]) * 2.83 if lattice == "square"
+          else honeycomb(a=2.75))
+    whole = assemble_molecules(_loose(xy, np.linspace(0.3, 1.0, len(xy))))
+    assert len(drop_crowded(whole)) == len(whole)
 
 
 def test_clear_h_peaks_are_reproduced():

@@ -85,6 +85,14 @@ def test_train_checkpoint_resume_and_minutes(tmp_path):
                            device="cpu", cache=tmp_path / "cache"), show=False, on_record=recs.append)
     assert [r.epoch for r in recs] == [5, 6]
     assert 1e-4 < recs[0].lr < 2e-3 and recs[1].lr < recs[0].lr
+    # resume with stronger noise (experiment-like degradations may change): epoch 7, recorded in the state
+    noisy = replace(TINY, epochs=7, degrade=replace(TINY.degrade, white=0.25, pink=0.25))
+    recs = []
+    drive(train_on_the_fly(out, noisy, UNetConfig(base_channels=4), device="cpu", cache=tmp_path / "cache"),
+          show=False, on_record=recs.append)
+    assert [r.epoch for r in recs] == [7]
+    state = load_checkpoint(out.with_name("m.last.pt"))[2]
+    assert state["otf_config"]["degrade"]["white"] == 0.25 and state["otf_config"]["degrade"]["pink"] == 0.25
     # --minutes: stops after the first batch, still scores and keeps a checkpoint
     out2 = tmp_path / "t.pt"
     recs = []

@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-batches", type=int, help="cap batches per epoch")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     tr.add_argument("--threads", type=int, help="CPU threads for torch")
+    tr.add_argument("--noise", type=float,
+                    help="on the fly: largest white and 1/f noise, each in units of the frame's std "
+                         "(drawn uniformly up to it; default 0.08; 3 %% of a frame's range is ~0.16); "
+                         "a resumed run may change it")
     tr.add_argument("--label-depth", type=float,
                     help="targets only for atoms within this many Å of the structure's top (what a scan sees)")
     tr.add_argument("--patience", type=int, default=6, help="epochs without improvement before stopping")
@@ -473,6 +477,8 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
     from .models.unet import UNetConfig
     from .paths import cache_dir
     from .progress import drive
+    from dataclasses import replace
+
     from .training.onthefly import OnTheFlyConfig, train_on_the_fly
 
     cfg = OnTheFlyConfig(pools=tuple(p.strip() for p in args.pools.split(",") if p.strip()),
@@ -481,6 +487,10 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
                          val_size=args.val_size, lr=args.lr, lr_final=args.lr_final,
                          patience=args.patience, seed=args.seed, sim_share=args.sim_share, buffer=args.buffer,
                          label_depth=args.label_depth if args.label_depth is not None else 2.0)
+    if args.noise is not None:
+        if args.noise < 0:
+            raise ValueError(f"--noise must be 0 or more, not {args.noise}")
+        cfg = replace(cfg, degrade=replace(cfg.degrade, white=args.noise, pink=args.noise))
     gen = train_on_the_fly(args.out, cfg, UNetConfig(base_channels=args.base_channels, encoder=args.encoder),
                            device=args.device,
                            init_from=args.init_from, cache=cache_dir("otf"))

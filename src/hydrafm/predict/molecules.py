@@ -32,6 +32,11 @@ molecules:
    O–H bond by the rule of :mod:`hydrafm.simulate.labels` (±30° elevation).
 5. **Ion shells.** A water whose O lies within 3.1 Å (Na) or 3.4 Å (K) of an ion,
    laterally, belongs to that ion's hydration shell (the nearest such ion).
+6. **No crowded O** (:func:`drop_crowded`, in :func:`maps_to_molecules`). A water
+   H-bonds to at most four neighbours, so an O with more than four other O within
+   3.3 Å laterally is not a water of the layer: in ice-like layers it is the empty
+   centre of a ring (the network's commonest false O). The least confident of the
+   crowded O goes, with its H, until none is crowded.
 
 O, Na and K sit at z = 0 (the scan says nothing about their heights); the H sit at
 their O's height ± the bond's vertical part.
@@ -62,7 +67,7 @@ from ..io.xyz import ELEMENT, LABELS
 from ..simulate.labels import H_ANGLE_DEG, OH_BOND_MAX, h_labels
 from .atoms import H_LABELS, maps_to_atoms
 
-__all__ = ["assemble_molecules", "maps_to_molecules", "molecule_confidence", "molecule_members",
+__all__ = ["assemble_molecules", "drop_crowded", "maps_to_molecules", "molecule_confidence", "molecule_members",
            "OH_LENGTH", "HOH_ANGLE", "SHELL_RADIUS", "ACCEPTOR"]
 
 OH_LENGTH = 0.97  # Å, rigid water (inside 0.96–1.0 Å)
@@ -79,6 +84,7 @@ W_HBOND = 0.3  # score of a level O–H pointing straight at a free acceptor
 W_SETTLED = 0.05  # extra for an acceptor that has chosen its own H already (the bond costs it nothing)
 PENALTY = 1.0
 PEAK_WEIGHT = 1.0  # an H peak's weight in the rigid fit is this + its confidence (an inferred H: 1)
+MAX_NEIGHBOURS = 4  # O within ACCEPTOR[1] laterally that a water can have (four H-bonds at most)
 PRIOR = {"H_up": 0.03, "H_flat": 0.02, "H_down": 0.0}  # tie-breakers without evidence
 _REACH = max(ACCEPTOR[1], *SHELL_RADIUS.values())
 
@@ -445,9 +451,55 @@ def maps_to_molecules(
     threshold: float = 0.5,
     labels: tuple[str, ...] = LABELS,
 ) -> Atoms:
-    """Whole molecules from label maps: :func:`maps_to_atoms` then :func:`assemble_molecules`."""
+    """Whole molecules from label maps: :func:`maps_to_atoms`, :func:`assemble_molecules`, :func:`drop_crowded`."""
     loose = maps_to_atoms(maps, pixel_size, origin, threshold, labels)
-    return assemble_molecules(loose, maps, pixel_size, origin, labels)
+    return drop_crowded(assemble_molecules(loose, maps, pixel_size, origin, labels))
+
+
+def drop_crowded(atoms: Atoms, radius: float = ACCEPTOR[1], max_neighbours: int = MAX_NEIGHBOURS) -> Atoms:
+    """The molecules without the waters whose O has more than ``max_neighbours`` O within ``radius``.
+
+    A water H-bonds to at most four others; an O with more O around it (laterally) sits in
+    the centre of a ring of the layer, where the network's false O are. The least confident
+    crowded O is dropped with its H, one at a time, until no O is crowded (so dropping a
+    ring's centre leaves the ring). Molecule ids (``mol``, ``shell``) are renumbered 0, 1, ….
+
+    Parameters
+    ----------
+    atoms
+        Molecules from :func:`assemble_molecules` (``label``, ``confidence``, ``mol``).
+    radius
+        Å, lateral O–O distance counted as a neighbour (default: the longest H-bond, 3.3 Å).
+    max_neighbours
+        Neighbours an O may have.
+    """
+    from scipy.spatial import cKDTree
+
+    lab = np.asarray(atoms.arrays["label"]).astype(str)
+    mol = np.asarray(atoms.arrays["mol"], dtype=int)
+    conf = np.asarray(atoms.arrays.get("confidence", np.ones(len(atoms))), dtype=np.float64)
+    o_idx = np.flatnonzero(lab == "O")
+    xy = atoms.positions[o_idx, :2]
+    alive = np.ones(len(o_idx), bool)
+    while alive.sum() > max_neighbours + 1:
+        live = np.flatnonzero(alive)
+        count = np.array([len(n) - 1 for n in cKDTree(xy[live]).query_ball_point(xy[live], radius)])
+        crowded = live[count > max_neighbours]
+        if not len(crowded):
+            break
+        alive[crowded[np.argmin(conf[o_idx[crowded]])]] = False
+    if alive.all():
+        return atoms
+    gone = np.isin(mol, mol[o_idx[~alive]]) & (mol >= 0)
+    out = atoms[~gone]
+    kept = np.unique(mol[~gone][mol[~gone] >= 0])
+    renumber = np.full(max(int(mol.max()) + 1, 1), -1)
+    renumber[kept] = np.arange(len(kept))
+    for key in ("mol", "shell"):
+        if key in out.arrays:
+            v = np.asarray(out.arrays[key], dtype=int)
+            out.arrays[key] = np.where(v >= 0, renumber[np.maximum(v, 0)], -1)
+    return out
 
 
 def molecule_confidence(atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:

@@ -620,12 +620,13 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def _same_run(saved: dict | None, cfg: OnTheFlyConfig) -> bool:
-    """A saved run continues under ``cfg`` when only its length (epochs, minutes, patience) or its
-    learning-rate schedule changed (options added since the run was saved take their defaults)."""
+    """A saved run continues under ``cfg`` when only its length (epochs, minutes, patience), its
+    learning-rate schedule or its degradations changed (options added since the run was saved take
+    their defaults)."""
     if saved is None:
         return False
     saved = {**OnTheFlyConfig().to_dict(), **saved}
-    length = ("epochs", "minutes", "cpu_minutes", "patience", "lr", "lr_final")
+    length = ("epochs", "minutes", "cpu_minutes", "patience", "lr", "lr_final", "degrade")
     return {k: v for k, v in saved.items() if k not in length} == {
         k: v for k, v in cfg.to_dict().items() if k not in length}
 
