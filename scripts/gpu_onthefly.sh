@@ -27,6 +27,8 @@ PY
 python "$here/benchmarks/bench_engine.py" speed --engine torch --device "$device" --batch "$batch" -n "$n" \
   > "$out/engine_speed.json"
 cat "$out/engine_speed.json"
+# the CPU's best choice (docs/structure-network.md): 2D encoder, cosine decay, replay, noise up to 0.25 frame std
 python -m hydrafm.cli train --on-the-fly -o "$out/water-otf.pt" --pools "$pools" --minutes "$minutes" \
   --device "$device" --batch-size "$batch" --crop "$crop" --steps-per-epoch "$steps" --val-size "$val" \
-  --base-channels "$chans" --epochs 100000 --patience 100000 | tee "$out/train.jsonl"
+  --encoder 2d --base-channels "$chans" --lr 1e-3 --lr-final 3e-5 --sim-share 0.5 --noise 0.25 \
+  --epochs 100000 --patience 100000 | tee "$out/train.jsonl"
