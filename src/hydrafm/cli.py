@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -477,8 +478,6 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
     from .models.unet import UNetConfig
     from .paths import cache_dir
     from .progress import drive
-    from dataclasses import replace
-
     from .training.onthefly import OnTheFlyConfig, train_on_the_fly
 
     cfg = OnTheFlyConfig(pools=tuple(p.strip() for p in args.pools.split(",") if p.strip()),

@@ -626,9 +626,9 @@ def _same_run(saved: dict | None, cfg: OnTheFlyConfig) -> bool:
     if saved is None:
         return False
     saved = {**OnTheFlyConfig().to_dict(), **saved}
-    length = ("epochs", "minutes", "cpu_minutes", "patience", "lr", "lr_final", "degrade")
-    return {k: v for k, v in saved.items() if k not in length} == {
-        k: v for k, v in cfg.to_dict().items() if k not in length}
+    may_change = ("epochs", "minutes", "cpu_minutes", "patience", "lr", "lr_final", "degrade")
+    return {k: v for k, v in saved.items() if k not in may_change} == {
+        k: v for k, v in cfg.to_dict().items() if k not in may_change}
 
 
 def _agree(flag: bool, world: int, dev: torch.device) -> bool:
