@@ -15,7 +15,7 @@ from hydrafm.models.unet import StructureUNet, UNetConfig  # noqa: E402
 from hydrafm.progress import Progress  # noqa: E402
 from hydrafm.simulate.afm import SimulationSettings  # noqa: E402
 from hydrafm.simulate.dataset import AFMDataset  # noqa: E402
-from hydrafm.training.augment import AugmentConfig, augment, random_crop  # noqa: E402
+from hydrafm.training.augment import Degradations, degrade, random_crop  # noqa: E402
 from hydrafm.training.train import EpochStats, TrainConfig, train  # noqa: E402
 
 TINY = UNetConfig(base_channels=4, levels=2)
@@ -68,35 +68,56 @@ def test_checkpoint_roundtrip_and_bad_files(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_augmentation_moves_maps_with_the_stack():
+def test_random_crop_cuts_stack_and_maps_alike():
     rng = np.random.default_rng(0)
     stack = np.zeros((10, 32, 32), np.float32)
     stack[:, 5, 20] = -1
     maps = np.zeros((6, 32, 32), np.float32)
     maps[0, 5, 20] = 1
-    cfg = AugmentConfig(max_jitter_px=0, max_drift_px=0, noise=0, max_cutouts=0, gradient=0)
     for _ in range(8):
-        s, m = augment(stack, maps, rng, cfg)
-        assert np.unravel_index(s[0].argmin(), s[0].shape) == np.unravel_index(m[0].argmax(), m[0].shape)
-    s, m = random_crop(stack, maps, 16, rng)
-    assert s.shape == (10, 16, 16) and m.shape == (6, 16, 16)
+        s, m = random_crop(stack, maps, 24, rng)
+        assert s.shape == (10, 24, 24) and m.shape == (6, 24, 24)
+        if m[0].max() > 0:
+            assert np.unravel_index(s[0].argmin(), s[0].shape) == np.unravel_index(m[0].argmax(), m[0].shape)
     with pytest.raises(ValueError, match="larger"):
         random_crop(stack, maps, 64, rng)
 
 
-def test_augmentation_keeps_the_closest_frame_registered():
-    rng = np.random.default_rng(1)
-    stack = rng.normal(size=(10, 32, 32)).astype(np.float32)
-    cfg = AugmentConfig(flips=False, max_jitter_px=2, max_drift_px=3, noise=0, max_cutouts=0, gradient=0)
-    s, _ = augment(stack, np.zeros((6, 32, 32), np.float32), rng, cfg)
-    np.testing.assert_array_equal(s[0], stack[0])
-    assert not np.array_equal(s[9], stack[9])
+def test_drift_keeps_the_closest_frame_registered():
+    x = torch.randn(1, 10, 32, 32)
+    only_drift = Degradations(white=0, pink=0, scan_lines=0, line_jumps=0, plane=0, contrast=0, drift_px=6,
+                              cutouts=0)
+    moved = False
+    for seed in range(4):
+        xd, _ = degrade(x, torch.zeros(1, 6, 32, 32), np.random.default_rng(seed), only_drift)
+        # undo the random rotation/flip using frame 0, which drift never moves
+        views = [torch.rot90(x, k, (-2, -1)) for k in range(4)]
+        views += [v.flip(-1) for v in views]
+        same0 = [v for v in views if torch.equal(v[0, 0], xd[0, 0])]
+        assert len(same0) == 1
+        moved |= not torch.equal(same0[0][0, 9], xd[0, 9])
+    assert moved
+
+
+def test_training_batches_are_degraded_validation_batches_are_not(tmp_path):
+    from hydrafm.training.train import _batch
+
+    ds = fake_dataset(tmp_path / "ds", n=4)
+    samples = [ds[i] for i in range(4)]
+    cfg = TrainConfig(crop=None)
+    clean, maps = _batch(samples, cfg, None, None)
+    again, _ = _batch(samples, cfg, None, None)
+    assert clean.shape == (4, 1, 10, 32, 32) and maps.shape[:2] == (4, 6)
+    assert torch.equal(clean, again)
+    np.testing.assert_allclose(clean.mean(dim=(1, 2, 3, 4)).numpy(), 0, atol=1e-5)
+    noisy, _ = _batch(samples, cfg, np.random.default_rng(0), 16)
+    assert noisy.shape == (4, 1, 10, 16, 16) and torch.isfinite(noisy).all()
 
 
 def test_training_learns_resumes_and_fine_tunes(tmp_path):
     ds = fake_dataset(tmp_path / "ds")
     cfg = TrainConfig(epochs=3, batch_size=2, lr=3e-3, crop=None, patience=10,
-                      augment=AugmentConfig(noise=0, max_cutouts=0))
+                      augment=Degradations(white=0, pink=0, scan_lines=0, cutouts=0))
     records = list(train(ds, tmp_path / "m.pt", cfg, TINY))
     stats = [r for r in records if isinstance(r, EpochStats)]
     assert [s.epoch for s in stats] == [1, 2, 3]

@@ -112,7 +112,11 @@ def degrade_like_experiment(stack: np.ndarray, rng: np.random.Generator, pixel: 
                             noise: float = 0.03, max_drift: float = 0.3) -> np.ndarray:
     """A stack ``(Z, H, W)`` as an experiment would show it, for robustness scores: white and 1/f
     noise of ``noise`` × each frame's Δf range, a background plane, a lateral drift growing to up
-    to ``max_drift`` Å at the farthest frame, and a scan-line jump (a tip change) in one frame."""
+    to ``max_drift`` Å at the farthest frame, and a scan-line jump (a tip change) in one frame.
+
+    A fixed test protocol, kept apart from training's :func:`hydrafm.training.augment.degrade` on
+    purpose: seeded per sample, amplitudes as issue 14 states them (fractions of the frame's
+    *range*; 3 % of the range is ~0.16 × the frame's std, training's unit)."""
     from scipy.ndimage import shift as nd_shift
 
     z, h, w = stack.shape

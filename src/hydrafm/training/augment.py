@@ -1,31 +1,44 @@
-"""Augmentation of (stack, label maps) pairs, after Tang et al. and their successors.
+"""Augmentation of (stack, label maps) pairs: one implementation for every training path.
 
-Geometric changes (rotation by 90°, flips, random crops) move stack and maps together.
-Instrument effects touch the stack only: per-frame pixel jitter and cumulative drift
-between heights (frame 0, the closest, stays registered to the labels), a tilted
-background plane, uniform or normal noise, and cutout rectangles.
+:func:`degrade` turns clean simulated stacks into what an instrument records, on any torch
+device and batched: a random rotation by 90° and flip (stack and maps together), then, on the
+stack only, a cumulative lateral drift between heights (frame 0, the closest, stays registered
+to the labels), a background plane, white and 1/f noise, scan-line offsets, tip-change line
+jumps, a per-frame contrast change and cutout rectangles. Amplitudes are multiples of each
+frame's standard deviation, each drawn U(0, max) per stack (:class:`Degradations`).
+
+Both training on the fly (:mod:`.onthefly`) and training or fine-tuning on a dataset folder
+(:mod:`.train`) use it. The robustness *test* (:func:`hydrafm.predict.evaluate.degrade_like_experiment`)
+is a separate, fixed protocol whose amplitudes are fractions of each frame's *range*: a frame's
+range is ~5 standard deviations, so its 3 % noise is ~0.16 × the frame's std.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-__all__ = ["AugmentConfig", "augment", "random_crop"]
+__all__ = ["Degradations", "degrade", "random_crop"]
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
-    """Strengths of each augmentation (0 switches it off)."""
+class Degradations:
+    """Experiment-like degradations of a stack (amplitudes × each frame's std, drawn U(0, max))."""
 
-    flips: bool = True
-    max_jitter_px: int = 1  # independent integer shift of each frame
-    max_drift_px: float = 2.0  # total drift from the closest to the farthest frame
-    noise: float = 0.15  # noise amplitude, × the stack's std, × U(0, 1)
-    max_cutouts: int = 3
-    max_cutout_px: int = 16
-    gradient: float = 0.3  # background plane amplitude, × the stack's std
+    white: float = 0.08
+    pink: float = 0.08  # 1/f noise
+    scan_lines: float = 0.05  # a random offset per scan line
+    line_jumps: float = 0.3  # a tip change: offset from a random line to the end of the frame
+    line_jump_prob: float = 0.2
+    plane: float = 0.3  # background plane
+    contrast: float = 0.15  # per-frame scale 1 ± this
+    drift_px: float = 2.0  # cumulative lateral drift from the closest to the farthest frame
+    cutouts: int = 2
+    cutout_px: int = 12
+
 
 
 def random_crop(
@@ -40,53 +53,62 @@ def random_crop(
     return stack[..., r : r + size, c : c + size], maps[..., r : r + size, c : c + size]
 
 
-def _shift(frame: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """Integer shift with edge replication (no wrap-around)."""
-    if dy == 0 and dx == 0:
-        return frame
-    h, w = frame.shape
-    pad = max(abs(dy), abs(dx))
-    p = np.pad(frame, pad, mode="edge")
-    return p[pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: Degradations):
+    """Random rotation/flip (stack and maps) and experiment-like degradations (stack only)."""
+    B, Z, H, W = x.shape
+    dev = x.device
+    k = int(rng.integers(4))
+    x, maps = torch.rot90(x, k, (-2, -1)), torch.rot90(maps, k, (-2, -1))
+    if rng.random() < 0.5:
+        x, maps = x.flip(-1), maps.flip(-1)
+    x = x.clone()
+    g = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
 
+    def u(*shape):  # U(0, 1) on the device, reproducible from rng
+        return torch.rand(*shape, generator=g).to(dev)
 
-def augment(
-    stack: np.ndarray, maps: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()
-) -> tuple[np.ndarray, np.ndarray]:
-    """One random augmentation of a stack ``(Z, H, W)`` (frame 0 closest) and its maps ``(C, H, W)``."""
-    stack = np.array(stack, dtype=np.float32, copy=True)
-    maps = np.array(maps, dtype=np.float32, copy=True)
-    if cfg.flips:
-        k = int(rng.integers(4))
-        stack, maps = np.rot90(stack, k, axes=(-2, -1)), np.rot90(maps, k, axes=(-2, -1))
-        if rng.random() < 0.5:
-            stack, maps = stack[..., ::-1], maps[..., ::-1]
-        stack, maps = np.ascontiguousarray(stack), np.ascontiguousarray(maps)
-    z, h, w = stack.shape
-    scale = float(stack.std()) or 1.0
-    if cfg.max_drift_px > 0 or cfg.max_jitter_px > 0:
-        direction = rng.normal(size=2)
-        direction /= np.linalg.norm(direction) or 1.0
-        total = rng.uniform(0, cfg.max_drift_px)
-        for i in range(1, z):
-            drift = direction * total * i / max(z - 1, 1)
-            jitter = rng.integers(-cfg.max_jitter_px, cfg.max_jitter_px + 1, size=2) if cfg.max_jitter_px else 0
-            dy, dx = np.round(drift + jitter).astype(int)
-            stack[i] = _shift(stack[i], int(dy), int(dx))
-    if cfg.gradient > 0:
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        gy, gx = rng.normal(size=2) * cfg.gradient * scale
-        stack += (gy * (yy / h - 0.5) + gx * (xx / w - 0.5))[None]
-    if cfg.noise > 0:
-        amp = cfg.noise * scale * rng.random()
-        if rng.random() < 0.5:
-            stack += rng.uniform(-amp, amp, size=stack.shape).astype(np.float32)
-        else:
-            stack += rng.normal(0, amp / 2, size=stack.shape).astype(np.float32)
-    for _ in range(int(rng.integers(0, cfg.max_cutouts + 1))):
-        ch, cw = (int(v) for v in rng.integers(2, cfg.max_cutout_px + 1, size=2))
-        r, c = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        frames = rng.random(z) < 0.5  # a cutout hits some heights only
-        for i in np.flatnonzero(frames):
-            stack[i, r : r + ch, c : c + cw] = stack[i].mean()
-    return stack, maps
+    def nrm(*shape):
+        return torch.randn(*shape, generator=g).to(dev)
+
+    std = x.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)  # (B, Z, 1, 1)
+    # drift: frame i shifted by i/(Z-1) of a random total (integer pixels, edges replicated by roll)
+    if d.drift_px > 0:
+        for b in range(B):
+            total = float(rng.uniform(0, d.drift_px))
+            ang = float(rng.uniform(0, 2 * math.pi))
+            for i in range(1, Z):
+                dy = int(round(total * math.sin(ang) * i / max(Z - 1, 1)))
+                dx = int(round(total * math.cos(ang) * i / max(Z - 1, 1)))
+                if dy or dx:
+                    x[b, i] = torch.roll(x[b, i], (dy, dx), (-2, -1))
+    yy = torch.linspace(-0.5, 0.5, H, device=dev)[:, None]
+    xx = torch.linspace(-0.5, 0.5, W, device=dev)[None, :]
+    plane = (nrm(B, Z, 1, 1) * yy + nrm(B, Z, 1, 1) * xx) * d.plane * u(B, 1, 1, 1)
+    noise = nrm(B, Z, H, W) * d.white * u(B, 1, 1, 1)
+    if d.pink > 0:
+        f = torch.fft.rfft2(nrm(B, Z, H, W).to(dev))
+        ky = torch.fft.fftfreq(H, device=dev)[:, None]
+        kx = torch.fft.rfftfreq(W, device=dev)[None, :]
+        kk = torch.sqrt(ky**2 + kx**2)
+        kk[0, 0] = 1.0
+        pink = torch.fft.irfft2(f / kk, s=(H, W))
+        pink = pink / pink.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
+        noise = noise + pink * d.pink * u(B, 1, 1, 1)
+    lines = nrm(B, Z, H, 1) * d.scan_lines * u(B, 1, 1, 1)
+    jumps = torch.zeros_like(x)
+    for b in range(B):
+        for i in range(Z):
+            if rng.random() < d.line_jump_prob / Z:
+                r0 = int(rng.integers(H))
+                jumps[b, i, r0:] = float(rng.normal()) * d.line_jumps
+    x = x + (plane + noise + lines + jumps) * std
+    x = x * (1 + d.contrast * (2 * u(B, Z, 1, 1) - 1))
+    for b in range(B):
+        for _ in range(int(rng.integers(0, d.cutouts + 1))):
+            ch, cw = (int(v) for v in rng.integers(2, d.cutout_px + 1, size=2))
+            r, c = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
+            frames = torch.as_tensor(rng.random(Z) < 0.5, device=dev)
+            region = x[b, :, r : r + ch, c : c + cw]
+            mean = x[b].mean(dim=(-2, -1))[:, None, None]
+            x[b, :, r : r + ch, c : c + cw] = torch.where(frames[:, None, None], mean.expand_as(region), region)
+    return x, maps

@@ -35,6 +35,7 @@ from ..models.unet import StructureUNet, UNetConfig
 from ..progress import Progress
 from ..simulate.engine import TipBatch, TorchSimulator
 from ..simulate.settings import SampledTip, SimulationSettings
+from .augment import Degradations, degrade
 from .train import EpochStats, pick_device, train_step, weighted_mse
 
 __all__ = ["TipRanges", "Degradations", "OnTheFlyConfig", "StructureSource", "BatchMaker", "train_on_the_fly",
@@ -64,22 +65,6 @@ class TipRanges:
         return SampledTip(float(rng.uniform(*self.distance)), (r * math.cos(phi), r * math.sin(phi)),
                           k_lateral=float(rng.uniform(*self.k_lateral)), charge=float(rng.uniform(*self.charge)),
                           quadrupole=quad)
-
-
-@dataclass(frozen=True)
-class Degradations:
-    """Experiment-like degradations of a stack (amplitudes × each frame's std, drawn U(0, max))."""
-
-    white: float = 0.08
-    pink: float = 0.08  # 1/f noise
-    scan_lines: float = 0.05  # a random offset per scan line
-    line_jumps: float = 0.3  # a tip change: offset from a random line to the end of the frame
-    line_jump_prob: float = 0.2
-    plane: float = 0.3  # background plane
-    contrast: float = 0.15  # per-frame scale 1 ± this
-    drift_px: float = 2.0  # cumulative lateral drift from the closest to the farthest frame
-    cutouts: int = 2
-    cutout_px: int = 12
 
 
 @dataclass(frozen=True)
@@ -340,67 +325,6 @@ class ReplayBuffer:
             raise ValueError("the replay buffer is empty")
         idx = torch.as_tensor(rng.choice(self.size, size=n, replace=self.size < n), device=self.x.device)
         return self.x[idx], self.y[idx]
-
-
-def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: Degradations):
-    """Random rotation/flip (stack and maps) and experiment-like degradations (stack only)."""
-    B, Z, H, W = x.shape
-    dev = x.device
-    k = int(rng.integers(4))
-    x, maps = torch.rot90(x, k, (-2, -1)), torch.rot90(maps, k, (-2, -1))
-    if rng.random() < 0.5:
-        x, maps = x.flip(-1), maps.flip(-1)
-    x = x.clone()
-    g = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-
-    def u(*shape):  # U(0, 1) on the device, reproducible from rng
-        return torch.rand(*shape, generator=g).to(dev)
-
-    def nrm(*shape):
-        return torch.randn(*shape, generator=g).to(dev)
-
-    std = x.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)  # (B, Z, 1, 1)
-    # drift: frame i shifted by i/(Z-1) of a random total (integer pixels, edges replicated by roll)
-    if d.drift_px > 0:
-        for b in range(B):
-            total = float(rng.uniform(0, d.drift_px))
-            ang = float(rng.uniform(0, 2 * math.pi))
-            for i in range(1, Z):
-                dy = int(round(total * math.sin(ang) * i / max(Z - 1, 1)))
-                dx = int(round(total * math.cos(ang) * i / max(Z - 1, 1)))
-                if dy or dx:
-                    x[b, i] = torch.roll(x[b, i], (dy, dx), (-2, -1))
-    yy = torch.linspace(-0.5, 0.5, H, device=dev)[:, None]
-    xx = torch.linspace(-0.5, 0.5, W, device=dev)[None, :]
-    plane = (nrm(B, Z, 1, 1) * yy + nrm(B, Z, 1, 1) * xx) * d.plane * u(B, 1, 1, 1)
-    noise = nrm(B, Z, H, W) * d.white * u(B, 1, 1, 1)
-    if d.pink > 0:
-        f = torch.fft.rfft2(nrm(B, Z, H, W).to(dev))
-        ky = torch.fft.fftfreq(H, device=dev)[:, None]
-        kx = torch.fft.rfftfreq(W, device=dev)[None, :]
-        kk = torch.sqrt(ky**2 + kx**2)
-        kk[0, 0] = 1.0
-        pink = torch.fft.irfft2(f / kk, s=(H, W))
-        pink = pink / pink.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
-        noise = noise + pink * d.pink * u(B, 1, 1, 1)
-    lines = nrm(B, Z, H, 1) * d.scan_lines * u(B, 1, 1, 1)
-    jumps = torch.zeros_like(x)
-    for b in range(B):
-        for i in range(Z):
-            if rng.random() < d.line_jump_prob / Z:
-                r0 = int(rng.integers(H))
-                jumps[b, i, r0:] = float(rng.normal()) * d.line_jumps
-    x = x + (plane + noise + lines + jumps) * std
-    x = x * (1 + d.contrast * (2 * u(B, Z, 1, 1) - 1))
-    for b in range(B):
-        for _ in range(int(rng.integers(0, d.cutouts + 1))):
-            ch, cw = (int(v) for v in rng.integers(2, d.cutout_px + 1, size=2))
-            r, c = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
-            frames = torch.as_tensor(rng.random(Z) < 0.5, device=dev)
-            region = x[b, :, r : r + ch, c : c + cw]
-            mean = x[b].mean(dim=(-2, -1))[:, None, None]
-            x[b, :, r : r + ch, c : c + cw] = torch.where(frames[:, None, None], mean.expand_as(region), region)
-    return x, maps
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -23,7 +23,7 @@ from ..simulate.dataset import AFMDataset
 from ..models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from ..models.preprocess import normalize_stack
 from ..models.unet import StructureUNet, UNetConfig
-from .augment import AugmentConfig, augment, random_crop
+from .augment import Degradations, degrade, random_crop
 
 __all__ = ["TrainConfig", "EpochStats", "train", "pick_device", "usable_device", "split_by_shard", "split_by_run", "VAL_RUNS"]
 
@@ -46,7 +46,7 @@ class TrainConfig:
     label_depth: float | None = None  # Å: only atoms this close to the top get targets (None: all)
     freeze_encoder: bool = False  # fine-tuning: train only the decoder and the head
     epoch_scores: bool = False  # per-label precision/recall/F1 on the validation samples every epoch
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: Degradations = field(default_factory=Degradations)  # experiment-like degradations (training only)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def split_by_run(ds: AFMDataset, run_of_structure: np.ndarray, val_runs: Sequenc
 
 
 def _batch(samples, cfg: TrainConfig, rng: np.random.Generator | None, crop: int | None, multiple: int = 8):
-    """Normalised (and, with ``rng``, augmented) tensors of one batch.
+    """Normalised (and, with ``rng``, degraded by :func:`~.augment.degrade`) tensors of one batch.
 
     Every sample is cut to one common size, a multiple of ``multiple`` px: ``crop``
     when given (random windows in training), else the largest size all samples share
@@ -138,9 +138,7 @@ def _batch(samples, cfg: TrainConfig, rng: np.random.Generator | None, crop: int
     xs, ys = [], []
     for s in samples:
         x = normalize_stack(s.stack, cfg.normalization)
-        y = s.maps
-        if rng is not None:
-            x, y = augment(x, y, rng, cfg.augment)
+        y = np.asarray(s.maps, dtype=np.float32)
         if rng is not None and (crop or x.shape[-2:] != (size, size)):
             x, y = random_crop(x, y, size, rng)
         elif x.shape[-2:] != (size, size):
@@ -148,7 +146,10 @@ def _batch(samples, cfg: TrainConfig, rng: np.random.Generator | None, crop: int
             x, y = x[..., r : r + size, c : c + size], y[..., r : r + size, c : c + size]
         xs.append(np.ascontiguousarray(x))
         ys.append(np.ascontiguousarray(y))
-    return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))
+    x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+    if rng is not None:
+        x, y = degrade(x, y, rng, cfg.augment)
+    return x[:, None], y
 
 
 def train(
