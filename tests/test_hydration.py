@@ -74,6 +74,17 @@ def test_user_slabs_are_checked(tmp_path):
         load_surface(tmp_path / "tight.extxyz")
     with pytest.raises(SurfaceError, match="unknown surface"):
         build_surface("dolomite-104")
+    (tmp_path / "empty.cif").write_text("")
+    with pytest.raises(SurfaceError, match=r"empty\.cif: the file is empty"):
+        load_surface(tmp_path / "empty.cif")
+    (tmp_path / "blank.cif").write_text("\n\n")
+    with pytest.raises(SurfaceError, match=r"blank\.cif: no structure found"):
+        load_surface(tmp_path / "blank.cif")
+    (tmp_path / "slab.weird").write_text("Ca 0 0 0\n")
+    with pytest.raises(SurfaceError, match=r"slab\.weird: not a structure format"):
+        load_surface(tmp_path / "slab.weird")
+    with pytest.raises(SurfaceError, match="file not found"):
+        load_surface(tmp_path / "missing.cif")
 
 
 def test_channels_count_atoms_and_windows_tile_back():

@@ -306,12 +306,13 @@ def add_vacancies(slab: Atoms, n: int, seed: int = 0) -> Atoms:
 
 def load_surface(path: str | os.PathLike, vacuum_needed: float = 10.0) -> Atoms:
     """A user slab from any file ase reads; checked for Ca, C and O, an orthogonal cell and vacuum above."""
-    from ase.io import read
+    from ..io.errors import AFMFileError
+    from ..io.xyz import read_structure
 
     try:
-        slab = read(path)
-    except Exception as exc:  # noqa: BLE001 - ase raises many kinds
-        raise SurfaceError(f"{path}: unreadable structure ({type(exc).__name__}: {exc})") from None
+        slab = read_structure(path)
+    except AFMFileError as exc:
+        raise SurfaceError(str(exc)) from None
     missing = [e for e, z in (("Ca", 20), ("C", 6), ("O", 8)) if not np.any(slab.numbers == z)]
     if missing:
         raise SurfaceError(f"{path}: no {', '.join(missing)} atoms; a CaCO3 slab needs Ca, C and O")

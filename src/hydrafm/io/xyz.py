@@ -136,5 +136,41 @@ def read_xyz(path: str | Path) -> Atoms:
     return atoms
 
 
+def read_structure(path: str | Path) -> Atoms:
+    """Read a structure file in any format ase knows (.xyz, .cif, POSCAR, .pdb, ...).
+
+    Raises
+    ------
+    CorruptFileError
+        Naming the file and the reason: missing, a folder, empty, a format ase does not know, or
+        the parser's own message; also when the file holds no atoms.
+    """
+    from ase.io import read
+
+    path = Path(path)
+    if not path.exists():
+        raise CorruptFileError(path, "file not found")
+    if path.is_dir():
+        raise CorruptFileError(path, "is a folder, not a structure file")
+    if path.stat().st_size == 0:
+        raise CorruptFileError(path, "the file is empty")
+    try:
+        atoms = read(path)
+    except StopIteration:  # ase's parsers say "no frame" this way
+        raise CorruptFileError(path, "no structure found in the file") from None
+    except Exception as exc:  # noqa: BLE001 - ase raises many kinds of errors on bad files
+        name = type(exc).__name__
+        if name == "UnknownFileTypeError":
+            reason = f"not a structure format ase recognises ({exc}); try .xyz, .cif or POSCAR"
+        else:
+            reason = f"unreadable structure ({name}: {exc})" if str(exc) else f"unreadable structure ({name})"
+        raise CorruptFileError(path, reason) from None
+    if isinstance(atoms, list):  # pragma: no cover - read() returns the last frame by default
+        atoms = atoms[-1]
+    if len(atoms) == 0:
+        raise CorruptFileError(path, "the structure has no atoms")
+    return atoms
+
+
 __all__ = ["LABELS", "ELEMENT", "GROUP_COLUMNS", "AFMFileError", "points_to_atoms", "atoms_to_points",
-           "write_xyz", "read_xyz"]
+           "write_xyz", "read_xyz", "read_structure"]

@@ -103,15 +103,13 @@ def structure_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> 
 
 
 def _read_structure(path: Path):
-    from ase.io import read
+    from ..io.errors import AFMFileError
+    from ..io.xyz import read_structure
 
     try:
-        atoms = read(path)
-    except FileNotFoundError:
-        raise TrainingDataError(f"{path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - ase raises many kinds
-        raise TrainingDataError(f"{path}: unreadable structure ({type(exc).__name__}: {exc})") from None
-    return atoms
+        return read_structure(path)
+    except AFMFileError as exc:
+        raise TrainingDataError(str(exc)) from None
 
 
 def simulate_structures(
