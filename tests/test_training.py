@@ -136,6 +136,26 @@ def test_training_learns_resumes_and_fine_tunes(tmp_path):
     assert ft and load_checkpoint(tmp_path / "ft.pt")[1].provenance["initialised_from"].endswith("m.pt")
 
 
+def test_weight_average_is_the_mean_and_refuses_other_architectures(tmp_path):
+    from hydrafm.models.checkpoint import average_checkpoints
+
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        paths.append(save_checkpoint(tmp_path / f"s{seed}.pt", StructureUNet(TINY), ModelInfo(config=TINY)))
+    model, info = average_checkpoints(paths)
+    nets = [load_checkpoint(p)[0].state_dict() for p in paths]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, sum(n[k] for n in nets) / 3)
+    assert info.provenance["weight_average_of"] == [str(p) for p in paths]
+    other = UNetConfig(base_channels=8, levels=2)
+    odd = save_checkpoint(tmp_path / "odd.pt", StructureUNet(other), ModelInfo(config=other))
+    with pytest.raises(CheckpointError, match="odd.pt: another architecture"):
+        average_checkpoints([paths[0], odd])
+    with pytest.raises(CheckpointError, match="at least two"):
+        average_checkpoints(paths[:1])
+
+
 def test_split_by_run_keeps_runs_apart(tmp_path):
     from hydrafm.training.train import split_by_run
 

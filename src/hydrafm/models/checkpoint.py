@@ -19,7 +19,8 @@ from .._atomic import atomic_path
 from ..io.xyz import LABELS
 from .unet import StructureUNet, UNetConfig
 
-__all__ = ["ModelInfo", "save_checkpoint", "load_checkpoint", "CheckpointError", "write_payload", "read_payload"]
+__all__ = ["ModelInfo", "save_checkpoint", "load_checkpoint", "average_checkpoints", "CheckpointError", "write_payload",
+           "read_payload"]
 
 FORMAT = "hydrafm-structure-net/1"
 
@@ -111,3 +112,29 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from exc
     model.eval()
     return model, info, payload.get("training_state")
+
+
+def average_checkpoints(paths: list[str | os.PathLike]) -> tuple[StructureUNet, ModelInfo]:
+    """The mean of several checkpoints' weights (stochastic weight averaging) with the last one's info.
+
+    Snapshots of one run taken over the tail of its learning-rate decay lie around one minimum;
+    their mean is usually a flatter, better point than any one of them (Izmailov et al. 2018).
+    The network uses GroupNorm (no running statistics), so the plain mean is the whole method.
+    Every file must hold the same architecture and pixel size (:class:`CheckpointError` otherwise).
+    """
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise CheckpointError("give at least two checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    first: ModelInfo | None = None
+    for p in paths:
+        model, info, _ = load_checkpoint(p)
+        if first is None:
+            first = info
+        elif info.config != first.config or info.pixel_size != first.pixel_size or info.labels != first.labels:
+            raise CheckpointError(f"{p}: another architecture, pixel size or label set than {paths[0]}")
+        for k, v in model.state_dict().items():
+            total[k] = total[k] + v.double() if k in total else v.double()
+    model.load_state_dict({k: (v / len(paths)).to(torch.float32) for k, v in total.items()})
+    info.provenance = {**info.provenance, "weight_average_of": [str(p) for p in paths]}
+    return model, info
