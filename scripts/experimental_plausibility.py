@@ -1,6 +1,6 @@
 """Plausibility of predicted water on the public experimental water/Au(111) stack (issue 14).
 
-    python scripts/experimental_plausibility.py [MODEL ...] [--stack PATH] [--threshold T] [--out JSON] [--png PNG]
+    python scripts/experimental_plausibility.py [MODEL ...] [--stack PATH] [--threshold T] [--flips] [--out JSON] [--png PNG]
 
 There is no ground truth for a real scan, so this reports what a microscopist would check
 first, per model (shipped name or checkpoint file):
@@ -26,11 +26,11 @@ import numpy as np
 DEFAULT = Path(__file__).resolve().parents[2] / "shared/testdata/jiang_lab_water_Au111/L1_20_L2_1Ying_Jiang_1.npz"
 
 
-def score(stack, model: str, threshold: float | None = None) -> tuple[dict, object]:
+def score(stack, model: str, threshold: float | None = None, flips: bool | None = None) -> tuple[dict, object]:
     from hydrafm.predict.predictor import iter_predict_maps
     from hydrafm.progress import drive
 
-    pred = drive(iter_predict_maps(stack, model, "cpu"), show=False)
+    pred = drive(iter_predict_maps(stack, model, "cpu", flips=flips), show=False)
     mol = pred.atoms(threshold)
     loose = pred.atoms(threshold, molecules=False)
     lab, ids = mol.arrays["label"], mol.arrays["mol"]
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--stack", type=Path, default=DEFAULT)
     ap.add_argument("--out", type=Path, help="write the numbers as JSON")
     ap.add_argument("--png", type=Path, help="overlay picture, one panel per model")
+    ap.add_argument("--flips", action="store_true", help="average the four mirror images for every model (a "
+                    "training checkpoint does not record it; shipped models say what they want)")
     ap.add_argument("--threshold", type=float, help="peak threshold for every model (default: each model's own; "
                     "give the calibrated one when checking a checkpoint before it is shipped)")
     args = ap.parse_args()
@@ -68,7 +70,7 @@ def main() -> None:
     stack = load_stack(args.stack)
     rows, mols = [], []
     for m in args.models:
-        row, mol = score(stack, m, args.threshold)
+        row, mol = score(stack, m, args.threshold, True if args.flips else None)
         rows.append(row)
         mols.append(mol)
         print(json.dumps(row), flush=True)
