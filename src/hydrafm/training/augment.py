@@ -71,7 +71,7 @@ def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: De
         return torch.randn(*shape, generator=g).to(dev)
 
     std = x.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)  # (B, Z, 1, 1)
-    # drift: frame i shifted by i/(Z-1) of a random total (integer pixels, edges replicated by roll)
+    # drift: frame i shifted by i/(Z-1) of a random total (integer pixels; torch.roll wraps the edges round)
     if d.drift_px > 0:
         for b in range(B):
             total = float(rng.uniform(0, d.drift_px))
