@@ -9,6 +9,8 @@
 #    JSON line per epoch with samples/s), the best checkpoint in OUT_DIR/water-otf.pt.
 # Held-out F1 is then measured on any machine: hydrafm evaluate DATASET --model OUT_DIR/water-otf.pt
 # DEVICE=cpu runs the same at tiny scale (SMALL=1) to check the script before spending GPU time.
+# NOISE sets the largest white and 1/f training noise in frame std (default 0.15: on the CPU runs 0.25
+# bought robustness but cost clean F1; docs/structure-network.md, the water card).
 set -euo pipefail
 out=${1:?give an output folder}
 minutes=${2:-8}
@@ -27,8 +29,8 @@ PY
 python "$here/benchmarks/bench_engine.py" speed --engine torch --device "$device" --batch "$batch" -n "$n" \
   > "$out/engine_speed.json"
 cat "$out/engine_speed.json"
-# the CPU's best choice (docs/structure-network.md): 2D encoder, cosine decay, replay, noise up to 0.25 frame std
+# the CPU's best choice (docs/structure-network.md): 2D encoder, cosine decay, replay, noise up to NOISE frame std
 python -m hydrafm.cli train --on-the-fly -o "$out/water-otf.pt" --pools "$pools" --minutes "$minutes" \
   --device "$device" --batch-size "$batch" --crop "$crop" --steps-per-epoch "$steps" --val-size "$val" \
-  --encoder 2d --base-channels "$chans" --lr 1e-3 --lr-final 3e-5 --sim-share 0.5 --noise 0.25 \
+  --encoder 2d --base-channels "$chans" --lr 1e-3 --lr-final 3e-5 --sim-share 0.5 --noise "${NOISE:-0.15}" \
   --epochs 100000 --patience 100000 | tee "$out/train.jsonl"
