@@ -21,14 +21,14 @@ def main() -> int:
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
-    from hydrafm.models.checkpoint import average_checkpoints, save_checkpoint
+    from hydrafm.models.checkpoint import CheckpointError, average_checkpoints, save_checkpoint
 
     if args.out.exists() and not args.overwrite:
         print(f"average_weights: {args.out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
     try:
         model, info = average_checkpoints(args.checkpoints)
-    except Exception as exc:  # noqa: BLE001 - one line naming the file
+    except CheckpointError as exc:  # names the file
         print(f"average_weights: {exc}", file=sys.stderr)
         return 2
     save_checkpoint(args.out, model, info)

@@ -146,6 +146,7 @@ def read_structure(path: str | Path) -> Atoms:
         the parser's own message; also when the file holds no atoms.
     """
     from ase.io import read
+    from ase.io.formats import UnknownFileTypeError
 
     path = Path(path)
     if not path.exists():
@@ -158,15 +159,12 @@ def read_structure(path: str | Path) -> Atoms:
         atoms = read(path)
     except StopIteration:  # ase's parsers say "no frame" this way
         raise CorruptFileError(path, "no structure found in the file") from None
-    except Exception as exc:  # noqa: BLE001 - ase raises many kinds of errors on bad files
-        name = type(exc).__name__
-        if name == "UnknownFileTypeError":
-            reason = f"not a structure format ase recognises ({exc}); try .xyz, .cif or POSCAR"
-        else:
-            reason = f"unreadable structure ({name}: {exc})" if str(exc) else f"unreadable structure ({name})"
+    except UnknownFileTypeError as exc:
+        reason = f"not a structure format ase recognises ({exc}); try .xyz, .cif or POSCAR"
         raise CorruptFileError(path, reason) from None
-    if isinstance(atoms, list):  # pragma: no cover - read() returns the last frame by default
-        atoms = atoms[-1]
+    except Exception as exc:  # noqa: BLE001 - ase raises many kinds of errors on bad files
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise CorruptFileError(path, f"unreadable structure ({detail})") from None
     if len(atoms) == 0:
         raise CorruptFileError(path, "the structure has no atoms")
     return atoms
