@@ -27,12 +27,16 @@ ap.add_argument("--calibrate", default="ice,water", help="held-out sets whose fi
 ap.add_argument("--score", default="ice,water,hydrates", help="held-out sets whose second halves are scored")
 ap.add_argument("--score-whole", default="", help="held-out sets scored whole (never used for calibration)")
 ap.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the highest atom")
+ap.add_argument("--visible", type=float, default=3.0,
+                help="predictions on real atoms below --top but within this many Å of the top are not scored "
+                     "(0: false positives, as before 2026-11-27)")
 ap.add_argument("--flips", action="store_true", help="average each prediction over the four mirror images")
 ap.add_argument("--no-ions", action="store_true", help="leave the Na/K maps out (models that report no ions)")
 ap.add_argument("--classes", default="O,H", help="classes whose mean F1 chooses the threshold")
 args = ap.parse_args()
 models = args.models
 flips = args.flips or None  # None: as the model records
+vis = args.visible or None
 whole = [k for k in args.score_whole.split(",") if k]
 if set(whole) & set(args.calibrate.split(",")):
     ap.error("a set used for calibration cannot be scored whole")
@@ -47,19 +51,19 @@ for m in models:
     tot = {t: None for t in ths}
     for k in args.calibrate.split(","):
         ds = sets[k]; half = np.arange(len(ds) // 2)
-        res = drive(evaluate_thresholds(ds, net, half, ths, top=args.top, flips=flips), show=False)
+        res = drive(evaluate_thresholds(ds, net, half, ths, top=args.top, flips=flips, visible=vis), show=False)
         for t in ths:
             tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
     t = best_threshold(tot, tuple(args.classes.split(",")))
-    out[m] = {"threshold": t, "flips": bool(args.flips), "ions": not args.no_ions, "top": args.top,
+    out[m] = {"threshold": t, "flips": bool(args.flips), "ions": not args.no_ions, "top": args.top, "visible": vis,
               "calibrated_on": args.calibrate, "calibration_classes": args.classes,
               "calibration": {str(k): v.summary() for k, v in tot.items()}}
     for k in args.score.split(",") + whole:
         ds = sets[k]
         rest = np.arange(len(ds)) if k in whole else np.arange(len(ds) // 2, len(ds))
-        g = drive(evaluate_groups(ds, net, rest, t, top=args.top, flips=flips), show=False)
+        g = drive(evaluate_groups(ds, net, rest, t, top=args.top, flips=flips, visible=vis), show=False)
         out[m][k] = g.summary()
-        gd = drive(evaluate_groups(ds, net, rest, t, top=args.top, degrade=True, flips=flips), show=False)
+        gd = drive(evaluate_groups(ds, net, rest, t, top=args.top, degrade=True, flips=flips, visible=vis), show=False)
         out[m][k + "_degraded"] = gd.summary()
     print(m, "threshold", t, flush=True)
 json.dump(out, open(os.environ.get("HYDRAFM_COMPARE_OUT", "compare.json"), "w"), indent=1)

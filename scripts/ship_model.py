@@ -99,9 +99,10 @@ def ship_compared(args) -> None:
     res = table[key]
     t = float(res["threshold"])
     flips, top, calib = bool(res.get("flips", False)), float(res.get("top", 3.0)), res.get("calibrated_on", "ice,water")
-    meta = ("threshold", "calibration", "flips", "top", "calibrated_on", "calibration_classes", "ions")
+    meta = ("threshold", "calibration", "flips", "top", "visible", "calibrated_on", "calibration_classes", "ions")
     sets = {k: v for k, v in res.items() if k not in meta}
-    result = {"name": args.name, "threshold": t, "flips": flips, "top": top, "scores": sets,
+    result = {"name": args.name, "threshold": t, "flips": flips, "top": top, "visible": res.get("visible"),
+              "scores": sets,
               "calibration": res["calibration"],
               "held_out": {"how": f"scripts/compare_heldout.py: threshold on the first halves of the {calib} "
                                   "held-out sets, scores on the second halves (48 stacks each)"
@@ -112,12 +113,13 @@ def ship_compared(args) -> None:
     if out.exists() and not args.overwrite:
         sys.exit(f"{out} exists; pass --overwrite")
     net, info, _ = load_checkpoint(args.checkpoint)
+    groups = ("O", "H") if args.no_ions else ("O", "Na", "K", "H")  # no ion scores for a model that reports none
     flat = {f"{g} ({k})": sets[k]["all"][g] for k in sets if not k.endswith("_degraded")
-            for g in ("O", "Na", "K", "H") if g in sets[k]["all"]}
+            for g in groups if g in sets[k]["all"]}
     if res.get("ions", True) != (not args.no_ions):
         sys.exit(f"{args.compare} was measured with ions={res.get('ions', True)}; ship with the same setting")
     info.provenance.update({"threshold": t, "flips": flips, "ions": not args.no_ions, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
-                            "held_out": result["held_out"]})
+                            "held_out": result["held_out"], "scored_top": top, "scored_visible": res.get("visible")})
     save_checkpoint(out, net, info)
     (ROOT / "docs" / "models" / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({"shipped": str(out), "threshold": t}))

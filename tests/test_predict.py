@@ -49,9 +49,26 @@ def test_competing_h_classes_merge_to_the_most_confident():
 def test_metrics_count_fp_fn_and_ignore_deep_atoms():
     true = np.array([[0, 0, 0], [5, 0, 0], [10, 0, -4.0]])  # the last is 4 Å below the top
     s = score_atoms(np.array([[0.3, 0.2], [7, 7]]), ["O", "O"], true, ["O", "O", "O"]).summary()
-    assert s["O"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "true": 2, "predicted": 2}
+    assert s["O"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "true": 2, "predicted": 2, "deeper": 0}
     s = score_atoms(np.array([[0.8, 0]]), ["O"], true[:1], ["O"]).summary()
     assert s["O"]["f1"] == 0.0  # 0.8 Å is beyond the 0.75 Å match radius
+
+
+def test_metrics_do_not_score_predictions_on_visible_atoms_below_the_cut():
+    # a bilayer: the top O at 0, the lower one 2 Å down, a deep one 4 Å down; cut at 1.5 Å
+    true = np.array([[0, 0, 0], [3, 0, -2.0], [6, 0, -4.0]])
+    pred = np.array([[0.1, 0], [3.2, 0], [6.1, 0], [9, 9]])
+    s = score_atoms(pred, ["O"] * 4, true, ["O"] * 3, top=1.5).summary()["O"]
+    # the lower O is visible (within 3 Å): not scored; the deep one and the empty spot are false positives
+    assert (s["true"], s["predicted"], s["deeper"], s["recall"]) == (1, 3, 1, 1.0)
+    assert s["precision"] == round(1 / 3, 4)
+    strict = score_atoms(pred, ["O"] * 4, true, ["O"] * 3, top=1.5, visible=None).summary()["O"]
+    assert (strict["predicted"], strict["deeper"]) == (4, 0)
+    # a label must match: an H on the lower O is a false positive; a required atom is matched first
+    s = score_atoms(np.array([[3.0, 0]]), ["H_up"], true, ["O"] * 3, top=1.5).summary()
+    assert s["H"]["predicted"] == 1 and s["H"]["deeper"] == 0
+    s = score_atoms(np.array([[0.1, 0]]), ["O"], np.array([[0, 0, 0], [0.2, 0, -2.0]]), ["O", "O"], top=1.5)
+    assert s.tp["O"] == 1 and s.deeper["O"] == 0
 
 
 def test_select_heights():
@@ -105,6 +122,10 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "ds"), "--model", str(ckpt), "-n", "2", "--threshold", "0.3"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["stacks"] == 2 and "O" in summary
+    assert main(["evaluate", str(tmp_path / "ds"), "--model", str(ckpt), "-n", "2", "--threshold", "0.3",
+                 "--top", "1.0", "--visible", "0"]) == 0
+    strict = json.loads(capsys.readouterr().out)
+    assert strict["visible"] == 0 and strict["O"]["deeper"] == 0
     out = tmp_path / "atoms.xyz"
     assert main(["predict", str(sample_path()), "-o", str(out), "--model", str(ckpt), "--threshold", "0.3"]) == 0
     assert out.exists() and json.loads(capsys.readouterr().out)["output"] == str(out)

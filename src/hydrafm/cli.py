@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threshold", type=float, help="default: the model's recommended threshold")
     ev.add_argument("--top", type=float, default=3.0, help="score true atoms within this many Å of the top")
+    ev.add_argument("--visible", type=float, default=3.0,
+                    help="predictions on real atoms below --top but within this many Å of the top are not "
+                         "scored (0: count them as false positives, as before 2026-11-27)")
     ev.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                     help="average over the four mirror images (default: as the model recommends)")
     ev.add_argument("--loose-atoms", action="store_true", help="score the peaks as they are, not whole molecules")
@@ -587,8 +590,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .predict.evaluate import evaluate_groups
 
         res = drive(evaluate_groups(ds, model, indices, args.threshold, device, args.top, args.flips,
-                                    not args.loose_atoms, degrade=args.degrade))
-        out = {"dataset": str(args.dataset), "model": str(args.model), "top": args.top,
+                                    not args.loose_atoms, degrade=args.degrade, visible=args.visible or None))
+        out = {"dataset": str(args.dataset), "model": str(args.model), "top": args.top, "visible": args.visible,
                "degraded": bool(args.degrade), **res.summary()}
         if args.worst:
             from .predict.report import worst_cases_figure
@@ -597,8 +600,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     total = drive(evaluate_dataset(ds, model, indices, args.threshold, device, args.top, args.flips,
-                                   not args.loose_atoms))
-    print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), "top": args.top, **total.summary()}))
+                                   not args.loose_atoms, args.visible or None))
+    print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), "top": args.top,
+                      "visible": args.visible, **total.summary()}))
     return 0
 
 

@@ -30,11 +30,13 @@ def evaluate_thresholds(
     top: float = 3.0,
     flips: bool | None = None,
     molecules: bool = True,
+    visible: float | None = 3.0,
 ) -> Generator[Progress, None, dict[float, Scores]]:
     """Predict every chosen sample once and score its atoms at each threshold: ``{threshold: Scores}``.
 
     ``molecules`` scores the whole molecules :func:`~hydrafm.predict.predictor.predict_atoms`
-    returns by default; ``False`` the loose atoms.
+    returns by default; ``False`` the loose atoms. ``top`` and ``visible`` as in
+    :func:`~hydrafm.predict.metrics.score_atoms`.
     """
     net_info = resolve_model(model, device)
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
@@ -44,7 +46,8 @@ def evaluate_thresholds(
         truth = np.array(LABELS)[s.labels]
         for t, total in totals.items():
             atoms = pred.atoms(t, molecules)
-            total.add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top))
+            total.add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top,
+                                   visible=visible))
         yield Progress("evaluating", k + 1, len(idx))
     return totals
 
@@ -70,6 +73,7 @@ def evaluate_dataset(
     top: float = 3.0,
     flips: bool | None = None,
     molecules: bool = True,
+    visible: float | None = 3.0,
 ) -> Generator[Progress, None, Scores]:
     """Predict every chosen sample of ``ds`` and add up the scores; yields progress, returns :class:`Scores`.
 
@@ -78,7 +82,7 @@ def evaluate_dataset(
     """
     net_info = resolve_model(model, device)
     t = default_threshold(net_info[1]) if threshold is None else float(threshold)
-    totals = yield from evaluate_thresholds(ds, net_info, indices, (t,), device, top, flips, molecules)
+    totals = yield from evaluate_thresholds(ds, net_info, indices, (t,), device, top, flips, molecules, visible)
     return totals[t]
 
 
@@ -162,6 +166,7 @@ def evaluate_groups(
     regimes=DISTANCE_REGIMES,
     n_worst: int = 12,
     degrade: bool = False,
+    visible: float | None = 3.0,
 ) -> Generator[Progress, None, GroupedScores]:
     """Score every chosen sample; add up per family (``AFMDataset.draws()['group']``) and per
     closest-distance regime; keep the ``n_worst`` samples. ``degrade`` scores the stacks after
@@ -176,7 +181,8 @@ def evaluate_groups(
         s, pred = _predict_sample(ds, int(i), net_info, device, flips, degrade)
         atoms = pred.atoms(t, molecules)
         truth = np.array(LABELS)[s.labels]
-        sc = score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top)
+        sc = score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top,
+                         visible=visible)
         total.add(sc)
         fam.setdefault(str(draws["group"][i]), Scores()).add(sc)
         dist.setdefault(_regime(float(draws["distance"][i]), regimes), Scores()).add(sc)
