@@ -11,6 +11,9 @@
 # DEVICE=cpu runs the same at tiny scale (SMALL=1) to check the script before spending GPU time.
 # NOISE sets the largest white and 1/f training noise in frame std (default 0.15: on the CPU runs 0.25
 # bought robustness but cost clean F1; docs/structure-network.md, the water card).
+# INIT=CKPT starts from a checkpoint's weights (e.g. src/hydrafm/models/weights/water.pt: the shipped
+# water, base 16) instead of from scratch; CHANNELS sets the width (default 16; must match INIT's).
+# LR sets the first learning rate of the cosine decay (default 1e-3; 3e-4 suits a start from INIT).
 set -euo pipefail
 out=${1:?give an output folder}
 minutes=${2:-8}
@@ -19,7 +22,9 @@ device=${DEVICE:-cuda}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" HYDRAFM_CACHE="$out/cache"
-if [ "${SMALL:-0}" = 1 ]; then n=4; batch=2; crop=32; steps=2; val=4; chans=8; else n=640; batch=64; crop=128; steps=50; val=256; chans=16; fi
+if [ "${SMALL:-0}" = 1 ]; then n=4; batch=2; crop=32; steps=2; val=4; chans=${CHANNELS:-8}; else n=640; batch=64; crop=128; steps=50; val=256; chans=${CHANNELS:-16}; fi
+init=()
+if [ -n "${INIT:-}" ]; then init=(--init-from "$INIT"); fi
 python - <<PY > "$out/device.json"
 import json, torch, platform
 print(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available(),
@@ -32,5 +37,5 @@ cat "$out/engine_speed.json"
 # the CPU's best choice (docs/structure-network.md): 2D encoder, cosine decay, replay, noise up to NOISE frame std
 python -m hydrafm.cli train --on-the-fly -o "$out/water-otf.pt" --pools "$pools" --minutes "$minutes" \
   --device "$device" --batch-size "$batch" --crop "$crop" --steps-per-epoch "$steps" --val-size "$val" \
-  --encoder 2d --base-channels "$chans" --lr 1e-3 --lr-final 3e-5 --sim-share 0.5 --noise "${NOISE:-0.15}" \
-  --epochs 100000 --patience 100000 | tee "$out/train.jsonl"
+  --encoder 2d --base-channels "$chans" --lr "${LR:-1e-3}" --lr-final 3e-5 --sim-share 0.5 --noise "${NOISE:-0.15}" \
+  --epochs 100000 --patience 100000 ${init[@]+"${init[@]}"} | tee "$out/train.jsonl"
