@@ -4,7 +4,8 @@
     python benchmarks/bench_refine.py predict -n 3
     python benchmarks/bench_refine.py experiment [--figure docs/images/refine_experiment.png]
 
-``perturbed``: held-out MD water windows (pool ``water``, runs 4 and 13, never trained on),
+``perturbed``: held-out MD water windows (pool ``water``, runs 4 and 13, never trained on;
+``--pool ice``: the ice pool's held-out Pt(111) bilayers and 4–8-ring networks),
 simulated at 128 px over 25 Å, 10 heights 0.1 Å apart, 1 Å amplitude, CO tip at a random
 closest distance 2.3–2.9 Å (no tilt). The truth is perturbed: every molecule shifted
 rigidly by 0.3 Å RMS (3D) and 20 % of the waters turned so that their H classes change.
@@ -38,13 +39,25 @@ from hydrafm.simulate.settings import SampledTip, SimulationSettings
 TESTDATA = Path(os.environ.get("HYDRAFM_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata"))
 
 
-def held_out_structures(n: int, seed: int):
+#: held-out ice-pool families of water only (the hydrate-in-network ones hold ions)
+ICE_FAMILIES = ("bilayer-Pt111", "amorphous-8ring")
+
+
+def held_out_structures(n: int, seed: int, pool_name: str = "water"):
+    """``n`` random held-out windows: MD water runs 4 and 13, or the ice pool's held-out water-only families."""
     from hydrafm.paths import pool_path
     from hydrafm.structures.pool import StructurePool
-    from hydrafm.training.train import VAL_RUNS
 
-    pool = StructurePool.load(pool_path("water"))
-    idx = np.flatnonzero(np.isin(pool.info["run"], VAL_RUNS))
+    pool = StructurePool.load(pool_path(pool_name))
+    if pool_name == "ice":
+        from hydrafm.structures.ice import held_out_mask
+
+        family = np.asarray(pool.info["family"]).astype(str)
+        idx = np.flatnonzero(held_out_mask(pool) & np.isin(family, ICE_FAMILIES))
+    else:
+        from hydrafm.training.train import VAL_RUNS
+
+        idx = np.flatnonzero(np.isin(pool.info["run"], VAL_RUNS))
     rng = np.random.default_rng(seed)
     for i in rng.choice(idx, n, replace=False):
         pos, numbers = pool.arrays(int(i))
@@ -117,7 +130,7 @@ def settings(args):
 def cmd_perturbed(args):
     rng = np.random.default_rng(args.seed)
     rows = []
-    for i, pos, numbers in held_out_structures(args.n, args.seed):
+    for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool):
         stack, tip = simulate(pos, numbers, rng)
         start = perturb(pos, numbers, rng)
         truth_lab = atom_labels(pos, numbers)
@@ -151,7 +164,7 @@ def cmd_predict(args):
     model = resolve_model(args.model)
     rng = np.random.default_rng(args.seed)
     before, after = Scores(), Scores()
-    for i, pos, numbers in held_out_structures(args.n, args.seed):
+    for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool):
         stack, tip = simulate(pos, numbers, rng)
         truth_lab = atom_labels(pos, numbers)
         pred = predict_atoms(stack, model)
@@ -237,6 +250,9 @@ def main() -> None:
     ap.add_argument("mode", choices=["perturbed", "predict", "experiment"])
     ap.add_argument("-n", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", choices=["water", "ice"], default="water",
+                    help="held-out windows: MD water runs 4, 13 (3 Å deep films) or the ice pool's held-out "
+                         "Pt(111) bilayers and 4-8-ring networks (the layers microscopists scan)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--figure")
@@ -246,7 +262,7 @@ def main() -> None:
     ap.add_argument("--h-flips", action="store_true", help="refine with the (experimental) H-flip moves")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(json.dumps({"mode": args.mode, "model": args.model, "threads": args.threads, "h_flips": args.h_flips, "pull": args.pull,
+    print(json.dumps({"mode": args.mode, "pool": args.pool, "model": args.model, "threads": args.threads, "h_flips": args.h_flips, "pull": args.pull,
                       "load_1min": round(os.getloadavg()[0], 2)}), flush=True)
     {"perturbed": cmd_perturbed, "predict": cmd_predict, "experiment": cmd_experiment}[args.mode](args)
 
