@@ -109,7 +109,9 @@ def score_atoms(
     owner[is_h] = h_owners(true_xyz, is_h, true_labels == "O")[0]
     in_top = within_top(true_xyz, top) if len(true_xyz) else np.zeros(0, bool)
     kept = np.flatnonzero(in_top)
-    zone = ~in_top & within_top(true_xyz, visible) if visible is not None and len(true_xyz) else ~in_top & False
+    zone = np.zeros_like(in_top)  # visible atoms below the cut: predictions on them are not scored
+    if visible is not None and len(true_xyz):
+        zone = ~in_top & within_top(true_xyz, visible)
     deep_xyz, deep_labels = true_xyz[zone], true_labels[zone]
     true_xyz, true_labels = true_xyz[in_top], true_labels[in_top]
     matched = np.zeros(len(in_top), bool)  # true atoms (all, before the top cut) matched by a prediction
