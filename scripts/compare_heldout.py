@@ -36,7 +36,7 @@ ap.add_argument("--classes", default="O,H", help="classes whose mean F1 chooses 
 args = ap.parse_args()
 models = args.models
 flips = args.flips or None  # None: as the model records
-vis = args.visible or None
+vis = args.visible
 whole = [k for k in args.score_whole.split(",") if k]
 if set(whole) & set(args.calibrate.split(",")):
     ap.error("a set used for calibration cannot be scored whole")

@@ -590,7 +590,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .predict.evaluate import evaluate_groups
 
         res = drive(evaluate_groups(ds, model, indices, args.threshold, device, args.top, args.flips,
-                                    not args.loose_atoms, degrade=args.degrade, visible=args.visible or None))
+                                    not args.loose_atoms, degrade=args.degrade, visible=args.visible))
         out = {"dataset": str(args.dataset), "model": str(args.model), "top": args.top, "visible": args.visible,
                "degraded": bool(args.degrade), **res.summary()}
         if args.worst:
@@ -600,7 +600,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     total = drive(evaluate_dataset(ds, model, indices, args.threshold, device, args.top, args.flips,
-                                   not args.loose_atoms, args.visible or None))
+                                   not args.loose_atoms, args.visible))
     print(json.dumps({"dataset": str(args.dataset), "model": str(args.model), "top": args.top,
                       "visible": args.visible, **total.summary()}))
     return 0

@@ -98,7 +98,8 @@ def score_atoms(
     """Scores of one stack: predicted (x, y) + labels against true (x, y, z) + labels (Å, names).
 
     Predictions on real atoms between the ``top`` cut and ``visible`` Å below the highest atom
-    are not scored (``visible=None``: they are false positives; see the module docstring).
+    are not scored (``visible`` None, or not below ``top``: they are false positives; see the module
+    docstring).
     """
     pred_xy = np.asarray(pred_xy, dtype=np.float64).reshape(-1, 2)
     true_xyz = np.asarray(true_xyz, dtype=np.float64).reshape(-1, 3)
