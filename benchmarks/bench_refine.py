@@ -21,9 +21,11 @@ model's molecules refined; residual and per-frame correlation before and after.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +126,12 @@ def recovery(pos, truth, labels, true_labels, top):
 
 
 def settings(args):
-    return RefineSettings(steps=args.steps, flips=args.h_flips, pull=args.pull)
+    cfg = RefineSettings(steps=args.steps, flips=args.h_flips, hbond_turns=args.hbond_turns, pull=args.pull)
+    for item in args.set or []:  # e.g. --set fit_tip=False --set distances=2.6
+        key, value = item.split("=", 1)
+        cfg = replace(cfg, **{key: ast.literal_eval(value) if key != "distances" else
+                              tuple(float(v) for v in value.split(","))})
+    return cfg
 
 
 def cmd_perturbed(args):
@@ -260,9 +267,14 @@ def main() -> None:
     ap.add_argument("--pull", type=float, default=RefineSettings.pull,
                     help="weight of the pull of each molecule back to where it started")
     ap.add_argument("--h-flips", action="store_true", help="refine with the (experimental) H-flip moves")
+    ap.add_argument("--hbond-turns", action="store_true",
+                    help="refine with the H-bond turns (waters whose H do not point along H bonds)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="any other RefineSettings field (repeatable), e.g. --set move_rounds=3")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(json.dumps({"mode": args.mode, "pool": args.pool, "model": args.model, "threads": args.threads, "h_flips": args.h_flips, "pull": args.pull,
+    print(json.dumps({"mode": args.mode, "pool": args.pool, "model": args.model, "threads": args.threads, "h_flips": args.h_flips,
+                      "hbond_turns": args.hbond_turns, "set": args.set, "pull": args.pull,
                       "load_1min": round(os.getloadavg()[0], 2)}), flush=True)
     {"perturbed": cmd_perturbed, "predict": cmd_predict, "experiment": cmd_experiment}[args.mode](args)
 

@@ -14,7 +14,7 @@ from hydrafm.io.npz import save_npz
 from hydrafm.io.xyz import read_xyz, write_xyz
 from hydrafm.progress import Progress
 from hydrafm.refine import RefineSettings, RefineSnapshot, iter_refine_atoms, refine_atoms
-from hydrafm.refine.bodies import flip_orientations, group_atoms, rotate
+from hydrafm.refine.bodies import flip_orientations, group_atoms, hbond_consistent, hbond_orientations, rotate
 from hydrafm.simulate.engine import TorchSimulator
 from hydrafm.simulate.labels import atom_labels, h_labels
 from hydrafm.simulate.settings import SampledTip, SimulationSettings
@@ -67,6 +67,33 @@ def test_flip_orientations_change_exactly_one_h_class_and_keep_the_water_rigid()
         assert tuple(h_labels(new - o)) == classes
         assert np.allclose(np.linalg.norm(new - o, axis=1), np.linalg.norm(hs - o, axis=1))
         assert np.isclose(np.linalg.norm(new[0] - new[1]), np.linalg.norm(hs[0] - hs[1]))
+
+
+def test_hbond_orientations_point_the_h_at_neighbours_and_leave_their_bonds_alone():
+    o = np.zeros(3)
+    ring = np.array([[2.75 * np.cos(a), 2.75 * np.sin(a), 0.1 * k] for k, a in enumerate(np.radians([0, 120, 240]))])
+    dirs = ring / np.linalg.norm(ring, axis=1, keepdims=True)
+    half = np.radians(104.5) / 2
+    bis = (dirs[0] + dirs[1]) / np.linalg.norm(dirs[0] + dirs[1])
+    perp = (dirs[0] - dirs[1]) / np.linalg.norm(dirs[0] - dirs[1])
+    truth = 0.97 * np.stack([np.cos(half) * bis + np.sin(half) * perp, np.cos(half) * bis - np.sin(half) * perp])
+    assert hbond_consistent(o, truth, ring)
+    wrong = rotate(truth, np.array([1.0, 0.3, 0.2]) / np.linalg.norm([1.0, 0.3, 0.2]), np.radians(100))
+    assert not hbond_consistent(o, wrong, ring)
+    # neighbour 2 donates an H towards this O: no candidate may put an H on that bond
+    h_of_2 = ring[2] - 0.97 * dirs[2]
+    cands = hbond_orientations(o, wrong, ring, h_of_2[None])
+    assert cands
+    for classes, h in cands:
+        assert np.allclose(np.linalg.norm(h - o, axis=1), 0.97, atol=1e-6)
+        assert np.isclose(np.degrees(np.arccos((h[0] - o) @ (h[1] - o) / 0.97**2)), 104.5, atol=1e-4)
+        assert np.linalg.norm(h - h_of_2, axis=1).min() >= 1.5
+        assert tuple(h_labels(h - o)) == classes
+    best = [min(np.abs(h - o - truth).max(), np.abs(h[::-1] - o - truth).max()) for _, h in cands]
+    assert min(best) < 1e-6  # the H-bonded pose is among them
+    # a water already on it gets no candidate equal to itself
+    assert all(min(np.abs(h - o - truth).max(), np.abs(h[::-1] - o - truth).max()) > 0.3
+               for _, h in hbond_orientations(o, truth, ring, h_of_2[None]))
 
 
 def test_a_perturbed_structure_is_pulled_back(stack):
@@ -122,6 +149,38 @@ def test_a_right_h_flip_is_kept_and_a_wrong_one_is_not(stack):
     assert np.allclose(kept.atoms.positions, POSITIONS, atol=1e-6)
 
 
+def _network():
+    """A water donating flat H bonds to two of three neighbours 2.75 Å away (the third donates nothing)."""
+    centre = np.array([4.0, 4.0, 0.0])
+    dirs = np.array([[np.cos(a), np.sin(a), 0.0] for a in np.radians([0, 120, 240])])
+    half = np.radians(104.5) / 2
+    bis, perp = (dirs[0] + dirs[1]) / np.linalg.norm(dirs[0] + dirs[1]), (dirs[0] - dirs[1]) / np.sqrt(3)
+    hs = centre + 0.97 * np.stack([np.cos(half) * bis + np.sin(half) * perp, np.cos(half) * bis - np.sin(half) * perp])
+    pos = [centre, *hs]
+    for k, d in enumerate(dirs):  # each neighbour: an H dangling up, the other level and pointing away
+        pos += _water(centre + 2.75 * d, np.arctan2(d[1], d[0]) + np.radians(52.25), 70)
+    return np.array(pos), np.array([8, 1, 1] * 4)
+
+
+def test_a_wrongly_turned_water_in_a_network_is_turned_back_by_the_hbond_turns():
+    truth, numbers = _network()
+    stack = TorchSimulator(SETTINGS).simulate(truth, numbers, SampledTip(2.6))
+    start = truth.copy()
+    start[1:3] = truth[0] + rotate(truth[1:3] - truth[0], np.array([0.6, -0.3, 0.74]) / np.linalg.norm([0.6, -0.3, 0.74]),
+                                   np.radians(110))
+    assert list(atom_labels(start, numbers)) != list(atom_labels(truth, numbers))
+    atoms = Atoms(numbers=numbers, positions=start)
+    atoms.new_array("mol", np.repeat(np.arange(4), 3))
+    res = refine_atoms(stack, atoms, replace(FAST, steps=0, move_rounds=1, hbond_turns=True))
+    assert res.moves["flips"] == 1
+    assert list(res.atoms.arrays["label"]) == list(atom_labels(truth, numbers))
+    assert np.abs(res.atoms.positions[3:] - truth[3:]).max() < 1e-6  # the neighbours are left alone
+    assert np.abs(res.atoms.positions[:3] - truth[:3]).max() < 0.3
+    atoms.positions = truth  # from the truth, the neighbours' H-bond turns are all refused
+    kept = refine_atoms(stack, atoms, replace(FAST, steps=0, move_rounds=1, hbond_turns=True))
+    assert kept.moves["flips"] == 0 and np.allclose(kept.atoms.positions, truth, atol=1e-6)
+
+
 def test_an_unsupported_molecule_is_removed_and_none_is_added_where_nothing_is_missing(stack):
     extra = np.concatenate([POSITIONS, np.array(_water((6.2, 6.3, 0.0), 1.0))])
     atoms = Atoms(numbers=np.concatenate([NUMBERS, [8, 1, 1]]), positions=extra)
@@ -172,6 +231,13 @@ def test_cli_refines_and_refuses_to_overwrite(stack, tmp_path, capsys):
     assert line["output"] == str(out) and line["atoms"]["O"] == 3
     refined = read_xyz(out)
     assert len(refined) == 9 and "mol" in refined.arrays
+    assert cli.main(["refine", str(stack_path), str(atoms_path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["refine", str(stack_path), str(atoms_path), "-o", str(out), "--steps", "2", "--hbond-turns",
+                     "--overwrite", "--device", "cpu"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(line["moves"]) == {"flips", "added", "removed"} and len(read_xyz(out)) == 9
     assert cli.main(["refine", str(stack_path), str(atoms_path), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1

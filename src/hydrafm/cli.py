@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     rf.add_argument("--h-flips", action="store_true",
                     help="also try turning each water so that one of its H changes class (experimental)")
+    rf.add_argument("--hbond-turns", action="store_true",
+                    help="turn waters whose H do not point along H bonds to neighbours into orientations that do, "
+                         "when the scan shows it (ice-like layers; see docs/refine.md)")
     rf.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     _add_stack_options(rf)
 
@@ -292,7 +295,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     stack = load_stack(args.stack, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
                        heights=args.heights, z_order=args.z_order)
     atoms = read_xyz(args.atoms)
-    cfg = RefineSettings(steps=args.steps, flips=args.h_flips)
+    cfg = RefineSettings(steps=args.steps, flips=args.h_flips, hbond_turns=args.hbond_turns)
     res = drive(iter_refine_atoms(stack, atoms, cfg, pick_device(args.device)),
                 show=sys.stderr.isatty())
     write_xyz(res.atoms, args.out, overwrite=args.overwrite)

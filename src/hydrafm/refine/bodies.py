@@ -20,7 +20,7 @@ from ase import Atoms
 from ..simulate.labels import H_ANGLE_DEG, h_labels, h_owners
 
 __all__ = ["Bodies", "group_atoms", "rotation_matrices", "rotate", "h_class_of_bodies", "flip_orientations",
-           "turned_orientations", "water_orientations"]
+           "turned_orientations", "water_orientations", "hbond_orientations", "hbond_consistent"]
 
 #: elevation (degrees) given to an O–H bond moved into a class: well inside the ±30° rule
 CLASS_ELEVATION = {"H_up": 50.0, "H_flat": 0.0, "H_down": -50.0}
@@ -222,3 +222,84 @@ def water_orientations(n: int = 6) -> list[np.ndarray]:
             dirs = [first, (math.cos(phi + dphi), math.sin(phi + dphi), 0.0)]
         out.append(r * np.asarray(dirs))
     return out
+
+
+#: O–O distances (Å) between waters that can share an H bond
+HBOND_OO = (2.4, 3.4)
+HBOND_ANGLE = 25.0  # degrees an O–H bond may deviate from an O–O direction and still donate along it
+DANGLING_ELEVATION = 60.0  # degrees above (below) which an O–H bond dangles up (down)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _neighbour_directions(o: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Unit vectors from ``o`` to the other waters' O at H-bond distance."""
+    if len(others) == 0:
+        return np.zeros((0, 3))
+    d = others - o
+    r = np.linalg.norm(d, axis=1)
+    return _unit(d[(r >= HBOND_OO[0]) & (r <= HBOND_OO[1])])
+
+
+def hbond_consistent(o: np.ndarray, hs: np.ndarray, other_o: np.ndarray) -> bool:
+    """True when each O–H bond of a water donates along an O–O direction or dangles straight up or down."""
+    dirs = _neighbour_directions(o, np.asarray(other_o, dtype=np.float64))
+    for bond in _unit(np.asarray(hs, dtype=np.float64) - o):
+        along = len(dirs) and np.degrees(np.arccos(np.clip(dirs @ bond, -1, 1))).min() <= HBOND_ANGLE
+        if not along and abs(np.degrees(np.arcsin(np.clip(bond[2], -1, 1)))) < DANGLING_ELEVATION:
+            return False
+    return True
+
+
+def _water_along(d1: np.ndarray, d2: np.ndarray, r: float) -> np.ndarray:
+    """The rigid water's two O–H bonds (length ``r``, 104.5°) placed symmetrically about two directions."""
+    bis = d1 + d2
+    if np.linalg.norm(bis) < 1e-6:  # opposite directions: any perpendicular bisector
+        bis = np.cross(d1, [0.0, 0.0, 1.0] if abs(d1[2]) < 0.9 else [1.0, 0.0, 0.0])
+    bis = _unit(bis)
+    perp = d1 - (d1 @ bis) * bis
+    perp = _unit(perp) if np.linalg.norm(perp) > 1e-6 else _unit(np.cross(bis, [0.0, 0.0, 1.0]))
+    half = math.radians(104.5) / 2
+    return r * np.stack([math.cos(half) * bis + math.sin(half) * perp, math.cos(half) * bis - math.sin(half) * perp])
+
+
+def hbond_orientations(o: np.ndarray, hs: np.ndarray, other_o: np.ndarray,
+                       other_h: np.ndarray) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """Orientations of a water whose H point along H bonds to its neighbours (the ice rules).
+
+    Each candidate points the two O–H bonds (rigid, 104.5°, placed symmetrically) at two
+    neighbouring O (2.4–3.4 Å), or one at a neighbour and one straight up or down (a
+    dangling H). Dropped: candidates that put an H within 1.5 Å of another molecule's H
+    (two H on one O–O bond) or within 1.4 Å of another O (the starting positions may be a
+    few tenths of an Å off), and those within 20° of the current pose. Returns
+    ``(classes, new H positions (2, 3))``: two H bonds before one, then the nearest turn
+    first.
+    """
+    o = np.asarray(o, dtype=np.float64)
+    hs = np.asarray(hs, dtype=np.float64)
+    other_o = np.asarray(other_o, dtype=np.float64).reshape(-1, 3)
+    other_h = np.asarray(other_h, dtype=np.float64).reshape(-1, 3)
+    bonds = hs - o
+    r = float(np.linalg.norm(bonds, axis=1).mean())
+    dirs = list(_neighbour_directions(o, other_o))
+    options = [(a, b, 2) for i, a in enumerate(dirs) for b in dirs[i + 1:]]
+    options += [(a, np.array([0.0, 0.0, s]), 1) for a in dirs for s in (1.0, -1.0)]
+    out: list[tuple[int, float, tuple[str, ...], np.ndarray]] = []
+    for d1, d2, n_bonds in options:
+        if np.degrees(np.arccos(np.clip(d1 @ d2, -1, 1))) < 70:  # no water bends that far
+            continue
+        new = _water_along(d1, d2, r)
+        h = o + new
+        if len(other_h) and np.linalg.norm(other_h[None] - h[:, None], axis=-1).min() < 1.5:
+            continue
+        if len(other_o) and np.linalg.norm(other_o[None] - h[:, None], axis=-1).min() < 1.4:
+            continue
+        # how far this is from the current pose (the H may swap)
+        turn = min(np.abs(new - bonds).max(), np.abs(new[::-1] - bonds).max()) / r
+        if turn < 2 * math.sin(math.radians(10)):
+            continue
+        out.append((-n_bonds, turn, tuple(h_labels(new)), h))
+    out.sort(key=lambda x: x[:2])
+    return [(sig, h) for _, _, sig, h in out]

@@ -46,8 +46,8 @@ from ..simulate.engine import TipBatch, TorchSimulator
 from ..simulate.settings import SimulationSettings
 from ..simulate.verify import frame_similarity, on_scan_grid, scan_window
 from ..stack import AFMStack
-from .bodies import (Bodies, flip_orientations, group_atoms, h_class_of_bodies, rotation_matrices,
-                     turned_orientations, water_orientations)
+from .bodies import (Bodies, flip_orientations, group_atoms, h_class_of_bodies, hbond_consistent,
+                     hbond_orientations, rotation_matrices, turned_orientations, water_orientations)
 
 __all__ = ["RefineSettings", "Refinement", "RefineSnapshot", "TipFit", "iter_refine_atoms", "refine_atoms"]
 
@@ -75,6 +75,11 @@ class RefineSettings:
     move_rounds: int = 2
     flips: bool = False  # off by default: on realistic structures they hurt so far (docs/refine.md)
     turns: bool = False  # with flips: besides one-H flips, try every other pair of H classes (larger turns)
+    # turn a water whose H neither point at neighbouring O nor dangle straight up / down into the orientations
+    # that do (the ice rules: H bonds along O–O, one H per bond)
+    hbond_turns: bool = False
+    max_turns: int = 12  # H-bond orientations tried per water (two H bonds first, then the nearest turn)
+    declash: bool = False  # first move overlapping molecules apart (rigidly, as little as needed; no simulation)
     add: bool = False  # experimental: new waters are often put in the wrong place (docs/refine.md)
     remove: bool = False  # off by default: it also removed real molecules that were still misplaced
     max_add: int = 3  # new waters per round at most
@@ -101,7 +106,7 @@ class RefineSettings:
     # stage has gained so far (0: never); the steps a coarse stage leaves go to the fine grid (its floor is
     # lower: the coarse force field is approximate)
     stall: float = 0.005
-    polish_evals: int = 10  # local L-BFGS evaluations given to each candidate of a move before it is judged
+    polish_evals: int = 5  # local L-BFGS evaluations given to each candidate of a move before it is judged
     snapshot_every: int = 5
     base: SimulationSettings = field(default_factory=SimulationSettings)
 
@@ -378,14 +383,47 @@ class _Priors:
         self.n_bodies = max(1, structure.bodies.n_bodies)
         self.pull = cfg.pull
 
-    def __call__(self, pos: torch.Tensor, t: torch.Tensor, tip: _Tip | None) -> torch.Tensor:
+    def clash(self, pos: torch.Tensor) -> torch.Tensor:
+        """Sum of squared overlaps (Å²) between atoms of different molecules."""
         d = torch.sqrt(((pos[self.i] - pos[self.j]) ** 2).sum(-1) + 1e-12)
-        clash = (torch.relu(self.dmin - d) ** 2).sum()
+        return (torch.relu(self.dmin - d) ** 2).sum()
+
+    def __call__(self, pos: torch.Tensor, t: torch.Tensor, tip: _Tip | None) -> torch.Tensor:
         pull = ((t / self.sigma) ** 2).sum() / self.n_bodies
-        out = clash + self.pull * pull
+        out = self.clash(pos) + self.pull * pull
         if tip is not None:
             out = out + 1e-3 * tip.prior()
         return out
+
+
+def _declash(structure: _Structure, cfg: RefineSettings, iters: int = 60) -> _Structure:
+    """Move the molecules rigidly, as little as needed, until no two overlap (no simulation: cheap).
+
+    A starting structure with overlapping molecules (a prediction, a hand-made model, a
+    perturbed one) makes the first fit steps all about the overlaps and judges the moves
+    on poses no fit would keep.
+    """
+    if structure.bodies.n_bodies < 2:
+        return structure
+    priors = _Priors(structure, cfg, "cpu", torch.float64)
+    bodies = structure.bodies
+    t = torch.zeros((bodies.n_bodies, 3), dtype=torch.float64, requires_grad=True)
+    w = torch.zeros((bodies.n_bodies, 3), dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        if float(priors.clash(bodies.posed(t, w))) < 1e-6:
+            return structure
+    opt = torch.optim.LBFGS([t, w], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        # the clashes, and a pull that keeps every molecule where it was (0.1 Å costs ~1 % of a 0.5 Å overlap)
+        loss = priors.clash(bodies.posed(t, w)) + 1e-3 * ((t**2).sum() + (w**2).sum())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return structure.with_positions(bodies.posed(t, w).numpy())
 
 
 # ---------------------------------------------------------------------------------------- moves
@@ -556,6 +594,20 @@ def _residual_peaks(level: _Level, frames: torch.Tensor, ab, structure: _Structu
     return peaks
 
 
+def _clashes(positions: np.ndarray, numbers: np.ndarray, members: np.ndarray, slack: float = 0.1) -> bool:
+    """True when an atom of the molecule ``members`` is closer to another molecule's than :data:`MIN_DISTANCE`."""
+    rest = np.ones(len(positions), bool)
+    rest[members] = False
+    if not rest.any():
+        return False
+    d = np.linalg.norm(positions[members][:, None] - positions[rest][None], axis=-1)
+    za, zb = numbers[members][:, None], numbers[rest][None]
+    dmin = np.zeros(d.shape)
+    for (a, b), v in MIN_DISTANCE.items():
+        dmin[((za == a) & (zb == b)) | ((za == b) & (zb == a))] = v
+    return bool((d < dmin - slack).any())
+
+
 def _move_round(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, ab, frames: torch.Tensor,
                 cfg: RefineSettings, score_only: bool = False):
     """One round of discrete moves; returns ``(structure, counts, scores per body)``."""
@@ -563,21 +615,34 @@ def _move_round(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, a
     pos, numbers = structure.positions, bodies.numbers
     cands: list[_Candidate] = []
     base_of_body: dict[int, int] = {}
+    water_o = numbers == 8
     for m in range(bodies.n_bodies):
         members = bodies.members(m)
         centre = bodies.pivot[m, :2]
-        base_of_body[m] = len(cands)
-        cands.append(_Candidate(centre, pos, numbers, "base", m))
-        keep = np.ones(len(pos), bool)
-        keep[members] = False
-        cands.append(_Candidate(centre, pos[keep], numbers[keep], "remove", m, base_of_body[m]))
         o = members[numbers[members] == 8]
         h = members[numbers[members] == 1]
-        if cfg.flips and not score_only and len(o) == 1 and len(h) == 2:
-            turns = flip_orientations(pos[o[0]], pos[h])
-            if cfg.turns:
+        turns: list = []
+        if (cfg.flips or cfg.hbond_turns) and not score_only and len(o) == 1 and len(h) == 2:
+            if cfg.hbond_turns:
+                others = bodies.body != m
+                if not hbond_consistent(pos[o[0]], pos[h], pos[others & water_o]):
+                    turns = hbond_orientations(pos[o[0]], pos[h], pos[others & water_o],
+                                               pos[others & (numbers == 1)])[:cfg.max_turns]
+            if cfg.flips:
+                turns += flip_orientations(pos[o[0]], pos[h])
+            if cfg.flips and cfg.turns:
                 seen = {sig for sig, _ in turns}
                 turns += [(sig, p) for sig, p in turned_orientations(pos[o[0]], pos[h], seed=m) if sig not in seen]
+        judge_removal = score_only or cfg.remove
+        if not turns and not judge_removal:
+            continue  # nothing to compare with: the unchanged molecule need not be simulated
+        base_of_body[m] = len(cands)
+        cands.append(_Candidate(centre, pos, numbers, "base", m))
+        if judge_removal:
+            keep = np.ones(len(pos), bool)
+            keep[members] = False
+            cands.append(_Candidate(centre, pos[keep], numbers[keep], "remove", m, base_of_body[m]))
+        if turns:
             for _, new_h in turns:
                 p = pos.copy()
                 p[h] = new_h
@@ -613,14 +678,9 @@ def _move_round(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, a
         polished = yield from _polish(level, [cands[i] for i in chosen], movers, tip, z_ref, ab, cfg,
                                       cfg.polish_evals)
         losses[chosen] = polished
-        for i in chosen:  # a new water that ran into a molecule or off elsewhere is not taken
-            cand = cands[i]
-            if cand.kind == "add":
-                o = cand.positions[-3]
-                heavy = cand.positions[:-3][cand.numbers[:-3] != 1]
-                gap = np.min(np.linalg.norm(heavy - o, axis=1)) if len(heavy) else np.inf
-                if gap < MIN_DISTANCE[(8, 8)]:
-                    losses[i] = np.inf
+        for i, mv in zip(chosen, movers):  # a turned or new water that ran into a molecule is not taken
+            if cands[i].kind in ("add", "flip") and _clashes(cands[i].positions, cands[i].numbers, mv):
+                losses[i] = np.inf
     scores = np.zeros(bodies.n_bodies)
     best: list[tuple[float, int]] = []  # (gain, candidate)
     best_of: dict[int, tuple[float, int]] = {}
@@ -700,6 +760,8 @@ def _fit(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, steps: i
     priors = _Priors(structure, cfg, level.device, level.dtype)
     numbers = [bodies.numbers.tolist()]
     last: dict = {}
+    best: dict = {}
+    all_params = [p for g in groups for p in g["params"]]
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -710,6 +772,8 @@ def _fit(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, steps: i
         loss.backward()
         last.update(frames=frames.detach(), ab=(a.detach(), b.detach()), img=float(img.detach().sum()),
                     loss=float(loss.detach()), evals=last.get("evals", 0) + 1)
+        if float(loss.detach()) < best.get("loss", math.inf):  # the line search may end above it
+            best.update(loss=float(loss.detach()), params=[p.detach().clone() for p in all_params])
         return loss
 
     if cfg.optimizer == "lbfgs":
@@ -746,6 +810,9 @@ def _fit(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, steps: i
             yield RefineSnapshot(counter[0], total, last["img"], _residual_on_scan(level, last["frames"],
                                                                                   last["ab"], stack))
     with torch.no_grad():
+        if best:  # the lowest loss seen, not wherever the last step ended
+            for p, v in zip(all_params, best["params"]):
+                p.copy_(v)
         pos = bodies.posed(t, w).cpu().numpy().astype(np.float64)
     structure = structure.with_positions(pos)
     frames, ab = _evaluate(level, structure, tip, z_ref)
@@ -832,6 +899,8 @@ def iter_refine_atoms(
     if not inside.any():
         raise ValueError("none of the molecules lies inside the scan")
     structure, outside = whole.take(inside), whole.take(~inside)
+    if cfg.declash:
+        structure = _declash(structure, cfg)
     z_ref = float(structure.positions[:, 2].max())
     scan_px = min(stack.pixel_size)
     fine_px = max(cfg.fine_pixel, scan_px)
@@ -842,7 +911,7 @@ def iter_refine_atoms(
     n_steps = [int(round((cfg.steps - n_fine) * 0.4 / 0.75))]
     n_steps += [cfg.steps - n_fine - n_steps[0], n_fine]
     # with every move off, a round would only simulate crops to throw them away
-    rounds = cfg.move_rounds if (cfg.flips or cfg.add or cfg.remove) else 0
+    rounds = cfg.move_rounds if (cfg.flips or cfg.hbond_turns or cfg.add or cfg.remove) else 0
     total = cfg.steps + rounds + 2
     counter, losses = [0], []
 
