@@ -267,6 +267,9 @@ def test_refine_button_updates_the_points_in_place_and_undo_puts_them_back(stack
     qtbot.waitUntil(lambda: WARM_UP_NAME not in [layer.name for layer in viewer.layers], timeout=5000)
     viewer.layers.selection.active = points
     before = points.data.copy()
+    assert not w.hbond_turns.value and not w.refine_settings().hbond_turns
+    w.hbond_turns.value = True
+    assert w.refine_settings().hbond_turns
     w.refine(replace(FAST, steps=12))
     assert w.refine_button.text == "Cancel refine" and w.running
     residual = viewer.layers["refine residual (tiny stack)"]

@@ -131,6 +131,10 @@ class PredictWidget(Container):
                                        "the OpenCL reference, run in a separate process")
         self.refine_button = PushButton(text="Refine", tooltip="Fit the molecules to the stack through the AFM "
                                                                "simulator (positions, H classes, tip); colours by fit")
+        self.hbond_turns = CheckBox(
+            text="Ice-rule turns", value=False,
+            tooltip="Refine also turns waters whose H do not point along H bonds to neighbours into orientations "
+                    "that do, when the scan supports it (helps on ice-like layers; slower)")
         self.undo_refine_button = PushButton(text="Undo refine", enabled=False)
         self.export_path = FileEdit(mode="w", label="Export to", filter="Extended XYZ (*.xyz)")
         self.export_button = PushButton(text="Export .xyz")
@@ -138,7 +142,7 @@ class PredictWidget(Container):
         self.extend([self.stack, self.model, self.model_file, self.device, self.threshold, self.show_maps,
                      self.predict_button, self.progress, self.new_label, self.relabel_button,
                      self.select_molecules,
-                     self.engine, self.verify_button, self.refine_button, self.undo_refine_button,
+                     self.engine, self.verify_button, self.refine_button, self.hbond_turns, self.undo_refine_button,
                      self.export_path, self.export_button, self.info])
 
         self.refresh_models()
@@ -485,11 +489,20 @@ class PredictWidget(Container):
         else:
             self.refine()
 
+    def refine_settings(self) -> Any:
+        """The :class:`~hydrafm.refine.RefineSettings` the Refine button uses (defaults + the widget's options)."""
+        from ..refine import RefineSettings
+
+        return RefineSettings(hbond_turns=bool(self.hbond_turns.value))
+
     def refine(self, settings: Any = None) -> None:
         """Fit the atoms to their stack in a worker: the residual shrinks as it goes, the points update at the end."""
         from napari.qt.threading import create_worker
 
         from ..refine import iter_refine_atoms
+
+        if settings is None:
+            settings = self.refine_settings()
 
         try:
             points, stack_layer, stack, atoms = self._atoms_and_stack()
@@ -544,8 +557,9 @@ class PredictWidget(Container):
         self.undo_refine_button.enabled = True
         lo, hi = res.image_loss
         self._set_info(f"Refined: image mismatch {lo:.4f} → {hi:.4f}; similarity {res.similarity_before.mean():.3f}"
-                       f" → {res.similarity.mean():.3f}\nmoves: {res.moves['flips']} H flips, {res.moves['added']}"
-                       f" added, {res.moves['removed']} removed; colour = fit score (red 0 … green 1)")
+                       f" → {res.similarity.mean():.3f}\nmoves: {res.moves['flips']} water(s) turned, "
+                       f"{res.moves['added']} added, {res.moves['removed']} removed; colour = fit score "
+                       f"(red 0 … green 1)")
         self._notify(f"Refine: similarity {res.similarity.mean():.3f}")
 
     def _on_refine_finished(self) -> None:
