@@ -209,6 +209,18 @@ def test_frame_scale_offset_and_distance_are_fitted(stack):
     assert res.image_loss[1] < 0.1 * res.image_loss[0]
 
 
+def test_a_non_finite_drift_trial_does_not_crash_the_backward_pass():
+    from hydrafm.refine.fit import _drift
+
+    # a line search once tried a NaN drift; grid_sample's CPU backward segfaulted on it
+    frames = torch.rand(1, 4, 12, 12, requires_grad=True)
+    for bad in (float("nan"), float("inf"), 1e30):
+        drift = torch.tensor([bad, 0.1], requires_grad=True)
+        out = _drift(frames, drift, 0.2)
+        out.sum().backward()
+        assert torch.isfinite(out).all() and torch.isfinite(frames.grad).all()
+
+
 def test_bad_input_is_refused(stack):
     with pytest.raises(ValueError, match="no atoms"):
         refine_atoms(stack, Atoms(), FAST)

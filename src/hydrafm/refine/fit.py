@@ -268,7 +268,9 @@ def _drift(frames: torch.Tensor, drift: torch.Tensor, pixel: float) -> torch.Ten
     ys = (torch.arange(ny, device=frames.device, dtype=frames.dtype) + 0.5) * (2.0 / ny) - 1
     gx = (xs[None, None, :] - sx[:, None, None]).expand(K, ny, nx)
     gy = (ys[None, :, None] - sy[:, None, None]).expand(K, ny, nx)
-    grid = torch.stack([gx, gy], dim=-1)
+    # a line search can try a non-finite drift: grid_sample's CPU backward crashes on NaN coordinates (a
+    # segfault, not an error), and beyond ±1.5 every sample is the repeated edge anyway
+    grid = torch.nan_to_num(torch.stack([gx, gy], dim=-1), nan=0.0).clamp(-1.5, 1.5)
     out = F.grid_sample(frames.permute(1, 0, 2, 3), grid, mode="bilinear", padding_mode="border",
                         align_corners=False)
     return out.permute(1, 0, 2, 3)
@@ -769,6 +771,11 @@ def _fit(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, steps: i
         frames = _simulate(level, level.sim, pos[None], numbers, tip, z_ref)
         img, a, b = _mismatch(frames, level.target, level.mask, level.norm, tie=level.tie)
         loss = img.sum() + priors(pos, t, tip if tip_params else None)
+        if not bool(torch.isfinite(loss)):
+            # a trial step took the probe where the engine cannot relax it (too close): a wall with no slope,
+            # so the line search steps back instead of carrying NaN into every later step
+            last["evals"] = last.get("evals", 0) + 1
+            return torch.tensor(1e3 * (1.0 + best.get("loss", 1.0)), dtype=loss.dtype)
         loss.backward()
         last.update(frames=frames.detach(), ab=(a.detach(), b.detach()), img=float(img.detach().sum()),
                     loss=float(loss.detach()), evals=last.get("evals", 0) + 1)
