@@ -79,7 +79,7 @@ class RefineSettings:
     # that do (the ice rules: H bonds along O–O, one H per bond)
     hbond_turns: bool = False
     max_turns: int = 12  # H-bond orientations tried per water (two H bonds first, then the nearest turn)
-    declash: bool = False  # first move overlapping molecules apart (rigidly, as little as needed; no simulation)
+    declash: bool = True  # first move overlapping molecules apart (rigidly, as little as needed; no simulation)
     add: bool = False  # experimental: new waters are often put in the wrong place (docs/refine.md)
     remove: bool = False  # off by default: it also removed real molecules that were still misplaced
     max_add: int = 3  # new waters per round at most
@@ -418,8 +418,12 @@ def _declash(structure: _Structure, cfg: RefineSettings, iters: int = 60) -> _St
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        # the clashes, and a pull that keeps every molecule where it was (0.1 Å costs ~1 % of a 0.5 Å overlap)
-        loss = priors.clash(bodies.posed(t, w)) + 1e-3 * ((t**2).sum() + (w**2).sum())
+        # the clashes, and a pull that keeps every molecule where it was (0.1 Å costs ~1 % of a 0.5 Å overlap);
+        # moving up or down costs a tenth of moving sideways, heights being what a start knows least (where
+        # molecules sit at one height, as Predict puts them, the overlap gives no vertical push: they move apart
+        # sideways)
+        loss = priors.clash(bodies.posed(t, w)) + 1e-3 * ((t[:, :2] ** 2).sum() + 0.1 * (t[:, 2] ** 2).sum()
+                                                        + (w**2).sum())
         loss.backward()
         return loss
 
