@@ -14,8 +14,9 @@ than 2.4 Å (O–O; 2.2 Å O–ion, 3 Å ion–ion), an H no closer than 1.55 Å
 molecule's O (1.6 Å to its H, 2 Å to an ion), and weak pulls keeping molecules near
 where they started and the tip near the training tip. Molecules stay whole (rigid).
 
-The schedule: the tip distance (and height step) by a short search; H flips (a water
-turned the wrong way would otherwise be dragged sideways by the gradient); L-BFGS steps on
+The schedule: overlapping molecules pushed apart (no simulation); the tip distance (and
+height step) by a short search; H-bond turns or H flips when asked (a water turned the wrong
+way would otherwise be dragged sideways by the gradient); L-BFGS steps on
 a coarse pixel grid (0.4 Å); all moves; more coarse steps; optionally a few steps on the
 fine grid (0.2 Å; ``fine_share``, off by default: the same time in coarse steps fits better).
 The image mismatch before and after is always measured on the fine grid. (Adam, the alternative, keeps wandering near the optimum: every parameter moves
