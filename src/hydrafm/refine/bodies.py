@@ -246,9 +246,10 @@ def _neighbour_directions(o: np.ndarray, others: np.ndarray) -> np.ndarray:
 def hbond_consistent(o: np.ndarray, hs: np.ndarray, other_o: np.ndarray) -> bool:
     """True when each O–H bond of a water donates along an O–O direction or dangles straight up or down."""
     dirs = _neighbour_directions(o, np.asarray(other_o, dtype=np.float64))
-    for bond in _unit(np.asarray(hs, dtype=np.float64) - o):
+    bonds = _unit(np.asarray(hs, dtype=np.float64) - o)
+    for bond, elevation in zip(bonds, _elevation(bonds)):
         along = len(dirs) and np.degrees(np.arccos(np.clip(dirs @ bond, -1, 1))).min() <= HBOND_ANGLE
-        if not along and abs(np.degrees(np.arcsin(np.clip(bond[2], -1, 1)))) < DANGLING_ELEVATION:
+        if not along and abs(elevation) < DANGLING_ELEVATION:
             return False
     return True
 

@@ -367,16 +367,21 @@ def _structure_of(atoms: Atoms, positions: np.ndarray) -> _Structure:
     return _Structure(b, label, conf, mol, shell)
 
 
+def _min_distances(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
+    """:data:`MIN_DISTANCE` for every pair of atoms with atomic numbers ``za`` × ``zb`` (0: no limit)."""
+    za, zb = np.asarray(za)[:, None], np.asarray(zb)[None, :]
+    out = np.zeros((za.shape[0], zb.shape[1]))
+    for (a, b), v in MIN_DISTANCE.items():
+        out[((za == a) & (zb == b)) | ((za == b) & (zb == a))] = v
+    return out
+
+
 class _Priors:
     """Clashes between molecules, the pull back to the start, the tip's prior."""
 
     def __init__(self, structure: _Structure, cfg: RefineSettings, device, dtype) -> None:
         numbers, body = structure.bodies.numbers, structure.bodies.body
-        n = len(numbers)
-        dmin = np.zeros((n, n))
-        for (za, zb), d in MIN_DISTANCE.items():
-            sel = (numbers[:, None] == za) & (numbers[None, :] == zb)
-            dmin[sel | sel.T] = d
+        dmin = _min_distances(numbers, numbers)
         dmin[body[:, None] == body[None, :]] = 0.0
         dmin = np.triu(dmin, 1)
         kw = dict(device=device, dtype=dtype)
@@ -608,11 +613,7 @@ def _clashes(positions: np.ndarray, numbers: np.ndarray, members: np.ndarray, sl
     if not rest.any():
         return False
     d = np.linalg.norm(positions[members][:, None] - positions[rest][None], axis=-1)
-    za, zb = numbers[members][:, None], numbers[rest][None]
-    dmin = np.zeros(d.shape)
-    for (a, b), v in MIN_DISTANCE.items():
-        dmin[((za == a) & (zb == b)) | ((za == b) & (zb == a))] = v
-    return bool((d < dmin - slack).any())
+    return bool((d < _min_distances(numbers[members], numbers[rest]) - slack).any())
 
 
 def _move_round(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, ab, frames: torch.Tensor,
