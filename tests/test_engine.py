@@ -149,6 +149,35 @@ def test_gradients_match_finite_differences():
     assert float(g_k[0]) == pytest.approx(float(fd), rel=1e-4)
 
 
+def test_force_field_backward_equals_autograd_with_a_quadrupole_tip():
+    """The analytic backward of the force field (positions, tip charges) against autograd through the
+    plain sums, for a monopole and a monopole + d_z² quadrupole tip."""
+    from hydrafm.simulate.engine import COULOMB_CONST, _force_planes
+
+    sim = TorchSimulator(SimulationSettings(**SMALL), dtype=torch.float64, ppafm_grid=False)
+    gen = torch.Generator().manual_seed(0)
+    pos = (torch.rand(2, 9, 3, generator=gen, dtype=torch.float64) * torch.tensor([5.0, 5.0, 1.5])
+           + torch.tensor([1.0, 1.0, 9.0])).requires_grad_(True)
+    cLJ = torch.rand(2, 9, 2, generator=gen, dtype=torch.float64) * torch.tensor([5.0, 500.0])
+    charges = torch.randn(2, 9, generator=gen, dtype=torch.float64) * 0.4
+    Q = torch.tensor([-0.1, 0.05], dtype=torch.float64, requires_grad=True)
+    Qd = torch.tensor([0.0, -0.3], dtype=torch.float64, requires_grad=True)
+    cx, cy = float(sim.gx.mean()), float(sim.gy.mean())
+    for tcs in ([(Q, 0.0)], [(Q, 0.0), (Qd, 0.5), (-2 * Qd, 0.0), (Qd, -0.5)]):
+        leaves = [pos, Q] + ([Qd] if len(tcs) > 1 else [])
+        out = sim.force_field(pos, cLJ, charges, tcs)
+        w = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        got = torch.autograd.grad((out * w).sum(), leaves, retain_graph=True)
+        qk = [((COULOMB_CONST * q)[:, None] * charges)[:, None, None, :] for q, _ in tcs]
+        ref = _force_planes(tuple(z for _, z in tcs), 3, sim.gx - cx, sim.gy - cy, sim.gz,
+                            pos - torch.tensor([cx, cy, 0.0], dtype=torch.float64),
+                            (6 * cLJ[..., 0])[:, None, None, :], (12 * cLJ[..., 1])[:, None, None, :], *qk)
+        assert torch.allclose(out, ref, rtol=1e-12, atol=1e-14)
+        want = torch.autograd.grad((ref * w).sum(), leaves, retain_graph=True)
+        for g, r in zip(got, want):
+            assert torch.allclose(g, r, rtol=1e-9, atol=1e-12 * float(r.abs().max()))
+
+
 def test_matches_ppafm_on_a_small_structure():
     from hydrafm.simulate.afm import opencl_available
 

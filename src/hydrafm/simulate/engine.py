@@ -243,28 +243,19 @@ class TorchSimulator:
         nx, ny = len(self.gx), len(self.gy)
         cx, cy = float(self.gx.mean()), float(self.gy.mean())
         gx, gy = self.gx - cx, self.gy - cy  # centred: the sums below lose less precision
-        ax, ay = positions[..., 0] - cx, positions[..., 1] - cy
-        dX2 = (gx[None, :, None] - ax[:, None, :]) ** 2  # (B, nx, N)
-        dY2 = (gy[None, :, None] - ay[:, None, :]) ** 2  # (B, ny, N)
         c6 = (6.0 * cLJ[..., 0])[:, None, None, :]
         c12 = (12.0 * cLJ[..., 1])[:, None, None, :]
         qk = [((COULOMB_CONST * Q)[:, None] * charges)[:, None, None, :] for Q, _ in tip_charges]
         zoffs = tuple(float(z) for _, z in tip_charges)
         rows = max(1, min(ny, self.chunk // max(1, nx * N)))
-        # with gradients, each chunk is recomputed in the backward pass instead of keeping its
-        # (rows × nx × atoms) intermediates: memory stays at one chunk
-        ckpt = torch.is_grad_enabled() and any(t.requires_grad for t in (positions, charges, *qk))
-        parts = []
-        for j0 in range(0, ny, rows):
-            j1 = min(ny, j0 + rows)
-            args = (gx, gy[j0:j1], dX2, dY2[:, j0:j1], ax, ay, positions[..., 2], self.gz, c6, c12, *qk)
-            if ckpt:
-                from torch.utils.checkpoint import checkpoint
-
-                parts.append(checkpoint(_chunk_force, zoffs, *args, use_reentrant=False))
-            else:
-                parts.append(_chunk_force(zoffs, *args))
-        return torch.cat(parts, dim=3)
+        centre = torch.tensor([cx, cy, 0.0], device=positions.device, dtype=positions.dtype)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (positions, *qk)):
+            if cLJ.requires_grad:
+                raise NotImplementedError("the force field has no gradient with respect to the LJ coefficients")
+            # the pair forces' analytic derivatives, chunk by chunk: ~2x cheaper than autograd through a
+            # checkpointed recompute, and memory stays at one chunk
+            return _ForceField.apply(zoffs, rows, gx, gy, self.gz, positions - centre, c6, c12, *qk)
+        return _force_planes(zoffs, rows, gx, gy, self.gz, positions - centre, c6, c12, *qk)
 
     # ------------------------------------------------------------------ relaxation
     def field(self, grid: torch.Tensor) -> "_Field":
@@ -611,6 +602,98 @@ class TorchSimulator:
             data = self([positions], [numbers], tb, None if charges is None else [charges], solver=solver)[0]
         shift = (self.z_closest_tip - s.probe_length) - tip.distance - positions[:, 2].max()
         return stack_from_frames(data.cpu().numpy().astype(np.float32), s, tip, shift, name, "torch")
+
+
+def _force_planes(zoffs, rows, gx, gy, gz, pos, c6, c12, *qk) -> torch.Tensor:
+    """Force ``(B, 3, nk, ny, nx)`` on the grid (centred coordinates ``gx``, ``gy``, ``pos``), ``rows`` at once."""
+    ax, ay, az = pos[..., 0], pos[..., 1], pos[..., 2]
+    dX2 = (gx[None, :, None] - ax[:, None, :]) ** 2  # (B, nx, N)
+    dY2 = (gy[None, :, None] - ay[:, None, :]) ** 2  # (B, ny, N)
+    parts = [_chunk_force(zoffs, gx, gy[j0:j0 + rows], dX2, dY2[:, j0:j0 + rows], ax, ay, az, gz, c6, c12, *qk)
+             for j0 in range(0, len(gy), rows)]
+    return torch.cat(parts, dim=3)
+
+
+class _ForceField(torch.autograd.Function):
+    """:func:`_force_planes` with the analytic backward of its central pair forces.
+
+    Every term is ``F(g) = Σ_a f(s) r`` with ``r = g − a`` (shifted by the term's z offset),
+    ``s = |r|² + R2SAFE``: LJ ``f = C12' s⁻⁷ − C6' s⁻⁴``, a tip charge ``f = q s^-3/2``. So
+    ``∂L/∂a = −Σ_g [f G + 2 f'(s) (r·G) r]`` and ``∂L/∂q = Σ_g s^-3/2 (r·G)`` for the upstream
+    gradient ``G(g)``; the sums over grid points are matrix products.
+    """
+
+    @staticmethod
+    def forward(ctx, zoffs, rows, gx, gy, gz, pos, c6, c12, *qk):
+        ctx.zoffs, ctx.rows = zoffs, rows
+        ctx.save_for_backward(gx, gy, gz, pos, c6, c12, *qk)
+        return _force_planes(zoffs, rows, gx, gy, gz, pos, c6, c12, *qk)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gx, gy, gz, pos, c6, c12, *qk = ctx.saved_tensors
+        zoffs, rows = ctx.zoffs, ctx.rows
+        assert zoffs[0] == 0.0, "the first tip charge (the monopole) sits at the apex"
+        want_q = [ctx.needs_input_grad[8 + i] for i in range(len(qk))]
+        B, N, _ = pos.shape
+        nx = len(gx)
+        ax, ay, az = pos[..., 0], pos[..., 1], pos[..., 2]
+        dX2 = (gx[None, :, None] - ax[:, None, :]) ** 2
+        dY2 = (gy[None, :, None] - ay[:, None, :]) ** 2
+        c6, c12 = c6.reshape(B, 1, 1, N), c12.reshape(B, 1, 1, N)
+        qk = [q.reshape(B, 1, 1, N) for q in qk]
+        g_pos = torch.zeros_like(pos)
+        g_q = [torch.zeros(B, N, dtype=pos.dtype, device=pos.device) if w else None for w in want_q]
+        a3 = pos.transpose(1, 2)  # (B, 3, N)
+        for j0 in range(0, len(gy), rows):
+            gyc = gy[j0:j0 + rows]
+            nr = len(gyc)
+            r2xy = dY2[:, j0:j0 + nr, None, :] + dX2[:, None, :, :]  # (B, rows, nx, N)
+            gxb = gx.expand(nr, nx).reshape(1, -1, 1).expand(B, -1, 1)
+            gyb = gyc[:, None].expand(nr, nx).reshape(1, -1, 1).expand(B, -1, 1)
+            ones = torch.ones_like(gxb)
+            for k in range(len(gz)):
+                G = grad[:, :, k, j0:j0 + nr, :].reshape(B, 3, -1).transpose(1, 2)  # (B, grid, 3)
+                if not bool(G.any()):
+                    continue
+                dZ = gz[k] - az  # (B, N)
+                # r·G for every (grid point, atom) of the plane: g·G − a·G
+                gG = gxb[..., 0] * G[..., 0] + gyb[..., 0] * G[..., 1] + gz[k] * G[..., 2]  # (B, grid)
+                rG = (gG[..., None] - torch.bmm(G, a3)).reshape(B, nr, nx, N)
+                wA = G
+                wB = torch.cat([ones, gxb, gyb], dim=-1)  # (B, grid, 3)
+                for t, (zoff, q) in enumerate(zip(zoffs, qk)):
+                    dz = dZ if zoff == 0.0 else dZ + zoff
+                    ir2 = (r2xy + (dz * dz + R2SAFE)[:, None, None, :]).reciprocal_()
+                    h = ir2.sqrt().mul_(ir2)  # s^-3/2
+                    rGt = rG if zoff == 0.0 else rG + zoff * G[..., 2].reshape(B, nr, nx, 1)
+                    if g_q[t] is not None:
+                        g_q[t] += (h * rGt).sum(dim=(1, 2))
+                    if t == 0:
+                        # LJ and the monopole share s: f = s⁻⁴ (C12' s⁻³ − C6') + q s^-3/2
+                        ir6 = ir2 * ir2 * ir2
+                        f = torch.addcmul(-c6, c12, ir6).mul_(ir6).mul_(ir2).addcmul_(q, h)
+                        # 2 f' = 2 s⁻⁵ (4 C6' − 7 C12' s⁻³) − 3 q s^-5/2
+                        d2 = torch.addcmul(4 * c6, -7 * c12, ir6).mul_(ir6).mul_(ir2).mul_(ir2).mul_(2.0)
+                        d2 = d2.addcmul_(q, h * ir2, value=-3.0)
+                    else:
+                        f = q * h
+                        d2 = (q * h).mul_(ir2).mul_(-3.0)
+                    _accumulate(g_pos, f, d2.mul_(rGt), wA, wB, pos, dz, B, N)
+        g_pos = -g_pos
+        return (None, None, None, None, None, g_pos, None, None,
+                *[None if g is None else g.reshape(B, 1, 1, N) for g in g_q])
+
+
+def _accumulate(g_pos, f, bc, wA, wB, pos, dz, B, N) -> None:
+    """Add ``Σ_g [f G + bc r]`` (``bc = 2 f' r·G``) to ``g_pos`` ``(B, N, 3)``."""
+    f = f.reshape(B, -1, N).transpose(1, 2)
+    bc = bc.reshape(B, -1, N).transpose(1, 2)
+    MA = torch.bmm(f, wA)  # Σ f G
+    MB = torch.bmm(bc, wB)  # Σ bc, Σ bc gx, Σ bc gy
+    g_pos[..., 0] += MA[..., 0] + MB[..., 1] - pos[..., 0] * MB[..., 0]
+    g_pos[..., 1] += MA[..., 1] + MB[..., 2] - pos[..., 1] * MB[..., 0]
+    g_pos[..., 2] += MA[..., 2] + dz * MB[..., 0]
 
 
 def _chunk_force(zoffs, gx, gy, dX2, dY2, ax, ay, az, gz, c6, c12, *qk) -> torch.Tensor:
