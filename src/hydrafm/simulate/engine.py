@@ -26,7 +26,9 @@ written from its kernels (``ppafm/ocl/cl/FF.cl``: ``evalLJC_QZs_noPos``, ``getLJ
 Everything is batched over structures (padded atom lists) and pixels. Gradients of any
 loss on the Δf stack with respect to atom positions, charges and tip parameters flow by
 implicit differentiation at the relaxed equilibrium (one Newton step on detached relaxed
-positions), so memory does not grow with the number of relaxation steps.
+positions), so memory does not grow with the number of relaxation steps. The force field's own
+backward is written out (:class:`_ForceField`: the analytic derivatives of its central pair
+forces), chunk by chunk, instead of autograd through a recompute.
 """
 
 from __future__ import annotations
