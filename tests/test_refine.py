@@ -226,6 +226,24 @@ def test_overlapping_molecules_are_first_moved_apart_by_little():
     assert np.allclose(_declash(_structure_of(atoms, out), FAST).positions, out, atol=1e-3)  # nothing left to do
 
 
+def test_an_h_h_overlap_is_cleared_by_turning_when_turns_are_cheap():
+    from hydrafm.refine.fit import _declash, _structure_of
+
+    # two waters 2.6 Å apart, each with an H near the O···O line: their H overlap (0.7 Å), the O do not
+    # (exactly on the line, the overlap would give no torque at all)
+    a = np.radians(104.5) / 2
+    pos = np.array(_water((3.0, 3.0, 0.0), -a + 0.2) + _water((5.6, 3.0, 0.0), np.pi - a))
+    assert np.linalg.norm(pos[1] - pos[4]) < 0.8
+    atoms = Atoms(numbers=[8, 1, 1] * 2, positions=pos)
+    atoms.new_array("mol", np.repeat(np.arange(2), 3))
+    o_shift = {}
+    for cost in (1.0, 0.1):
+        out = _declash(_structure_of(atoms, pos), replace(FAST, declash_turn_cost=cost)).positions
+        assert np.linalg.norm(out[1] - out[4]) > 1.3  # the overlap is gone either way
+        o_shift[cost] = np.linalg.norm(out[[0, 3]] - pos[[0, 3]], axis=1).max()
+    assert o_shift[0.1] < 0.15 < o_shift[1.0]  # cheap turns keep the O in place
+
+
 def test_a_non_finite_drift_trial_does_not_crash_the_backward_pass():
     from hydrafm.refine.fit import _drift
 

@@ -81,6 +81,7 @@ class RefineSettings:
     hbond_turns: bool = False
     max_turns: int = 12  # H-bond orientations tried per water (two H bonds first, then the nearest turn)
     declash: bool = True  # first move overlapping molecules apart (rigidly, as little as needed; no simulation)
+    declash_turn_cost: float = 1.0  # cost of turning a molecule in the declash, relative to moving it sideways
     add: bool = False  # experimental: new waters are often put in the wrong place (docs/refine.md)
     remove: bool = False  # off by default: it also removed real molecules that were still misplaced
     max_add: int = 3  # new waters per round at most
@@ -429,7 +430,7 @@ def _declash(structure: _Structure, cfg: RefineSettings, iters: int = 60) -> _St
         # molecules sit at one height, as Predict puts them, the overlap gives no vertical push: they move apart
         # sideways)
         loss = priors.clash(bodies.posed(t, w)) + 1e-3 * ((t[:, :2] ** 2).sum() + 0.1 * (t[:, 2] ** 2).sum()
-                                                        + (w**2).sum())
+                                                        + cfg.declash_turn_cost * (w**2).sum())
         loss.backward()
         return loss
 
