@@ -144,7 +144,7 @@ def cmd_perturbed(args):
         top = pos[:, 2] >= pos[:, 2].max() - 2.0
         every = np.ones(len(pos), bool)
         t, c = time.perf_counter(), time.process_time()
-        res = refine_atoms(stack, as_atoms(start, numbers), settings(args))
+        res = refine_atoms(stack, as_atoms(start, numbers), settings(args), args.device)
         secs, cpu = time.perf_counter() - t, time.process_time() - c
         lab0 = atom_labels(start, numbers)
         pos1, lab1 = by_molecule(res.atoms, len(pos))
@@ -176,7 +176,7 @@ def cmd_predict(args):
         truth_lab = atom_labels(pos, numbers)
         pred = predict_atoms(stack, model)
         t, c = time.perf_counter(), time.process_time()
-        res = refine_atoms(stack, pred, settings(args))
+        res = refine_atoms(stack, pred, settings(args), args.device)
         secs, cpu = time.perf_counter() - t, time.process_time() - c
         s0 = score_atoms(pred.positions[:, :2], pred.arrays["label"], pos, truth_lab, top=2.0)
         s1 = score_atoms(res.atoms.positions[:, :2], res.atoms.arrays["label"], pos, truth_lab, top=2.0)
@@ -197,7 +197,7 @@ def cmd_experiment(args):
     stack = load_stack(path)
     pred = predict_atoms(stack, args.model)
     t, c = time.perf_counter(), time.process_time()
-    res = refine_atoms(stack, pred, settings(args))
+    res = refine_atoms(stack, pred, settings(args), args.device)
     secs, cpu = time.perf_counter() - t, time.process_time() - c
     out = {"stack": str(path.name), "frames": stack.n_heights, "atoms": len(pred), "seconds": round(secs, 1),
            "cpu_seconds": round(cpu, 1),
@@ -262,6 +262,7 @@ def main() -> None:
                          "Pt(111) bilayers and 4-8-ring networks (the layers microscopists scan)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device the refine runs on (cpu, cuda)")
     ap.add_argument("--figure")
     ap.add_argument("--model", default="water", help="predict and experiment: the model whose molecules are refined")
     ap.add_argument("--pull", type=float, default=RefineSettings.pull,
@@ -274,7 +275,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"mode": args.mode, "pool": args.pool, "model": args.model, "threads": args.threads, "h_flips": args.h_flips,
-                      "hbond_turns": args.hbond_turns, "set": args.set, "pull": args.pull,
+                      "hbond_turns": args.hbond_turns, "set": args.set, "pull": args.pull, "device": args.device,
                       "load_1min": round(os.getloadavg()[0], 2)}), flush=True)
     {"perturbed": cmd_perturbed, "predict": cmd_predict, "experiment": cmd_experiment}[args.mode](args)
 
