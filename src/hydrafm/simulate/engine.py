@@ -642,8 +642,6 @@ class _ForceField(torch.autograd.Function):
         ax, ay, az = pos[..., 0], pos[..., 1], pos[..., 2]
         dX2 = (gx[None, :, None] - ax[:, None, :]) ** 2
         dY2 = (gy[None, :, None] - ay[:, None, :]) ** 2
-        c6, c12 = c6.reshape(B, 1, 1, N), c12.reshape(B, 1, 1, N)
-        qk = [q.reshape(B, 1, 1, N) for q in qk]
         g_pos = torch.zeros_like(pos)
         g_q = [torch.zeros(B, N, dtype=pos.dtype, device=pos.device) if w else None for w in want_q]
         a3 = pos.transpose(1, 2)  # (B, 3, N)
@@ -681,14 +679,15 @@ class _ForceField(torch.autograd.Function):
                     else:
                         f = q * h
                         d2 = (q * h).mul_(ir2).mul_(-3.0)
-                    _accumulate(g_pos, f, d2.mul_(rGt), wA, wB, pos, dz, B, N)
+                    _accumulate(g_pos, f, d2.mul_(rGt), wA, wB, pos, dz)
         g_pos = -g_pos
         return (None, None, None, None, None, g_pos, None, None,
                 *[None if g is None else g.reshape(B, 1, 1, N) for g in g_q])
 
 
-def _accumulate(g_pos, f, bc, wA, wB, pos, dz, B, N) -> None:
+def _accumulate(g_pos, f, bc, wA, wB, pos, dz) -> None:
     """Add ``Σ_g [f G + bc r]`` (``bc = 2 f' r·G``) to ``g_pos`` ``(B, N, 3)``."""
+    B, N, _ = g_pos.shape
     f = f.reshape(B, -1, N).transpose(1, 2)
     bc = bc.reshape(B, -1, N).transpose(1, 2)
     MA = torch.bmm(f, wA)  # Σ f G
