@@ -14,6 +14,12 @@ removing the common z offset (a scan fixes heights only up to the tip distance),
 fraction of H with the right class; over all atoms and over those in the top 2 Å.
 ``predict``: the shipped ``water`` model's molecules for the same kind of stacks, scored
 with ``hydrafm.predict.metrics.score_atoms`` (top 2 Å, as the model card) before and after.
+Diagnostics (what limits the refine): ``predict --start oracle-z`` moves each predicted
+molecule rigidly in z to the height of the true O nearest it (laterally); ``--start oracle-o``
+moves it rigidly onto that true O (the O exact, Predict's H orientation kept; molecules
+without an O dropped); ``--start oracle-mol`` replaces it by that true molecule (only the
+missing molecules are wrong). ``perturbed --known-tip`` gives the refine the true tip
+(distance, stiffness, charge) and no drift to fit.
 ``experiment``: the Jiang-lab water/Au(111) stack from ``../shared/testdata``: the
 model's molecules refined; residual and per-frame correlation before and after.
 """
@@ -143,8 +149,12 @@ def cmd_perturbed(args):
         truth_lab = atom_labels(pos, numbers)
         top = pos[:, 2] >= pos[:, 2].max() - 2.0
         every = np.ones(len(pos), bool)
+        cfg = settings(args)
+        if args.known_tip:  # the tip the stack was simulated with, at the height of the start's highest atom
+            distance = pos[:, 2].max() + tip.distance - start[:, 2].max()
+            cfg = replace(cfg, fit_tip=False, fit_drift=False, declash=False, distances=(float(distance),))
         t, c = time.perf_counter(), time.process_time()
-        res = refine_atoms(stack, as_atoms(start, numbers), settings(args), args.device)
+        res = refine_atoms(stack, as_atoms(start, numbers), cfg, args.device)
         secs, cpu = time.perf_counter() - t, time.process_time() - c
         lab0 = atom_labels(start, numbers)
         pos1, lab1 = by_molecule(res.atoms, len(pos))
@@ -174,7 +184,7 @@ def cmd_predict(args):
     for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool):
         stack, tip = simulate(pos, numbers, rng)
         truth_lab = atom_labels(pos, numbers)
-        pred = predict_atoms(stack, model)
+        pred = oracle_start(predict_atoms(stack, model), pos, numbers, args.start)
         t, c = time.perf_counter(), time.process_time()
         res = refine_atoms(stack, pred, settings(args), args.device)
         secs, cpu = time.perf_counter() - t, time.process_time() - c
@@ -187,6 +197,29 @@ def cmd_predict(args):
                           "image_loss": [round(v, 4) for v in res.image_loss],
                           "before": s0.summary(), "after": s1.summary()}), flush=True)
     print(json.dumps({"summary": {"predict": before.summary(), "refined": after.summary()}}))
+
+
+def oracle_start(pred, pos, numbers, start: str):
+    """The prediction, or (diagnostics) its molecules with one kind of error removed using the truth."""
+    if start == "prediction":
+        return pred
+    mol = np.asarray(pred.arrays["mol"])
+    o_idx = np.flatnonzero(pred.arrays["label"] == "O")
+    true_o = np.flatnonzero(numbers == 8)
+    nearest = [int(true_o[np.argmin(np.hypot(*(pos[true_o, :2] - pred.positions[j, :2]).T))]) for j in o_idx]
+    if start == "oracle-mol":
+        idx = np.concatenate([[t, t + 1, t + 2] for t in nearest]) if nearest else np.zeros(0, int)
+        return as_atoms(pos[idx], numbers[idx])
+    out = pred[np.isin(mol, mol[o_idx])]  # only molecules with an O can be placed on a true O
+    keep_mol = np.asarray(out.arrays["mol"])
+    p = out.positions.copy()
+    for j, t in zip(o_idx, nearest):
+        shift = pos[t] - pred.positions[j]
+        if start == "oracle-z":
+            shift[:2] = 0.0
+        p[keep_mol == mol[j]] += shift
+    out.positions = p
+    return out
 
 
 def cmd_experiment(args):
@@ -270,12 +303,17 @@ def main() -> None:
     ap.add_argument("--h-flips", action="store_true", help="refine with the (experimental) H-flip moves")
     ap.add_argument("--hbond-turns", action="store_true",
                     help="refine with the H-bond turns (waters whose H do not point along H bonds)")
+    ap.add_argument("--start", choices=["prediction", "oracle-z", "oracle-o", "oracle-mol"], default="prediction",
+                    help="predict (diagnostics): refine the prediction, or it with one kind of error taken away")
+    ap.add_argument("--known-tip", action="store_true",
+                    help="perturbed (diagnostics): give the refine the true tip and no drift (declash off)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="any other RefineSettings field (repeatable), e.g. --set move_rounds=3")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"mode": args.mode, "pool": args.pool, "model": args.model, "threads": args.threads, "h_flips": args.h_flips,
-                      "hbond_turns": args.hbond_turns, "set": args.set, "pull": args.pull, "device": args.device,
+                      "hbond_turns": args.hbond_turns, "set": args.set, "start": args.start, "known_tip": args.known_tip,
+                      "pull": args.pull, "device": args.device,
                       "load_1min": round(os.getloadavg()[0], 2)}), flush=True)
     {"perturbed": cmd_perturbed, "predict": cmd_predict, "experiment": cmd_experiment}[args.mode](args)
 
