@@ -16,8 +16,8 @@ fraction of H with the right class; over all atoms and over those in the top 2 Ã
 with ``hydrafm.predict.metrics.score_atoms`` (top 2 Ã…, as the model card) before and after.
 Diagnostics (what limits the refine): ``predict --start oracle-z`` moves each predicted
 molecule rigidly in z to the height of the true O nearest it (laterally); ``--start oracle-o``
-moves it rigidly onto that true O (the O exact, Predict's H orientation kept; molecules
-without an O dropped); ``--start oracle-mol`` replaces it by that true molecule (only the
+moves it rigidly onto that true O (the O exact, Predict's H orientation kept; both drop
+predicted H that belong to no O); ``--start oracle-mol`` replaces it by that true molecule (only the
 missing molecules are wrong). ``perturbed --known-tip`` gives the refine the true tip
 (distance, stiffness, charge) and no drift to fit.
 ``experiment``: the Jiang-lab water/Au(111) stack from ``../shared/testdata``: the
