@@ -18,7 +18,8 @@ Diagnostics (what limits the refine): ``predict --start oracle-z`` moves each pr
 molecule rigidly in z to the height of the true O nearest it (laterally); ``--start oracle-o``
 moves it rigidly onto that true O (the O exact, Predict's H orientation kept; both drop
 predicted H that belong to no O); ``--start oracle-mol`` replaces it by that true molecule (only the
-missing molecules are wrong). ``perturbed --known-tip`` gives the refine the true tip
+missing molecules are wrong); ``--oracle-error E`` then shifts each placed molecule sideways
+by a random E Å RMS (how exact the O must be). ``perturbed --known-tip`` gives the refine the true tip
 (distance, stiffness, charge) and no drift to fit.
 ``experiment``: the Jiang-lab water/Au(111) stack from ``../shared/testdata``: the
 model's molecules refined; residual and per-frame correlation before and after.
@@ -184,7 +185,8 @@ def cmd_predict(args):
     for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool):
         stack, tip = simulate(pos, numbers, rng)
         truth_lab = atom_labels(pos, numbers)
-        pred = oracle_start(predict_atoms(stack, model), pos, numbers, args.start)
+        pred = oracle_start(predict_atoms(stack, model), pos, numbers, args.start, args.oracle_error,
+                            np.random.default_rng([args.seed, i]))
         t, c = time.perf_counter(), time.process_time()
         res = refine_atoms(stack, pred, settings(args), args.device)
         secs, cpu = time.perf_counter() - t, time.process_time() - c
@@ -199,17 +201,26 @@ def cmd_predict(args):
     print(json.dumps({"summary": {"predict": before.summary(), "refined": after.summary()}}))
 
 
-def oracle_start(pred, pos, numbers, start: str):
-    """The prediction, or (diagnostics) its molecules with one kind of error removed using the truth."""
+def oracle_start(pred, pos, numbers, start: str, error: float = 0.0, rng=None):
+    """The prediction, or (diagnostics) its molecules with one kind of error removed using the truth.
+
+    ``error``: each molecule placed by the truth is then shifted sideways by a random ``error`` Å RMS.
+    """
     if start == "prediction":
         return pred
+    rng = rng if rng is not None else np.random.default_rng(0)
+
+    def jitter() -> np.ndarray:
+        return np.append(rng.normal(0.0, error / np.sqrt(2), 2), 0.0)
+
     mol = np.asarray(pred.arrays["mol"])
     o_idx = np.flatnonzero(pred.arrays["label"] == "O")
     true_o = np.flatnonzero(numbers == 8)
     nearest = [int(true_o[np.argmin(np.hypot(*(pos[true_o, :2] - pred.positions[j, :2]).T))]) for j in o_idx]
     if start == "oracle-mol":
         idx = np.concatenate([[t, t + 1, t + 2] for t in nearest]) if nearest else np.zeros(0, int)
-        return as_atoms(pos[idx], numbers[idx])
+        moved = pos[idx] + np.repeat([jitter() for _ in nearest], 3, axis=0) if nearest else pos[idx]
+        return as_atoms(moved, numbers[idx])
     out = pred[np.isin(mol, mol[o_idx])]  # only molecules with an O can be placed on a true O
     keep_mol = np.asarray(out.arrays["mol"])
     p = out.positions.copy()
@@ -217,7 +228,7 @@ def oracle_start(pred, pos, numbers, start: str):
         shift = pos[t] - pred.positions[j]
         if start == "oracle-z":
             shift[:2] = 0.0
-        p[keep_mol == mol[j]] += shift
+        p[keep_mol == mol[j]] += shift + jitter()
     out.positions = p
     return out
 
@@ -305,6 +316,8 @@ def main() -> None:
                     help="refine with the H-bond turns (waters whose H do not point along H bonds)")
     ap.add_argument("--start", choices=["prediction", "oracle-z", "oracle-o", "oracle-mol"], default="prediction",
                     help="predict (diagnostics): refine the prediction, or it with one kind of error taken away")
+    ap.add_argument("--oracle-error", type=float, default=0.0,
+                    help="predict --start oracle-*: then shift each molecule sideways by this RMS (Å)")
     ap.add_argument("--known-tip", action="store_true",
                     help="perturbed (diagnostics): give the refine the true tip and no drift (declash off)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -312,7 +325,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"mode": args.mode, "pool": args.pool, "model": args.model, "threads": args.threads, "h_flips": args.h_flips,
-                      "hbond_turns": args.hbond_turns, "set": args.set, "start": args.start, "known_tip": args.known_tip,
+                      "hbond_turns": args.hbond_turns, "set": args.set, "start": args.start,
+                      "oracle_error": args.oracle_error, "known_tip": args.known_tip,
                       "pull": args.pull, "device": args.device,
                       "load_1min": round(os.getloadavg()[0], 2)}), flush=True)
     {"perturbed": cmd_perturbed, "predict": cmd_predict, "experiment": cmd_experiment}[args.mode](args)
