@@ -64,14 +64,12 @@ import numpy as np
 from ase import Atoms
 
 from ..io.xyz import ELEMENT, LABELS
-from ..simulate.labels import H_ANGLE_DEG, OH_BOND_MAX, h_labels
+from ..simulate.labels import H_ANGLE_DEG, HOH_ANGLE, OH_BOND_MAX, OH_LENGTH, h_labels
 from .atoms import H_LABELS, maps_to_atoms
 
 __all__ = ["assemble_molecules", "drop_crowded", "maps_to_molecules", "molecule_confidence", "molecule_members",
            "OH_LENGTH", "HOH_ANGLE", "SHELL_RADIUS", "ACCEPTOR"]
 
-OH_LENGTH = 0.97  # Å, rigid water (inside 0.96–1.0 Å)
-HOH_ANGLE = 104.5  # degrees (inside 100–110°)
 #: lateral O–ion distance (Å) within which a water belongs to the ion's hydration shell
 SHELL_RADIUS = {"Na": 3.1, "K": 3.4}
 ACCEPTOR = (2.4, 3.3)  # Å, lateral O···O distance of an H-bond (2.5–3.2 Å and 0.1 Å for the peaks' error)

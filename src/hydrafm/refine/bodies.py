@@ -17,13 +17,11 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..simulate.labels import H_ANGLE_DEG, h_labels, h_owners
+from ..simulate.labels import H_ANGLE_DEG, HOH_ANGLE, OH_LENGTH, h_labels, h_owners
 
 __all__ = ["Bodies", "group_atoms", "rotation_matrices", "rotate", "h_class_of_bodies", "flip_orientations",
            "turned_orientations", "water_orientations", "hbond_orientations", "hbond_consistent"]
 
-#: H–O–H angle (degrees) of the rigid waters this module builds
-HOH_ANGLE_DEG = 104.5
 #: elevation (degrees) given to an O–H bond moved into a class: well inside the ±30° rule
 CLASS_ELEVATION = {"H_up": 50.0, "H_flat": 0.0, "H_down": -50.0}
 CLASS_MARGIN = 8.0  # degrees an O–H bond of a candidate keeps from the class boundaries
@@ -209,7 +207,7 @@ def water_orientations(n: int = 6) -> list[np.ndarray]:
     Half lie flat (both H level) at evenly spread azimuths; half have one H pointing up
     (the dangling H of an ice-like layer).
     """
-    r, half = 0.97, math.radians(HOH_ANGLE_DEG) / 2
+    r, half = OH_LENGTH, math.radians(HOH_ANGLE) / 2
     out = []
     for k in range(n):
         phi = 2 * math.pi * k / max(1, n)
@@ -264,7 +262,7 @@ def _water_along(d1: np.ndarray, d2: np.ndarray, r: float) -> np.ndarray:
     bis = _unit(bis)
     perp = d1 - (d1 @ bis) * bis
     perp = _unit(perp) if np.linalg.norm(perp) > 1e-6 else _unit(np.cross(bis, [0.0, 0.0, 1.0]))
-    half = math.radians(HOH_ANGLE_DEG) / 2
+    half = math.radians(HOH_ANGLE) / 2
     return r * np.stack([math.cos(half) * bis + math.sin(half) * perp, math.cos(half) * bis - math.sin(half) * perp])
 
 

@@ -45,6 +45,9 @@ __all__ = [
 
 H_ANGLE_DEG = 30.0
 OH_BOND_MAX = 1.3  # Å
+#: the rigid water that Predict assembles and Refine moves: O–H length (Å) and H–O–H angle (degrees)
+OH_LENGTH = 0.97  # inside 0.96–1.0 Å
+HOH_ANGLE = 104.5  # inside 100–110°
 
 #: Display colours (RGB 0–1), as in Tang et al. Fig. 2: O red, Na indigo, K violet,
 #: H_up green, H_flat light blue, H_down brown.
