@@ -21,6 +21,8 @@ predicted H that belong to no O); ``--start oracle-mol`` replaces it by that tru
 missing molecules are wrong); ``--oracle-error E`` then shifts each placed molecule sideways
 by a random E Å RMS (how exact the O must be). ``perturbed --known-tip`` gives the refine the true tip
 (distance, stiffness, charge) and no drift to fit.
+``--split train`` takes training windows instead (the ice pool's training families, MD runs other than 4
+and 13): to choose a setting without looking at the held-out ones.
 ``experiment``: the Jiang-lab water/Au(111) stack from ``../shared/testdata``: the
 model's molecules refined; residual and per-frame correlation before and after.
 """
@@ -52,8 +54,11 @@ TESTDATA = Path(os.environ.get("HYDRAFM_TESTDATA", Path(__file__).resolve().pare
 ICE_FAMILIES = ("bilayer-Pt111", "amorphous-8ring")
 
 
-def held_out_structures(n: int, seed: int, pool_name: str = "water"):
-    """``n`` random held-out windows: MD water runs 4 and 13, or the ice pool's held-out water-only families."""
+def held_out_structures(n: int, seed: int, pool_name: str = "water", split: str = "held-out"):
+    """``n`` random held-out windows: MD water runs 4 and 13, or the ice pool's held-out water-only families.
+
+    ``split="train"``: windows of the training part instead (to choose a setting without looking at held-out data).
+    """
     from hydrafm.paths import pool_path
     from hydrafm.structures.pool import StructurePool
 
@@ -62,11 +67,14 @@ def held_out_structures(n: int, seed: int, pool_name: str = "water"):
         from hydrafm.structures.ice import held_out_mask
 
         family = np.asarray(pool.info["family"]).astype(str)
-        idx = np.flatnonzero(held_out_mask(pool) & np.isin(family, ICE_FAMILIES))
+        water_only = np.array([not f.startswith("hydrate") for f in family])
+        idx = np.flatnonzero(held_out_mask(pool) & np.isin(family, ICE_FAMILIES) if split == "held-out"
+                             else ~held_out_mask(pool) & water_only)
     else:
         from hydrafm.training.train import VAL_RUNS
 
-        idx = np.flatnonzero(np.isin(pool.info["run"], VAL_RUNS))
+        held = np.isin(pool.info["run"], VAL_RUNS)
+        idx = np.flatnonzero(held if split == "held-out" else ~held)
     rng = np.random.default_rng(seed)
     for i in rng.choice(idx, n, replace=False):
         pos, numbers = pool.arrays(int(i))
@@ -144,7 +152,7 @@ def settings(args):
 def cmd_perturbed(args):
     rng = np.random.default_rng(args.seed)
     rows = []
-    for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool):
+    for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool, args.split):
         stack, tip = simulate(pos, numbers, rng)
         start = perturb(pos, numbers, rng)
         truth_lab = atom_labels(pos, numbers)
@@ -182,7 +190,7 @@ def cmd_predict(args):
     model = resolve_model(args.model)
     rng = np.random.default_rng(args.seed)
     before, after = Scores(), Scores()
-    for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool):
+    for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool, args.split):
         stack, tip = simulate(pos, numbers, rng)
         truth_lab = atom_labels(pos, numbers)
         pred = oracle_start(predict_atoms(stack, model), pos, numbers, args.start, args.oracle_error,
@@ -304,6 +312,8 @@ def main() -> None:
     ap.add_argument("--pool", choices=["water", "ice"], default="water",
                     help="held-out windows: MD water runs 4, 13 (3 Å deep films) or the ice pool's held-out "
                          "Pt(111) bilayers and 4-8-ring networks (the layers microscopists scan)")
+    ap.add_argument("--split", choices=["held-out", "train"], default="held-out",
+                    help="windows never trained on (the benchmark), or training ones (to choose settings on)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="torch device the refine runs on (cpu, cuda)")

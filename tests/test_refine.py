@@ -244,6 +244,42 @@ def test_an_h_h_overlap_is_cleared_by_turning_when_turns_are_cheap():
     assert o_shift[0.1] < 0.15 < o_shift[1.0]  # cheap turns keep the O in place
 
 
+def test_the_hbond_prior_pulls_a_stretched_hbond_straight_and_back_to_length():
+    from hydrafm.refine.fit import HBOND_LENGTH, HBOND_OO, HBOND_WEIGHT, _Priors, _structure_of
+
+    # a donor water 3.3 Å from an acceptor, its second H pointing 25° beside the O···O line: too far to be bonded
+    a = np.radians(104.5) / 2
+    pos = np.array(_water((3.0, 3.0, 0.0), a + np.radians(25)) + _water((6.3, 3.0, 0.0), 0.0))  # its H point away
+    assert np.linalg.norm(pos[2] - pos[3]) > 2.3
+    atoms = Atoms(numbers=[8, 1, 1] * 2, positions=pos)
+    atoms.new_array("mol", np.repeat(np.arange(2), 3))
+    structure = _structure_of(atoms, pos)
+    bodies = structure.bodies
+    out = {}
+    for weight in (0.0, 1.0):
+        priors = _Priors(structure, replace(FAST, hbond=weight), "cpu", torch.float64)
+        t = torch.zeros((2, 3), dtype=torch.float64, requires_grad=True)
+        w = torch.zeros((2, 3), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([t, w], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = priors(bodies.posed(t, w), t, None)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        out[weight] = bodies.posed(t, w).detach().numpy()
+    assert np.allclose(out[0.0], pos, atol=1e-6)  # off: nothing moves (no clash either)
+    p = out[1.0]
+    assert abs(np.linalg.norm(p[2] - p[3]) - HBOND_LENGTH) < 0.1  # the H···O distance of a bond
+    assert abs(np.linalg.norm(p[0] - p[3]) - HBOND_OO) < 0.1  # and O···O: straight
+    assert np.linalg.norm(p[[0, 3]] - pos[[0, 3]], axis=1).max() < 0.5  # by moving both a little
+    # by default on with the H-bond turns (ice-like layers) only
+    assert _Priors(structure, replace(FAST, hbond_turns=True), "cpu", torch.float64).hbond == HBOND_WEIGHT
+    assert _Priors(structure, FAST, "cpu", torch.float64).hbond == 0.0
+
+
 def test_a_non_finite_drift_trial_does_not_crash_the_backward_pass():
     from hydrafm.refine.fit import _drift
 

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also try turning each water so that one of its H changes class (experimental)")
     rf.add_argument("--hbond-turns", action="store_true",
                     help="turn waters whose H do not point along H bonds to neighbours into orientations that do, "
-                         "when the scan shows it (ice-like layers; see docs/refine.md)")
+                         "when the scan shows it, and favour H bonds in the fit (ice-like layers; see docs/refine.md)")
     rf.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     _add_stack_options(rf)
 

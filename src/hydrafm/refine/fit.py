@@ -12,7 +12,9 @@ best scale and offset, divided by the frame's variance; mean over frames, so 1 =
 better than a flat image) + priors: heavy atoms of different molecules no closer
 than 2.4 Å (O–O; 2.2 Å O–ion, 3 Å ion–ion), an H no closer than 1.55 Å to another
 molecule's O (1.6 Å to its H, 2 Å to an ion), and weak pulls keeping molecules near
-where they started and the tip near the training tip. Molecules stay whole (rigid).
+where they started and the tip near the training tip; with the H-bond turns (ice-like
+layers), also an H-bond prior: a reward for every water H 1.8 Å from another molecule's O
+with the two O 2.75 Å apart. Molecules stay whole (rigid).
 
 The schedule: overlapping molecules pushed apart (no simulation); the tip distance (and
 height step) by a short search; H-bond turns or H flips when asked (a water turned the wrong
@@ -52,6 +54,11 @@ from .bodies import (Bodies, flip_orientations, group_atoms, h_class_of_bodies, 
 
 __all__ = ["RefineSettings", "Refinement", "RefineSnapshot", "TipFit", "iter_refine_atoms", "refine_atoms"]
 
+#: H-bond prior (Å): the O···O distance of an H bond between waters, the H···O distance when it is straight, the
+#: width of both wells and how far apart an H and another molecule's O may start to count as a pair
+HBOND_OO, HBOND_LENGTH, HBOND_WIDTH, HBOND_REACH = 2.75, 1.8, 0.25, 3.0
+#: its weight with the H-bond turns (chosen on training windows: docs/refine.md#h-bond-prior)
+HBOND_WEIGHT = 0.3
 #: closest allowed distance (Å) between atoms of different molecules, by element pair
 MIN_DISTANCE = {(8, 8): 2.4, (8, 11): 2.2, (8, 19): 2.5, (11, 11): 3.0, (11, 19): 3.0, (19, 19): 3.0,
                 (1, 8): 1.55, (1, 1): 1.6, (1, 11): 2.0, (1, 19): 2.0}
@@ -102,6 +109,9 @@ class RefineSettings:
     sigma_position: float = 1.0  # Å, weak pull of each molecule back to where it started (lateral)
     sigma_height: float = 0.7  # Å, the same in z
     pull: float = 1e-3  # weight of that pull (per molecule; the image loss is ~0.1–1 at the start)
+    # weight of the H-bond prior (per molecule): rewards each water H ~1.8 Å from another molecule's O, 2.75 Å O···O
+    # (0: off); None: HBOND_WEIGHT with the H-bond turns (ice-like layers), off otherwise (docs/refine.md)
+    hbond: float | None = None
     flips_first: bool = True  # a round of H flips before the first fit
     batch: int = 16  # crops simulated at once
     # a fit stage stops when its last 5 L-BFGS steps lowered the loss by less than this fraction of what the
@@ -391,15 +401,46 @@ class _Priors:
         self.sigma = torch.as_tensor([cfg.sigma_position, cfg.sigma_position, cfg.sigma_height], **kw)
         self.n_bodies = max(1, structure.bodies.n_bodies)
         self.pull = cfg.pull
+        # H bonds: each water H with the O of other molecules within reach at the start of the stage
+        self.hbond = cfg.hbond if cfg.hbond is not None else (HBOND_WEIGHT if cfg.hbond_turns else 0.0)
+        self.hi = self.hj = self.hd = torch.zeros(0, dtype=torch.long, device=device)
+        if self.hbond > 0:
+            pos = structure.positions
+            h = np.flatnonzero(numbers == 1)
+            o = np.flatnonzero(numbers == 8)
+            if len(h) and len(o):
+                d = np.linalg.norm(pos[h, None] - pos[None, o], axis=-1)
+                near = (d < HBOND_REACH) & (body[h][:, None] != body[o][None, :])
+                a, b = np.nonzero(near)
+                donor = {int(body[k]): int(k) for k in o}  # the O of each water
+                keep = np.array([int(body[h[k]]) in donor for k in a], bool)
+                a, b = a[keep], b[keep]
+                self.hi = torch.as_tensor(h[a], device=device)
+                self.hj = torch.as_tensor(o[b], device=device)
+                self.hd = torch.as_tensor([donor[int(body[h[k]])] for k in a], dtype=torch.long, device=device)
 
     def clash(self, pos: torch.Tensor) -> torch.Tensor:
         """Sum of squared overlaps (Å²) between atoms of different molecules."""
         d = torch.sqrt(((pos[self.i] - pos[self.j]) ** 2).sum(-1) + 1e-12)
         return (torch.relu(self.dmin - d) ** 2).sum()
 
+    def hbonds(self, pos: torch.Tensor) -> torch.Tensor:
+        """Minus the H-bond count: Gaussian wells in H···O and O···O of every donor H–acceptor O pair.
+
+        Both distances at their values for a straight bond (1.8 and 2.75 Å): a bent bond shortens O···O.
+        """
+        if not len(self.hi):
+            return pos.new_zeros(())
+        dh = torch.sqrt(((pos[self.hi] - pos[self.hj]) ** 2).sum(-1) + 1e-12)
+        do = torch.sqrt(((pos[self.hd] - pos[self.hj]) ** 2).sum(-1) + 1e-12)
+        return -torch.exp(-0.5 * (((dh - HBOND_LENGTH) / HBOND_WIDTH) ** 2
+                                  + ((do - HBOND_OO) / HBOND_WIDTH) ** 2)).sum()
+
     def __call__(self, pos: torch.Tensor, t: torch.Tensor, tip: _Tip | None) -> torch.Tensor:
         pull = ((t / self.sigma) ** 2).sum() / self.n_bodies
         out = self.clash(pos) + self.pull * pull
+        if self.hbond > 0:
+            out = out + self.hbond * self.hbonds(pos) / self.n_bodies
         if tip is not None:
             out = out + 1e-3 * tip.prior()
         return out

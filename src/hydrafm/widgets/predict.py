@@ -134,7 +134,8 @@ class PredictWidget(Container):
         self.hbond_turns = CheckBox(
             text="Ice-rule turns", value=False,
             tooltip="Refine also turns waters whose H do not point along H bonds to neighbours into orientations "
-                    "that do, when the scan supports it (helps on ice-like layers; slower)")
+                    "that do, when the scan supports it, and favours H bonds in the fit (helps on ice-like "
+                    "layers; slower)")
         self.undo_refine_button = PushButton(text="Undo refine", enabled=False)
         self.export_path = FileEdit(mode="w", label="Export to", filter="Extended XYZ (*.xyz)")
         self.export_button = PushButton(text="Export .xyz")
