@@ -57,7 +57,7 @@ __all__ = ["RefineSettings", "Refinement", "RefineSnapshot", "TipFit", "iter_ref
 #: H-bond prior (Å): the O···O distance of an H bond between waters, the H···O distance when it is straight, the
 #: width of both wells and how far apart an H and another molecule's O may start to count as a pair
 HBOND_OO, HBOND_LENGTH, HBOND_WIDTH, HBOND_REACH = 2.75, 1.8, 0.25, 3.0
-#: its weight with the H-bond turns (chosen on training windows: docs/refine.md#h-bond-prior)
+#: its weight with the H-bond turns (chosen on training windows: docs/refine.md, "H-bond prior")
 HBOND_WEIGHT = 0.3
 #: closest allowed distance (Å) between atoms of different molecules, by element pair
 MIN_DISTANCE = {(8, 8): 2.4, (8, 11): 2.2, (8, 19): 2.5, (11, 11): 3.0, (11, 19): 3.0, (19, 19): 3.0,
