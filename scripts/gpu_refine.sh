@@ -17,7 +17,7 @@ device=${DEVICE:-cuda}
 n=${N:-3}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")/.." && pwd)
-site="$out/site"
+site=$(mktemp -d)  # not under OUT: what is there comes back
 if ! python -c "import ase" 2>/dev/null; then
   python -m zipfile -e "$(ls "$here"/.gpu-wheels/ase-*.whl | head -1)" "$site"  # a pure-Python wheel
 fi
