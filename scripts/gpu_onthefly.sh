@@ -14,6 +14,7 @@
 # INIT=CKPT starts from a checkpoint's weights (e.g. src/hydrafm/models/weights/water.pt: the shipped
 # water, base 16) instead of from scratch; CHANNELS sets the width (default 16; must match INIT's).
 # LR sets the first learning rate of the cosine decay (default 1e-3; 3e-4 suits a start from INIT).
+# SIM_SHARE: the share of time spent simulating fresh stacks, the rest trains on replayed ones (default 0.5).
 set -euo pipefail
 out=${1:?give an output folder}
 minutes=${2:-8}
@@ -37,5 +38,5 @@ cat "$out/engine_speed.json"
 # the CPU's best choice (docs/structure-network.md): 2D encoder, cosine decay, replay, noise up to NOISE frame std
 python -m hydrafm.cli train --on-the-fly -o "$out/water-otf.pt" --pools "$pools" --minutes "$minutes" \
   --device "$device" --batch-size "$batch" --crop "$crop" --steps-per-epoch "$steps" --val-size "$val" \
-  --encoder 2d --base-channels "$chans" --lr "${LR:-1e-3}" --lr-final 3e-5 --sim-share 0.5 --noise "${NOISE:-0.15}" \
+  --encoder 2d --base-channels "$chans" --lr "${LR:-1e-3}" --lr-final 3e-5 --sim-share "${SIM_SHARE:-0.5}" --noise "${NOISE:-0.15}" \
   --epochs 100000 --patience 100000 ${init[@]+"${init[@]}"} | tee "$out/train.jsonl"

@@ -48,3 +48,34 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=NO_DISPLAY)
     for it in gui:
         it.add_marker(skip)
+
+
+# ------------------------------------------------------------------ leaving the test process
+# The suite loads Qt on an Xvfb display, Mesa's LLVM (software OpenGL for napari) and PoCL's LLVM
+# (ppafm's OpenCL) into one process, which no user process does (napari runs ppafm in a child
+# process). Tearing all of that down at interpreter exit, after pytest-xvfb's atexit hook has
+# stopped the X server, segfaulted once in CI *after* every test had passed (exit 139, stop 27).
+# So once pytest has reported, the X server is stopped and the process leaves without the
+# interpreter's teardown, keeping pytest's exit status. HYDRAFM_TEST_TEARDOWN=1 keeps the teardown.
+_EXIT: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT["status"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if "status" not in _EXIT or os.environ.get("HYDRAFM_TEST_TEARDOWN") == "1":
+        return
+    import sys
+
+    try:
+        import pytest_xvfb
+
+        pytest_xvfb.shutdown_xvfb()
+    except Exception:  # noqa: BLE001 - no pytest-xvfb, or its display already gone
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT["status"])

@@ -65,6 +65,22 @@ def test_rotations_move_stack_and_maps_together_and_noise_touches_only_the_stack
     assert not torch.allclose(xd, x) and xd.shape == x.shape
 
 
+def test_drift_moves_each_frame_by_its_shift_the_same_on_every_path():
+    from hydrafm.training.augment import shift_frames
+
+    x = torch.randn(3, 4, 9, 11)
+    x0 = x.clone()
+    shift = np.random.default_rng(0).integers(-3, 4, size=(3, 4, 2))
+    shift[1] = 0  # a stack without drift stays as it is
+    want = torch.stack([torch.stack([torch.roll(x[b, i], tuple(int(v) for v in shift[b, i]), (-2, -1))
+                                     for i in range(4)]) for b in range(3)])
+    for gather in (False, True):  # the CPU's rolls and the GPU's one gather
+        got = shift_frames(x, shift, gather=gather)
+        assert torch.equal(got, want)
+    assert torch.equal(x, x0)  # the input is not touched
+    assert shift_frames(x, np.zeros((3, 4, 2), int)) is x
+
+
 def test_train_checkpoint_resume_and_minutes(tmp_path):
     out = tmp_path / "m.pt"
     recs = []
@@ -132,6 +148,30 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert len(epochs) == 1  # only rank 0 reports
     _, info, _ = load_checkpoint(out)
     assert info.provenance["world_size"] == 2
+
+
+def test_training_from_a_checkpoint_needs_nothing_a_bare_gpu_node_lacks(tmp_path):
+    """scripts/gpu_onthefly.sh with INIT=...: torch, numpy and scipy only (no ase, napari, OpenCL).
+
+    Its first GPU run (2026-11-27) died on an ``import ase`` reached through the model's path lookup.
+    """
+    init = tmp_path / "init.pt"
+    drive(train_on_the_fly(init, replace(TINY, epochs=1), UNetConfig(base_channels=4, encoder="2d"), device="cpu",
+                           cache=tmp_path / "cache"), show=False)
+    out = tmp_path / "cont.pt"
+    blocked = ["ase", "napari", "pyopencl", "ppafm", "qtpy", "magicgui", "skimage", "matplotlib"]
+    code = ("import sys, runpy\n"
+            f"for m in {blocked!r}: sys.modules[m] = None  # import m → ImportError\n"
+            "sys.argv = ['hydrafm'] + sys.argv[1:]\n"
+            "runpy.run_module('hydrafm.cli', run_name='__main__')\n")
+    env = dict(os.environ, HYDRAFM_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", code, "train", "--on-the-fly", "-o", str(out), "--init-from", str(init),
+           "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--crop", "16", "--val-size", "2",
+           "--device", "cpu", "--threads", "1"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, info, _ = load_checkpoint(out)
+    assert info.provenance["initialised_from"] == str(init)
 
 
 def test_a_different_run_in_the_same_place_is_refused(tmp_path):

@@ -456,7 +456,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.on_the_fly:
         return _train_on_the_fly(args)
     from .models.unet import UNetConfig
-    from .predict.predictor import model_path
+    from .models.registry import model_path
     from .progress import drive
     from .simulate.dataset import AFMDataset
     from .training.train import TrainConfig, train

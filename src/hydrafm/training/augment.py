@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Degradations", "degrade", "random_crop"]
+__all__ = ["Degradations", "degrade", "random_crop", "shift_frames"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,30 @@ def random_crop(
     return stack[..., r : r + size, c : c + size], maps[..., r : r + size, c : c + size]
 
 
+def shift_frames(x: torch.Tensor, shift: np.ndarray, gather: bool | None = None) -> torch.Tensor:
+    """Roll frame ``(b, i)`` of ``x`` ``(B, Z, H, W)`` by ``shift[b, i]`` = (rows, columns), wrapping round.
+
+    ``gather`` (default: on any device but the CPU) moves every frame in one indexing operation
+    instead of a ``torch.roll`` per frame: on a GPU that is one kernel, not B × Z launches; on a
+    CPU the rolls are ~3× faster. Both give the same result.
+    """
+    B, Z, H, W = x.shape
+    dev = x.device
+    if not np.any(shift):
+        return x
+    if not (dev.type != "cpu" if gather is None else gather):
+        x = x.clone()
+        for b, i in zip(*np.nonzero(np.any(shift, axis=2))):
+            x[b, i] = torch.roll(x[b, i], tuple(int(v) for v in shift[b, i]), (-2, -1))
+        return x
+    sh = torch.as_tensor(np.asarray(shift, np.int64), device=dev)
+    rows = (torch.arange(H, device=dev) - sh[..., 0:1]) % H  # (B, Z, H)
+    cols = (torch.arange(W, device=dev) - sh[..., 1:2]) % W  # (B, Z, W)
+    bi = torch.arange(B, device=dev)[:, None, None, None]
+    zi = torch.arange(Z, device=dev)[None, :, None, None]
+    return x[bi, zi, rows[..., :, None], cols[..., None, :]]
+
+
 def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: Degradations):
     """Random rotation/flip (stack and maps) and experiment-like degradations (stack only)."""
     B, Z, H, W = x.shape
@@ -61,32 +85,33 @@ def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: De
     x, maps = torch.rot90(x, k, (-2, -1)), torch.rot90(maps, k, (-2, -1))
     if rng.random() < 0.5:
         x, maps = x.flip(-1), maps.flip(-1)
-    x = x.clone()
-    g = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+    # drawn on the batch's own device: on a GPU, drawing two (B, Z, H, W) noise fields on the CPU and
+    # copying them over was most of a training step (H200, batches of 64 at 128 px)
+    g = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
 
-    def u(*shape):  # U(0, 1) on the device, reproducible from rng
-        return torch.rand(*shape, generator=g).to(dev)
+    def u(*shape):  # U(0, 1) on the device, reproducible from rng (per device type)
+        return torch.rand(*shape, generator=g, device=dev)
 
     def nrm(*shape):
-        return torch.randn(*shape, generator=g).to(dev)
+        return torch.randn(*shape, generator=g, device=dev)
 
     std = x.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)  # (B, Z, 1, 1)
     # drift: frame i shifted by i/(Z-1) of a random total (integer pixels; torch.roll wraps the edges round)
     if d.drift_px > 0:
+        shift = np.zeros((B, Z, 2), np.int64)
         for b in range(B):
             total = float(rng.uniform(0, d.drift_px))
             ang = float(rng.uniform(0, 2 * math.pi))
             for i in range(1, Z):
-                dy = int(round(total * math.sin(ang) * i / max(Z - 1, 1)))
-                dx = int(round(total * math.cos(ang) * i / max(Z - 1, 1)))
-                if dy or dx:
-                    x[b, i] = torch.roll(x[b, i], (dy, dx), (-2, -1))
+                shift[b, i] = (int(round(total * math.sin(ang) * i / max(Z - 1, 1))),
+                               int(round(total * math.cos(ang) * i / max(Z - 1, 1))))
+        x = shift_frames(x, shift)
     yy = torch.linspace(-0.5, 0.5, H, device=dev)[:, None]
     xx = torch.linspace(-0.5, 0.5, W, device=dev)[None, :]
     plane = (nrm(B, Z, 1, 1) * yy + nrm(B, Z, 1, 1) * xx) * d.plane * u(B, 1, 1, 1)
     noise = nrm(B, Z, H, W) * d.white * u(B, 1, 1, 1)
     if d.pink > 0:
-        f = torch.fft.rfft2(nrm(B, Z, H, W).to(dev))
+        f = torch.fft.rfft2(nrm(B, Z, H, W))
         ky = torch.fft.fftfreq(H, device=dev)[:, None]
         kx = torch.fft.rfftfreq(W, device=dev)[None, :]
         kk = torch.sqrt(ky**2 + kx**2)

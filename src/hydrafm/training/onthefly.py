@@ -407,7 +407,7 @@ def train_on_the_fly(
     model = StructureUNet(model_config)
     info = ModelInfo(config=model_config, pixel_size=s.pixel_size, dz=s.dz, normalization=cfg.normalization)
     if init_from is not None:
-        from ..predict.predictor import model_path
+        from ..models.registry import model_path
 
         base, base_info, _ = load_checkpoint(model_path(str(init_from)))
         model = base
