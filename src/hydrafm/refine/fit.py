@@ -59,8 +59,6 @@ __all__ = ["RefineSettings", "Refinement", "RefineSnapshot", "TipFit", "iter_ref
 HBOND_OO, HBOND_LENGTH, HBOND_WIDTH, HBOND_REACH = 2.75, 1.8, 0.25, 3.0
 #: its weight with the H-bond turns (chosen on training windows: docs/refine.md, "H-bond prior")
 HBOND_WEIGHT = 0.3
-#: steepness of the wall at ``RefineSettings.max_shift`` (per Å² beyond it, per molecule; image loss ~0.1–1)
-SHIFT_WALL = 10.0
 #: closest allowed distance (Å) between atoms of different molecules, by element pair
 MIN_DISTANCE = {(8, 8): 2.4, (8, 11): 2.2, (8, 19): 2.5, (11, 11): 3.0, (11, 19): 3.0, (19, 19): 3.0,
                 (1, 8): 1.55, (1, 1): 1.6, (1, 11): 2.0, (1, 19): 2.0}
@@ -111,9 +109,6 @@ class RefineSettings:
     sigma_position: float = 1.0  # Å, weak pull of each molecule back to where it started (lateral)
     sigma_height: float = 0.7  # Å, the same in z
     pull: float = 1e-3  # weight of that pull (per molecule; the image loss is ~0.1–1 at the start)
-    # Å: how far a molecule's O (ion) may move sideways from where it started, a steep wall beyond (None: no
-    # limit). The network's O are mostly within this of the truth; the image alone can drag them further.
-    max_shift: float | None = None
     # weight of the H-bond prior (per molecule): rewards each water H ~1.8 Å from another molecule's O, 2.75 Å O···O
     # (0: off); None: HBOND_WEIGHT with the H-bond turns (ice-like layers), off otherwise (docs/refine.md)
     hbond: float | None = None
@@ -337,7 +332,6 @@ class _Structure:
     confidence: np.ndarray
     mol: np.ndarray  # molecule id of each atom (unique per body; new ones for added waters)
     shell: np.ndarray
-    start: np.ndarray  # (N, 3) where each atom started (the input; an added water: where it was put)
 
     @property
     def positions(self) -> np.ndarray:
@@ -350,8 +344,7 @@ class _Structure:
         """Only the atoms in ``keep`` (bool), bodies renumbered."""
         _, body = np.unique(self.bodies.body[keep], return_inverse=True)
         b = Bodies.from_positions(self.positions[keep], self.bodies.numbers[keep], body.reshape(-1))
-        return _Structure(b, self.label[keep], self.confidence[keep], self.mol[keep], self.shell[keep],
-                          self.start[keep])
+        return _Structure(b, self.label[keep], self.confidence[keep], self.mol[keep], self.shell[keep])
 
     def added(self, positions: np.ndarray, numbers: np.ndarray, labels: np.ndarray) -> "_Structure":
         """With one more molecule."""
@@ -361,8 +354,7 @@ class _Structure:
                                   np.concatenate([self.bodies.numbers, numbers]), body)
         n = len(numbers)
         return _Structure(b, np.concatenate([self.label, labels]), np.concatenate([self.confidence, np.zeros(n)]),
-                          np.concatenate([self.mol, np.full(n, new_mol)]), np.concatenate([self.shell, np.full(n, -1)]),
-                          np.concatenate([self.start, positions]))
+                          np.concatenate([self.mol, np.full(n, new_mol)]), np.concatenate([self.shell, np.full(n, -1)]))
 
 
 def _structure_of(atoms: Atoms, positions: np.ndarray) -> _Structure:
@@ -383,7 +375,7 @@ def _structure_of(atoms: Atoms, positions: np.ndarray) -> _Structure:
             mol[members] = nxt
             nxt += 1
     shell = np.asarray(atoms.arrays.get("shell", np.full(n, -1)), dtype=int)
-    return _Structure(b, label, conf, mol, shell, b.positions.copy())
+    return _Structure(b, label, conf, mol, shell)
 
 
 def _min_distances(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
@@ -409,10 +401,6 @@ class _Priors:
         self.sigma = torch.as_tensor([cfg.sigma_position, cfg.sigma_position, cfg.sigma_height], **kw)
         self.n_bodies = max(1, structure.bodies.n_bodies)
         self.pull = cfg.pull
-        self.max_shift = cfg.max_shift
-        if self.max_shift is not None:  # each body's pivot now, relative to where it started (lateral)
-            started = Bodies.from_positions(structure.start, numbers, body).pivot
-            self.shifted = torch.as_tensor((structure.bodies.pivot - started)[:, :2], **kw)
         # H bonds: each water H with the O of other molecules within reach at the start of the stage
         self.hbond = cfg.hbond if cfg.hbond is not None else (HBOND_WEIGHT if cfg.hbond_turns else 0.0)
         self.hi = self.hj = self.hd = torch.zeros(0, dtype=torch.long, device=device)
@@ -451,9 +439,6 @@ class _Priors:
     def __call__(self, pos: torch.Tensor, t: torch.Tensor, tip: _Tip | None) -> torch.Tensor:
         pull = ((t / self.sigma) ** 2).sum() / self.n_bodies
         out = self.clash(pos) + self.pull * pull
-        if self.max_shift is not None:
-            beyond = torch.relu(torch.sqrt(((self.shifted + t[:, :2]) ** 2).sum(-1) + 1e-12) - self.max_shift)
-            out = out + SHIFT_WALL * (beyond**2).sum()
         if self.hbond > 0:
             out = out + self.hbond * self.hbonds(pos) / self.n_bodies
         if tip is not None:
