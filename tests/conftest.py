@@ -53,29 +53,27 @@ def pytest_collection_modifyitems(config, items):
 # ------------------------------------------------------------------ leaving the test process
 # The suite loads Qt on an Xvfb display, Mesa's LLVM (software OpenGL for napari) and PoCL's LLVM
 # (ppafm's OpenCL) into one process, which no user process does (napari runs ppafm in a child
-# process). Tearing all of that down at interpreter exit, after pytest-xvfb's atexit hook has
-# stopped the X server, segfaulted once in CI *after* every test had passed (exit 139, stop 27).
-# So once pytest has reported, the X server is stopped and the process leaves without the
-# interpreter's teardown, keeping pytest's exit status. HYDRAFM_TEST_TEARDOWN=1 keeps the teardown.
-_EXIT: dict[str, int] = {}
+# process). Collecting and tearing all of that down after the run — pytest's unconfigure runs a
+# garbage collection, then the interpreter's exit, after pytest-xvfb's atexit hook has stopped the
+# X server — segfaulted once in CI *after* every test had passed (exit 139, stop 27). So once
+# pytest has written its report (this wrapper is the outermost, so its second half runs after the
+# summary), the X server is stopped and the process leaves with pytest's exit status, without
+# that teardown. HYDRAFM_TEST_TEARDOWN=1 keeps the teardown.
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
-    _EXIT["status"] = int(exitstatus)
+    result = yield
+    if os.environ.get("HYDRAFM_TEST_TEARDOWN") != "1":
+        import sys
 
+        try:
+            import pytest_xvfb
 
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    if "status" not in _EXIT or os.environ.get("HYDRAFM_TEST_TEARDOWN") == "1":
-        return
-    import sys
-
-    try:
-        import pytest_xvfb
-
-        pytest_xvfb.shutdown_xvfb()
-    except Exception:  # noqa: BLE001 - no pytest-xvfb, or its display already gone
-        pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_EXIT["status"])
+            pytest_xvfb.shutdown_xvfb()
+        except Exception:  # noqa: BLE001 - no pytest-xvfb, or its display already gone
+            pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(session.exitstatus))
+    return result
