@@ -61,8 +61,10 @@ def test_rotations_move_stack_and_maps_together_and_noise_touches_only_the_stack
                     assert torch.allclose(a, xd)
                     found = True
         assert found
+    x0, maps0 = x.clone(), maps.clone()
     xd, md = degrade(x, maps, np.random.default_rng(1), Degradations())
     assert not torch.allclose(xd, x) and xd.shape == x.shape
+    assert torch.equal(x, x0) and torch.equal(maps, maps0)  # the batch it was given is left as it was
 
 
 def test_drift_moves_each_frame_by_its_shift_the_same_on_every_path():
