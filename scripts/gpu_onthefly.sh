@@ -5,8 +5,13 @@
 #   bash scripts/gpu_onthefly.sh OUT_DIR [MINUTES] [POOLS]
 #
 # 1. engine throughput: 128 x 128 x 10 stacks simulated per second, batches of 64 (engine_speed.json);
+#    where one training batch's time goes, stage by stage, with the relaxation's steps uncompiled and
+#    compiled by torch.compile (stages_eager.json, stages_fused.json; benchmarks/bench_otf_stages.py);
+#    training then uses the compiled steps if they simulate >= 10 % faster (printed: "fused: 1");
 # 2. on-the-fly training for MINUTES (default 8): every batch simulated on the GPU (train.jsonl, one
-#    JSON line per epoch with samples/s), the best checkpoint in OUT_DIR/water-otf.pt.
+#    JSON line per epoch with samples/s), the best checkpoint in OUT_DIR/water-otf.pt (copied there when
+#    the script ends, also when it is stopped). OUT_DIR gets 6 files: the device tool returns at most 8
+#    (the caches and the resumable state stay in a temporary folder).
 # Held-out F1 is then measured on any machine: hydrafm evaluate DATASET --model OUT_DIR/water-otf.pt
 # DEVICE=cpu runs the same at tiny scale (SMALL=1) to check the script before spending GPU time.
 # NOISE sets the largest white and 1/f training noise in frame std (default 0.15: on the CPU runs 0.25
@@ -22,7 +27,9 @@ pools=${3:-water,ice,hydrates}
 device=${DEVICE:-cuda}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")/.." && pwd)
-export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" HYDRAFM_CACHE="$out/cache"
+work=$(mktemp -d)
+trap 'cp -f "$work/water-otf.pt" "$out/" 2>/dev/null || true' EXIT
+export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" HYDRAFM_CACHE="$work/cache"
 if [ "${SMALL:-0}" = 1 ]; then n=4; batch=2; crop=32; steps=2; val=4; chans=${CHANNELS:-8}; else n=640; batch=64; crop=128; steps=50; val=256; chans=${CHANNELS:-16}; fi
 init=()
 if [ -n "${INIT:-}" ]; then init=(--init-from "$INIT"); fi
@@ -35,8 +42,18 @@ PY
 python "$here/benchmarks/bench_engine.py" speed --engine torch --device "$device" --batch "$batch" -n "$n" \
   > "$out/engine_speed.json"
 cat "$out/engine_speed.json"
+stages=("$here/benchmarks/bench_otf_stages.py" --device "$device" --batch "$batch" --crop "$crop" --repeats 3)
+HYDRAFM_FUSED=0 python "${stages[@]}" > "$out/stages_eager.json" && cat "$out/stages_eager.json"
+fused=0
+if HYDRAFM_FUSED=1 timeout "${COMPILE_TIMEOUT:-300}" python "${stages[@]}" > "$out/stages_fused.json"; then
+  cat "$out/stages_fused.json"
+  fused=$(python -c "import json,sys; e,f=(json.load(open(p))['engine_stacks_per_s'] for p in sys.argv[1:]); print(int(f >= 1.1 * e))" \
+    "$out/stages_eager.json" "$out/stages_fused.json")
+fi
+echo "fused: $fused"
+export HYDRAFM_FUSED=$fused
 # the CPU's best choice (docs/structure-network.md): 2D encoder, cosine decay, replay, noise up to NOISE frame std
-python -m hydrafm.cli train --on-the-fly -o "$out/water-otf.pt" --pools "$pools" --minutes "$minutes" \
+python -m hydrafm.cli train --on-the-fly -o "$work/water-otf.pt" --pools "$pools" --minutes "$minutes" \
   --device "$device" --batch-size "$batch" --crop "$crop" --steps-per-epoch "$steps" --val-size "$val" \
   --encoder 2d --base-channels "$chans" --lr "${LR:-1e-3}" --lr-final 3e-5 --sim-share "${SIM_SHARE:-0.5}" --noise "${NOISE:-0.15}" \
   --epochs 100000 --patience 100000 ${init[@]+"${init[@]}"} | tee "$out/train.jsonl"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,49 @@ def test_batches_of_different_sizes_and_tips_match_single_structures():
         for b, (p, n) in enumerate(((big, np.tile(z, 4)), (pos[:3], z[:3]))):
             one = sim([p], [n], TipBatch.from_tips(tips[b : b + 1], s, dtype=torch.float64))
             assert torch.allclose(one[0], both[b], rtol=0, atol=1e-9 * float(both[b].abs().max()))
+
+
+def test_size_groups_of_a_gpu_batch_give_the_same_force_field():
+    """On a GPU the samples are grouped by size (launches are the cost there), not computed one by one."""
+    from hydrafm.simulate import engine
+
+    assert engine._size_groups([5, 5, 5], [False] * 3, per_sample=True) == [[0], [1], [2]]
+    assert engine._size_groups([3, 40, 4, 38], [False] * 4, per_sample=False) == [[0, 2], [3, 1]]
+    assert engine._size_groups([3, 4, 5], [False, True, False], per_sample=False) == [[0, 2], [1]]
+    s = SimulationSettings(**SMALL)
+    sim = TorchSimulator(s, dtype=torch.float64)
+    pos, z = pair()
+    big = np.concatenate([pos + [dx, 0.0, 0.0] for dx in (0.0, 2.5, 5.0)])
+    items = [(big, np.tile(z, 3)), (pos[:3], z[:3]), (big[:9], np.tile(z, 3)[:9]), (pos, z)]
+    tips = [SampledTip(2.7), SampledTip(2.9, quadrupole=-0.05), SampledTip(2.8), SampledTip(2.6, charge=0.1)]
+    tb = TipBatch.from_tips(tips, s, dtype=torch.float64)
+    with torch.no_grad():
+        p, c, q = sim.prepare([a for a, _ in items], [b for _, b in items], tb)
+        each = sim.force_field(p, c, q, sim.tip_charges(tb))
+        sim.compact = False
+        grouped = sim.force_field(p, c, q, sim.tip_charges(tb))
+    assert torch.allclose(grouped, each, rtol=0, atol=1e-12 * float(each.abs().max()))
+
+
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.skipif(
+    shutil.which("cc") is None, reason="torch.compile on a CPU needs a C compiler"))])
+def test_masked_relaxation_of_a_gpu_gives_the_compact_result(fused):
+    """The GPU's relaxation (all points, finished ones masked; optionally compiled) = the CPU's."""
+    s = SimulationSettings(**SMALL)
+    sim = TorchSimulator(s, dtype=torch.float64)
+    pos, z = pair()
+    tips = [SampledTip(2.3, (0.2, 0.1)), SampledTip(2.9, (-0.3, 0.0), k_lateral=0.25, charge=-0.2)]
+    tb = TipBatch.from_tips(tips, s, dtype=torch.float64)
+    p, c, q = sim.prepare([pos, pos[:3]], [z, z[:3]], tb)
+    grid = sim.force_field(p, c, q, sim.tip_charges(tb))
+    for solver in ("newton", "fire"):
+        ref = sim.relax(grid, tb, solver=solver, return_fz=True)
+        sim.compact, sim.fused = False, fused
+        got = sim.relax(grid, tb, solver=solver, return_fz=True)
+        sim.compact, sim.fused = True, False
+        tol = 1e-9 if fused else 0.0  # compiled kernels may order the arithmetic differently
+        assert float((got[0] - ref[0]).abs().max()) <= tol
+        assert float((got[2] - ref[2]).abs().max()) <= tol * float(ref[2].abs().max())
 
 
 def test_relaxation_returns_the_force_that_forces_at_samples():

@@ -34,6 +34,8 @@ forces), chunk by chunk, instead of autograd through a recompute.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
@@ -214,6 +216,14 @@ class TorchSimulator:
         self.tip_xy = torch.stack([X.reshape(-1), Y.reshape(-1)], dim=1)
         w = df_weights(s.df_steps, s.dz) * EVA_NM * s.f0 / s.k_cantilever
         self.df_weight = torch.as_tensor(w, **kw)
+        #: the relaxation computes only the points still moving and the force field each sample of a batch
+        #: on its own atoms (True: fewer operations, for a CPU, where the arithmetic is the cost), or all
+        #: points with the finished ones masked and the samples in a few groups by size (False: fewer
+        #: kernel launches and host synchronisations, for a GPU, where they are the cost); the results
+        #: are the same
+        self.compact = self.device.type == "cpu"
+        #: with ``compact`` False, fuse each step's operations with ``torch.compile`` (HYDRAFM_FUSED=1)
+        self.fused = os.environ.get("HYDRAFM_FUSED", "0") == "1"
 
     # ------------------------------------------------------------------ force field
     def force_field(
@@ -232,16 +242,34 @@ class TorchSimulator:
         B, N, _ = positions.shape
         grads = torch.is_grad_enabled() and any(t.requires_grad for t in (positions, charges, *(Q for Q, _ in tip_charges)))
         if B > 1 and not grads:
-            # structures of very different sizes: each sample on its own atoms (padding costs as much as
-            # atoms do) and only the tip charges it has (a monopole-only tip skips the quadrupole's three)
+            # structures of very different sizes: padding costs as much as atoms do, and a monopole-only
+            # tip can skip the quadrupole's three charges
             real = (positions[..., 2] > -1e2).sum(dim=1).tolist()
-            quad = [bool(any(float(Q[b]) != 0 for Q, z in tip_charges[1:])) for b in range(B)]
+            quad = ((torch.stack([Q for Q, _ in tip_charges[1:]]) != 0).any(0).tolist() if len(tip_charges) > 1
+                    else [False] * B)
             extra = len(tip_charges) - 1
             if B * N * (1 + extra) > 1.25 * sum(n * (1 + extra * q) for n, q in zip(real, quad)):
-                return torch.cat([self.force_field(
-                    positions[b : b + 1, : max(n, 1)], cLJ[b : b + 1, : max(n, 1)], charges[b : b + 1, : max(n, 1)],
-                    [(Q[b : b + 1], z) for Q, z in (tip_charges if q else tip_charges[:1])])
-                    for b, (n, q) in enumerate(zip(real, quad))])
+                groups = _size_groups(real, quad, per_sample=self.compact)
+                parts = []
+                for g in groups:
+                    n = max(1, max(real[b] for b in g))
+                    q = any(quad[b] for b in g)
+                    i = torch.as_tensor(g, device=positions.device)
+                    parts.append(self._force_field_padded(
+                        positions[i, :n], cLJ[i, :n], charges[i, :n],
+                        [(Q[i], z) for Q, z in (tip_charges if q else tip_charges[:1])]))
+                out = torch.cat(parts)
+                order = [b for g in groups for b in g]
+                if order == list(range(B)):
+                    return out
+                inv = torch.empty(B, dtype=torch.long)
+                inv[torch.as_tensor(order)] = torch.arange(B)
+                return out[inv.to(out.device)]
+        return self._force_field_padded(positions, cLJ, charges, tip_charges)
+
+    def _force_field_padded(self, positions, cLJ, charges, tip_charges) -> torch.Tensor:
+        """:meth:`force_field` of the batch as it is (padding atoms computed like real ones)."""
+        B, N, _ = positions.shape
         nx, ny = len(self.gx), len(self.gy)
         cx, cy = float(self.gx.mean()), float(self.gy.mean())
         gx, gy = self.gx - cx, self.gy - cy  # centred: the sums below lose less precision
@@ -250,6 +278,12 @@ class TorchSimulator:
         qk = [((COULOMB_CONST * Q)[:, None] * charges)[:, None, None, :] for Q, _ in tip_charges]
         zoffs = tuple(float(z) for _, z in tip_charges)
         rows = max(1, min(ny, self.chunk // max(1, nx * N)))
+        if positions.device.type == "cuda":
+            # on a GPU every operation is a kernel launch: as many rows at once as a quarter of the free
+            # memory holds (~12 temporaries of B × rows × nx × N numbers)
+            free, _ = torch.cuda.mem_get_info(positions.device)
+            per_row = 12 * B * nx * N * positions.element_size()
+            rows = max(rows, min(ny, int(free // 4 // max(per_row, 1))))
         centre = torch.tensor([cx, cy, 0.0], device=positions.device, dtype=positions.dtype)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (positions, *qk)):
             if cLJ.requires_grad:
@@ -393,6 +427,8 @@ class TorchSimulator:
         at the converged point: G + J δp + ∂G/∂tip δtip = 0 (∂G/∂tip = −J_spring), which also
         removes the residual G left within the tolerance.
         """
+        if not self.compact:
+            return self._newton_masked(fld, pos, tip, k, d0, bidx, L, f2conv, iters, max_step, next_dz)
         p = pos.clone()
         M = len(p)
         act = None  # None: all points
@@ -438,8 +474,28 @@ class TorchSimulator:
             p[act] = pa
         return p, ok, fz, pred
 
+    def _newton_masked(self, fld, pos, tip, k, d0, bidx, L, f2conv, iters, max_step, next_dz):
+        """:meth:`_newton` on all points, the converged ones masked (one host synchronisation per step)."""
+        evaluate, move, _ = _steps(self.fused)
+        p, pa = pos.clone(), pos.clone()
+        M = len(p)
+        done = torch.zeros(M, dtype=torch.bool, device=p.device)
+        ok, fz, pred = done.clone(), p.new_zeros(M), torch.zeros_like(p)
+        args = fld.args
+        if self.fused:  # a float argument would be compiled in as a constant: one compilation per value
+            next_dz = torch.tensor(next_dz, dtype=p.dtype, device=p.device)
+        for it in range(iters + 1):
+            p, ok, fz, pred, done, step = evaluate(args, pa, p, ok, fz, pred, done, tip, k, d0, bidx, L, f2conv,
+                                                   next_dz)
+            if it == iters or bool(done.all()):
+                break
+            pa, p = move(pa, p, step, done, max_step)
+        return p, ok, fz, pred
+
     def _fire(self, fld, pos, tip, k, d0, bidx, dt, damp, L, steps, f2conv):
         """ppafm's FIRE relaxation of the given points (only unconverged points are computed)."""
+        if not self.compact:
+            return self._fire_masked(fld, pos, tip, k, d0, bidx, dt, damp, L, steps, f2conv)
         pos, dt, damp = pos.clone(), dt.clone(), damp.clone()
         idx = torch.arange(len(pos), device=pos.device)
         # the working set: compacted only when points stop (few points: every operation counts)
@@ -469,6 +525,22 @@ class TorchSimulator:
         if len(idx):
             pos[idx], dt[idx], damp[idx] = p, dti, dmi
         return pos, dt, damp
+
+    #: the masked FIRE looks whether every point has stopped after this many steps
+    FIRE_CHECK = 8
+
+    def _fire_masked(self, fld, pos, tip, k, d0, bidx, dt, damp, L, steps, f2conv):
+        """:meth:`_fire` on all the given points, the stopped ones masked (a host synchronisation
+        every :attr:`FIRE_CHECK` steps)."""
+        fire = _steps(self.fused)[2]
+        p, vi, dti, dmi = pos, torch.zeros_like(pos), dt, damp
+        go = torch.ones((len(pos), 1), dtype=torch.bool, device=pos.device)
+        args = fld.args
+        for i in range(steps):
+            p, vi, dti, dmi, go = fire(args, p, vi, dti, dmi, go, tip, k, d0, bidx, L, f2conv)
+            if (i + 1) % self.FIRE_CHECK == 0 and not bool(go.any()):
+                break
+        return p, dti, dmi
 
     def forces_at(
         self, grid: torch.Tensor, relaxed: torch.Tensor, apex: torch.Tensor, tips: TipBatch
@@ -525,26 +597,23 @@ class TorchSimulator:
         kw = dict(device=self.device, dtype=self.dtype)
         B = len(numbers)
         N = max(len(z) for z in numbers)
-        cLJ = torch.zeros((B, N, 2), **kw)
-        mask = torch.zeros((B, N), dtype=torch.bool, device=self.device)
-        q = torch.zeros((B, N), **kw)
-        if isinstance(positions, torch.Tensor):
-            pos = positions.to(**kw)
-        else:
-            pos = torch.zeros((B, N, 3), **kw)
+        # assembled in numpy, then one copy each to the device (per-sample copies are launches on a GPU)
+        cLJ_np, mask_np = np.zeros((B, N, 2)), np.zeros((B, N), bool)
+        q_np, pos_np = np.zeros((B, N)), np.zeros((B, N, 3))
         for b, z in enumerate(numbers):
             n = len(z)
-            cLJ[b, :n] = torch.as_tensor(lj_coefficients(z), **kw)
-            mask[b, :n] = True
+            cLJ_np[b, :n] = lj_coefficients(z)
+            mask_np[b, :n] = True
             if not isinstance(positions, torch.Tensor):
-                pos[b, :n] = torch.as_tensor(np.asarray(positions[b], dtype=np.float64).reshape(-1, 3), **kw)
-            if charges is None or isinstance(charges, torch.Tensor):
-                if charges is None:
-                    q[b, :n] = torch.as_tensor([CHARGES.get(int(a), 0.0) for a in z], **kw)
-            else:
-                q[b, :n] = torch.as_tensor(np.asarray(charges[b], dtype=np.float64), **kw)
-        if isinstance(charges, torch.Tensor):
-            q = charges.to(**kw) * mask
+                pos_np[b, :n] = np.asarray(positions[b], dtype=np.float64).reshape(-1, 3)
+            if charges is None:
+                q_np[b, :n] = [CHARGES.get(int(a), 0.0) for a in z]
+            elif not isinstance(charges, torch.Tensor):
+                q_np[b, :n] = np.asarray(charges[b], dtype=np.float64)
+        cLJ = torch.as_tensor(cLJ_np, **kw)
+        mask = torch.as_tensor(mask_np, device=self.device)
+        pos = positions.to(**kw) if isinstance(positions, torch.Tensor) else torch.as_tensor(pos_np, **kw)
+        q = charges.to(**kw) * mask if isinstance(charges, torch.Tensor) else torch.as_tensor(q_np, **kw)
         ztop = torch.where(mask, pos[..., 2], torch.full_like(pos[..., 2], -1e9)).amax(dim=1)
         probe_closest = self.z_closest_tip - self.settings.probe_length
         shift = probe_closest - tips.distance - ztop  # (B,)
@@ -604,6 +673,26 @@ class TorchSimulator:
             data = self([positions], [numbers], tb, None if charges is None else [charges], solver=solver)[0]
         shift = (self.z_closest_tip - s.probe_length) - tip.distance - positions[:, 2].max()
         return stack_from_frames(data.cpu().numpy().astype(np.float32), s, tip, shift, name, "torch")
+
+
+def _size_groups(real: Sequence[int], quad: Sequence[bool], per_sample: bool) -> list[list[int]]:
+    """Samples grouped for the force field: each on its own (``per_sample``: on a CPU, where the work is
+    the cost), else at most two groups by size for each of monopole-only and quadrupole tips (on a GPU,
+    where each call's kernel launches are the cost)."""
+    if per_sample:
+        return [[b] for b in range(len(real))]
+    groups = []
+    for q in (False, True):
+        idx = sorted((b for b in range(len(real)) if quad[b] == q), key=lambda b: real[b])
+        if not idx:
+            continue
+        sizes = [real[b] for b in idx]
+        # one group, or split where the padded work (count × largest) is least
+        one = len(idx) * sizes[-1]
+        cost, cut = min(((c * sizes[c - 1] + (len(idx) - c) * sizes[-1], c) for c in range(1, len(idx))),
+                        default=(one, 0))
+        groups += [idx[:cut], idx[cut:]] if cost < 0.8 * one else [idx]
+    return groups
 
 
 def _force_planes(zoffs, rows, gx, gy, gz, pos, c6, c12, *qk) -> torch.Tensor:
@@ -780,36 +869,124 @@ class _Field:
         self.hi = torch.tensor([math.inf, math.inf, nk - 1 - 1e-4], **kw)
 
     def sample(self, pos: torch.Tensor, bidx: torch.Tensor, jacobian: bool = False):
-        nx, ny, nk = self.n
-        f = (pos - self.origin) * self.inv_step  # grid coordinates
-        fc = torch.clamp(f, self.lo, self.hi)  # z clamped to the computed planes
-        i = torch.floor(fc)
-        t = fc - i
-        tx, ty, tz = t[:, 0:1], t[:, 1:2], t[:, 2:3]
-        i = i.long()
-        x0 = i[:, 0] % nx
-        x1 = (x0 + 1) % nx
-        y0 = (i[:, 1] % ny) * nx
-        y1 = ((i[:, 1] + 1) % ny) * nx
-        base = bidx * self.strides[3] + i[:, 2] * self.strides[2]
-        idx = torch.stack([y0 + x0, y0 + x1, y1 + x0, y1 + x1], dim=0) + base
-        idx = torch.cat([idx, idx + self.strides[2]], dim=0).reshape(-1)
-        c = self.flat.index_select(0, idx).reshape(2, 2, 2, -1, 3)  # [z][y][x] corners
-        dX = c[:, :, 1] - c[:, :, 0]  # (z, y, M, 3)
-        a = c[:, :, 0] + dX * tx
-        dY = a[:, 1] - a[:, 0]  # (z, M, 3)
-        b = a[:, 0] + dY * ty
-        dZ = b[1] - b[0]
-        val = b[0] + dZ * tz
-        if not jacobian:
-            return val
-        st = self.box.step
-        gx = dX[:, 0] + (dX[:, 1] - dX[:, 0]) * ty  # ∂/∂x, interpolated in y, then z
-        dx = (gx[0] + (gx[1] - gx[0]) * tz) / st[0]
-        dy = (dY[0] + (dY[1] - dY[0]) * tz) / st[1]
-        fz = f[:, 2:3]
-        dz = dZ * (((fz > 0) & (fz < nk - 1)) / st[2])
-        return val, torch.stack([dx, dy, dz], dim=-1)  # (M, 3 components, 3 directions)
+        return _sample(self.args, pos, bidx, jacobian)
+
+    @property
+    def args(self) -> tuple:
+        """The sampler as plain arguments of :func:`_sample` (for compiled steps)."""
+        return (self.flat, self.origin, self.inv_step, self.lo, self.hi, self.n)
+
+
+def _sample(args: tuple, pos: torch.Tensor, bidx: torch.Tensor, jacobian: bool = False):
+    """:meth:`_Field.sample` as a function of ``_Field.args``."""
+    flat, origin, inv_step, lo, hi, (nx, ny, nk) = args
+    f = (pos - origin) * inv_step  # grid coordinates
+    fc = torch.clamp(f, lo, hi)  # z clamped to the computed planes
+    i = torch.floor(fc)
+    t = fc - i
+    tx, ty, tz = t[:, 0:1], t[:, 1:2], t[:, 2:3]
+    i = i.long()
+    x0 = i[:, 0] % nx
+    x1 = (x0 + 1) % nx
+    y0 = (i[:, 1] % ny) * nx
+    y1 = ((i[:, 1] + 1) % ny) * nx
+    base = bidx * (nx * ny * nk) + i[:, 2] * (nx * ny)
+    idx = torch.stack([y0 + x0, y0 + x1, y1 + x0, y1 + x1], dim=0) + base
+    idx = torch.cat([idx, idx + nx * ny], dim=0).reshape(-1)
+    c = flat.index_select(0, idx).reshape(2, 2, 2, -1, 3)  # [z][y][x] corners
+    dX = c[:, :, 1] - c[:, :, 0]  # (z, y, M, 3)
+    a = c[:, :, 0] + dX * tx
+    dY = a[:, 1] - a[:, 0]  # (z, M, 3)
+    b = a[:, 0] + dY * ty
+    dZ = b[1] - b[0]
+    val = b[0] + dZ * tz
+    if not jacobian:
+        return val
+    gx = dX[:, 0] + (dX[:, 1] - dX[:, 0]) * ty  # ∂/∂x, interpolated in y, then z
+    dx = (gx[0] + (gx[1] - gx[0]) * tz) * inv_step[0]
+    dy = (dY[0] + (dY[1] - dY[0]) * tz) * inv_step[1]
+    fz = f[:, 2:3]
+    dz = dZ * (((fz > 0) & (fz < nk - 1)) * inv_step[2])
+    return val, torch.stack([dx, dy, dz], dim=-1)  # (M, 3 components, 3 directions)
+
+
+def _newton_evaluate(args, pa, p, ok, fz, pred, done, tip, k, d0, bidx, L: float, f2conv: float,
+                     next_dz: float):
+    """One evaluation of the masked Newton relaxation (:meth:`TorchSimulator._newton_masked`):
+    the points that converge now keep their result; ``(p, ok, fz, pred, done, step)``."""
+    val, jac = _sample(args, pa, bidx, jacobian=True)
+    d = pa - tip
+    G = val + TorchSimulator._tip_force(d, k, d0, L)
+    J = TorchSimulator._tip_jacobian(d, k, L, add=jac)
+    conv = (G * G).sum(-1) < f2conv
+    rows = _rows(J)
+    good = conv & _stable(J, rows) & torch.isfinite(pa).all(-1)
+    g_next = G + next_dz * (J[:, :, 2] - jac[:, :, 2])  # G once the tip moved (J − jac: the springs')
+    X = _solve3(J, torch.stack([g_next, G], dim=-1), rows)
+    pr = pa - X[..., 0]
+    step = X[..., 1]
+    # a converged point still takes its last Newton step, to first order (see _newton)
+    fix = torch.where(conv[:, None], step, torch.zeros_like(step))
+    fz_a = val[:, 2] - (jac[:, 2, :] * fix).sum(-1)
+    ok = torch.where(done, ok, good)
+    fz = torch.where(done, fz, fz_a)
+    pred = torch.where(done[:, None], pred, pr)
+    p = torch.where((conv & ~done)[:, None], pa - fix, p)
+    return p, ok, fz, pred, done | conv, step
+
+
+def _newton_move(pa, p, step, done, max_step: float):
+    """The damped Newton step of the points not yet converged: ``(pa, p)``."""
+    n = torch.sqrt((step * step).sum(-1, keepdim=True))
+    pa = torch.where(done[:, None], pa, pa - step * torch.clamp(max_step / (n + 1e-12), max=1.0))
+    return pa, torch.where(done[:, None], p, pa)
+
+
+def _fire_step(args, p, vi, dti, dmi, go, tip, k, d0, bidx, L: float, f2conv: float):
+    """One FIRE step of the points still going (``go``); ``(p, v, dt, damp, go)``."""
+    f = _sample(args, p, bidx) + TorchSimulator._tip_force(p - tip, k, d0, L)
+    ff = (f * f).sum(-1, keepdim=True)
+    vv = (vi * vi).sum(-1, keepdim=True)
+    vf = (vi * f).sum(-1, keepdim=True)
+    back = vf < 0
+    v2 = torch.where(back, 0.0, vi * (1 - dmi) + f * (dmi * torch.sqrt(vv / (ff + F2SAFE))))
+    dt2 = torch.where(back, torch.clamp(dti * FTDEC, min=DT * 0.1), torch.clamp(dti * FTINC, max=DT))
+    dm2 = torch.where(back, torch.full_like(dmi, DAMP), dmi * FDAMP)
+    v2 = v2 + f * dt2
+    p = torch.where(go, p + v2 * dt2, p)
+    vi, dti, dmi = torch.where(go, v2, vi), torch.where(go, dt2, dti), torch.where(go, dm2, dmi)
+    return p, vi, dti, dmi, go & (ff >= f2conv)  # ppafm stops a pixel after the step in which |F|² < F2CONV
+
+
+_EAGER = (_newton_evaluate, _newton_move, _fire_step)
+_COMPILED: tuple | None = None
+_COMPILE_FAILED = False
+
+
+def _steps(fused: bool) -> tuple:
+    """The masked relaxation's steps: eager, or each fused into a few kernels by ``torch.compile``
+    (where compiling fails, e.g. no Triton for the GPU, a warning and the eager steps)."""
+    global _COMPILED
+    if not fused or _COMPILE_FAILED:
+        return _EAGER
+    if _COMPILED is None:
+        _COMPILED = tuple(_or_eager(torch.compile(f, dynamic=True), f) for f in _EAGER)
+    return _COMPILED
+
+
+def _or_eager(compiled, eager):
+    def step(*args):
+        global _COMPILE_FAILED
+        if not _COMPILE_FAILED:
+            try:
+                return compiled(*args)
+            except Exception as err:  # noqa: BLE001 - any compiler failure: the same step, uncompiled
+                _COMPILE_FAILED = True
+                warnings.warn(f"torch.compile of the relaxation failed ({type(err).__name__}: {err}); "
+                              "running it uncompiled", RuntimeWarning, stacklevel=2)
+        return eager(*args)
+
+    return step
 
 
 def _rows(J: torch.Tensor) -> torch.Tensor:
