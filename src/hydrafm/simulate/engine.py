@@ -433,26 +433,10 @@ class TorchSimulator:
         M = len(p)
         act = None  # None: all points
         pa, ta, ka, da, ba = p, tip, k, d0, bidx
+        args = fld.args
         for it in range(iters + 1):
-            val, jac = fld.sample(pa, ba, jacobian=True)
-            d = pa - ta
-            G = val + self._tip_force(d, ka, da, L)
-            J = self._tip_jacobian(d, ka, L, add=jac)
-            conv = (G * G).sum(-1) < f2conv
-            rows = _rows(J)
-            good = conv & _stable(J, rows) & torch.isfinite(pa).all(-1)
+            conv, good, pr, step, fix, fz_a = _newton_core(args, pa, ta, ka, da, ba, L, f2conv, next_dz)
             last = it == iters or not bool((~conv).any())
-            g_next = G + next_dz * (J[:, :, 2] - jac[:, :, 2])  # G once the tip moved (J − jac: the springs')
-            # the Newton step and the prediction share J's cofactors
-            X = _solve3(J, torch.stack([g_next, G], dim=-1), rows)
-            pr = pa - X[..., 0]
-            step = X[..., 1]
-            # a converged point still takes its last Newton step, to first order and without another
-            # evaluation: a start that is already within the tolerance (|G|² < f2conv) would otherwise
-            # leave the probe up to |G|/k ≈ 0.006 Å from the equilibrium on a soft tip, a jitter that
-            # depends on the path and makes fitted stacks (refine) a rough function of the atoms
-            fix = torch.where(conv[:, None], step, torch.zeros_like(step))
-            fz_a = val[:, 2] - (jac[:, 2, :] * fix).sum(-1)
             if act is None:
                 ok, fz, pred = good, fz_a, pr
                 p = torch.where(conv[:, None], pa - fix, p)
@@ -501,17 +485,9 @@ class TorchSimulator:
         # the working set: compacted only when points stop (few points: every operation counts)
         p, vi, dti, dmi = pos, torch.zeros_like(pos), dt, damp
         ti, ki, d0i, bi = tip, k, d0, bidx
+        args = fld.args
         for _ in range(steps):
-            f = fld.sample(p, bi) + self._tip_force(p - ti, ki, d0i, L)
-            ff = (f * f).sum(-1, keepdim=True)
-            vv = (vi * vi).sum(-1, keepdim=True)
-            vf = (vi * f).sum(-1, keepdim=True)
-            back = vf < 0
-            vi = torch.where(back, 0.0, vi * (1 - dmi) + f * (dmi * torch.sqrt(vv / (ff + F2SAFE))))
-            dti = torch.where(back, torch.clamp(dti * FTDEC, min=DT * 0.1), torch.clamp(dti * FTINC, max=DT))
-            dmi = torch.where(back, torch.full_like(dmi, DAMP), dmi * FDAMP)
-            vi = vi + f * dti
-            p = p + vi * dti
+            p, vi, dti, dmi, ff = _fire_update(args, p, vi, dti, dmi, ti, ki, d0i, bi, L)
             go = ff[:, 0] >= f2conv  # ppafm stops a pixel after the step in which |F|² < F2CONV
             if not bool(go.all()):
                 stop = ~go
@@ -910,10 +886,9 @@ def _sample(args: tuple, pos: torch.Tensor, bidx: torch.Tensor, jacobian: bool =
     return val, torch.stack([dx, dy, dz], dim=-1)  # (M, 3 components, 3 directions)
 
 
-def _newton_evaluate(args, pa, p, ok, fz, pred, done, tip, k, d0, bidx, L: float, f2conv: float,
-                     next_dz: float):
-    """One evaluation of the masked Newton relaxation (:meth:`TorchSimulator._newton_masked`):
-    the points that converge now keep their result; ``(p, ok, fz, pred, done, step)``."""
+def _newton_core(args, pa, tip, k, d0, bidx, L: float, f2conv: float, next_dz):
+    """One Newton evaluation at ``pa``: ``(converged, converged & stable, predicted equilibria once the
+    tip is ``next_dz`` lower, the Newton step, the last step of the converged points, their F_z)``."""
     val, jac = _sample(args, pa, bidx, jacobian=True)
     d = pa - tip
     G = val + TorchSimulator._tip_force(d, k, d0, L)
@@ -922,12 +897,24 @@ def _newton_evaluate(args, pa, p, ok, fz, pred, done, tip, k, d0, bidx, L: float
     rows = _rows(J)
     good = conv & _stable(J, rows) & torch.isfinite(pa).all(-1)
     g_next = G + next_dz * (J[:, :, 2] - jac[:, :, 2])  # G once the tip moved (J − jac: the springs')
+    # the Newton step and the prediction share J's cofactors
     X = _solve3(J, torch.stack([g_next, G], dim=-1), rows)
     pr = pa - X[..., 0]
     step = X[..., 1]
-    # a converged point still takes its last Newton step, to first order (see _newton)
+    # a converged point still takes its last Newton step, to first order and without another
+    # evaluation: a start that is already within the tolerance (|G|² < f2conv) would otherwise
+    # leave the probe up to |G|/k ≈ 0.006 Å from the equilibrium on a soft tip, a jitter that
+    # depends on the path and makes fitted stacks (refine) a rough function of the atoms
     fix = torch.where(conv[:, None], step, torch.zeros_like(step))
     fz_a = val[:, 2] - (jac[:, 2, :] * fix).sum(-1)
+    return conv, good, pr, step, fix, fz_a
+
+
+def _newton_evaluate(args, pa, p, ok, fz, pred, done, tip, k, d0, bidx, L: float, f2conv: float,
+                     next_dz: float):
+    """One evaluation of the masked Newton relaxation (:meth:`TorchSimulator._newton_masked`):
+    the points that converge now keep their result; ``(p, ok, fz, pred, done, step)``."""
+    conv, good, pr, step, fix, fz_a = _newton_core(args, pa, tip, k, d0, bidx, L, f2conv, next_dz)
     ok = torch.where(done, ok, good)
     fz = torch.where(done, fz, fz_a)
     pred = torch.where(done[:, None], pred, pr)
@@ -942,18 +929,24 @@ def _newton_move(pa, p, step, done, max_step: float):
     return pa, torch.where(done[:, None], p, pa)
 
 
-def _fire_step(args, p, vi, dti, dmi, go, tip, k, d0, bidx, L: float, f2conv: float):
-    """One FIRE step of the points still going (``go``); ``(p, v, dt, damp, go)``."""
+def _fire_update(args, p, vi, dti, dmi, tip, k, d0, bidx, L: float):
+    """ppafm's FIRE step (relax.cl): ``(p, v, dt, damp, |F|² before the step)``."""
     f = _sample(args, p, bidx) + TorchSimulator._tip_force(p - tip, k, d0, L)
     ff = (f * f).sum(-1, keepdim=True)
     vv = (vi * vi).sum(-1, keepdim=True)
     vf = (vi * f).sum(-1, keepdim=True)
     back = vf < 0
-    v2 = torch.where(back, 0.0, vi * (1 - dmi) + f * (dmi * torch.sqrt(vv / (ff + F2SAFE))))
-    dt2 = torch.where(back, torch.clamp(dti * FTDEC, min=DT * 0.1), torch.clamp(dti * FTINC, max=DT))
-    dm2 = torch.where(back, torch.full_like(dmi, DAMP), dmi * FDAMP)
-    v2 = v2 + f * dt2
-    p = torch.where(go, p + v2 * dt2, p)
+    vi = torch.where(back, 0.0, vi * (1 - dmi) + f * (dmi * torch.sqrt(vv / (ff + F2SAFE))))
+    dti = torch.where(back, torch.clamp(dti * FTDEC, min=DT * 0.1), torch.clamp(dti * FTINC, max=DT))
+    dmi = torch.where(back, torch.full_like(dmi, DAMP), dmi * FDAMP)
+    vi = vi + f * dti
+    return p + vi * dti, vi, dti, dmi, ff
+
+
+def _fire_step(args, p, vi, dti, dmi, go, tip, k, d0, bidx, L: float, f2conv: float):
+    """One FIRE step of the points still going (``go``); ``(p, v, dt, damp, go)``."""
+    p2, v2, dt2, dm2, ff = _fire_update(args, p, vi, dti, dmi, tip, k, d0, bidx, L)
+    p = torch.where(go, p2, p)
     vi, dti, dmi = torch.where(go, v2, vi), torch.where(go, dt2, dti), torch.where(go, dm2, dmi)
     return p, vi, dti, dmi, go & (ff >= f2conv)  # ppafm stops a pixel after the step in which |F|² < F2CONV
 
