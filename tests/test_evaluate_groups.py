@@ -49,3 +49,27 @@ def test_experiment_like_degradation_is_seeded_and_keeps_the_scale():
     # noise of a few % of the range: the frames stay recognisable
     r = [np.corrcoef(stack[i].ravel(), a[i].ravel())[0, 1] for i in range(1)]
     assert r[0] > 0.9 and not np.allclose(a, stack)
+
+
+def test_the_robustness_protocol_part_by_part():
+    """Each part of degrade_like_experiment alone, with the same random draws as the whole."""
+    import pytest
+
+    from hydrafm.predict.evaluate import DEGRADATION_PARTS, degrade_like_experiment
+
+    yy, xx = np.mgrid[0:32, 0:32]
+    stack = np.stack([np.sin(xx / 3.0 + k) * np.cos(yy / 4.0) for k in range(4)]).astype(np.float32)
+
+    def run(**kw):
+        return degrade_like_experiment(stack, np.random.default_rng([5, 2026]), 0.2, **kw)
+
+    whole = run()
+    assert np.array_equal(run(parts=DEGRADATION_PARTS), whole)
+    assert np.array_equal(run(parts=()), stack)  # nothing applied: the stack as it was
+    noise = [run(parts=(p,)) - stack for p in ("white", "pink", "plane", "jump")]
+    assert all(np.abs(n).max() > 0 for n in noise)
+    # without drift the noise parts add up to the whole protocol's noise
+    no_drift = run(parts=("white", "pink", "plane", "jump"))
+    assert np.allclose(no_drift - stack, sum(noise), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown degradation parts"):
+        run(parts=("blur",))

@@ -52,13 +52,18 @@ def evaluate_thresholds(
     return totals
 
 
-def _predict_sample(ds: AFMDataset, i: int, net_info, device, flips: bool | None, degrade: bool = False):
-    """``(sample, Prediction)`` of sample ``i`` (after :func:`degrade_like_experiment`, seeded by ``i``)."""
+def _predict_sample(ds: AFMDataset, i: int, net_info, device, flips: bool | None,
+                    degrade: bool | Sequence[str] = False, prefilter=None):
+    """``(sample, Prediction)`` of sample ``i`` (after :func:`degrade_like_experiment`, seeded by ``i``;
+    ``degrade`` True: all of it, or the names of some of its parts; then ``prefilter(frames)``)."""
     st = ds.settings
     s = ds[i]
     data = s.stack
-    if degrade:
-        data = degrade_like_experiment(data, np.random.default_rng([i, 2026]), st.pixel_size)
+    if degrade is True or (degrade and not isinstance(degrade, bool)):
+        parts = DEGRADATION_PARTS if degrade is True else tuple(degrade)
+        data = degrade_like_experiment(data, np.random.default_rng([i, 2026]), st.pixel_size, parts=parts)
+    if prefilter is not None:
+        data = prefilter(data)
     stack = AFMStack(data, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
                      (st.pixel_size / 2, st.pixel_size / 2))
     return s, Prediction(*predict_maps(stack, net_info, device, flips=flips))
@@ -112,15 +117,23 @@ class GroupedScores:
                 "by_distance": {k: v.summary() for k, v in self.by_distance.items()}}
 
 
+DEGRADATION_PARTS = ("drift", "white", "pink", "plane", "jump")
+
+
 def degrade_like_experiment(stack: np.ndarray, rng: np.random.Generator, pixel: float,
-                            noise: float = 0.03, max_drift: float = 0.3) -> np.ndarray:
+                            noise: float = 0.03, max_drift: float = 0.3,
+                            parts: Sequence[str] = DEGRADATION_PARTS) -> np.ndarray:
     """A stack ``(Z, H, W)`` as an experiment would show it, for robustness scores: white and 1/f
     noise of ``noise`` × each frame's Δf range, a background plane, a lateral drift growing to up
     to ``max_drift`` Å at the farthest frame, and a scan-line jump (a tip change) in one frame.
 
     A fixed test protocol, kept apart from training's :func:`hydrafm.training.augment.degrade` on
     purpose: seeded per sample, amplitudes as issue 14 states them (fractions of the frame's
-    *range*; 3 % of the range is ~0.16 × the frame's std, training's unit)."""
+    *range*; 3 % of the range is ~0.16 × the frame's std, training's unit). ``parts`` (of
+    :data:`DEGRADATION_PARTS`) applies only some of it, with the same random draws."""
+    unknown = set(parts) - set(DEGRADATION_PARTS)
+    if unknown:
+        raise ValueError(f"unknown degradation parts {sorted(unknown)}; choose from {DEGRADATION_PARTS}")
     from scipy.ndimage import shift as nd_shift
 
     z, h, w = stack.shape
@@ -135,15 +148,19 @@ def degrade_like_experiment(stack: np.ndarray, rng: np.random.Generator, pixel: 
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     for i in range(z):
         rng_i = float(np.ptp(out[i])) or 1.0
-        if i and drift:
+        if i and drift and "drift" in parts:
             f = drift * i / max(z - 1, 1)
             out[i] = nd_shift(out[i], (f * np.sin(ang), f * np.cos(ang)), order=1, mode="nearest")
         pink = np.fft.irfft2(np.fft.rfft2(rng.normal(size=(h, w))) / k, s=(h, w))
         pink *= noise * rng_i / max(pink.std(), 1e-12)
         plane = (rng.normal() * yy + rng.normal() * xx) * noise * rng_i
-        out[i] += (rng.normal(0, noise * rng_i, size=(h, w)) + pink + plane).astype(np.float32)
+        white = rng.normal(0, noise * rng_i, size=(h, w))
+        out[i] += (white * ("white" in parts) + pink * ("pink" in parts) + plane * ("plane" in parts)
+                   ).astype(np.float32)
         if i == jump_frame:
-            out[i, jump_row:] += np.float32(rng.choice([-1, 1]) * noise * rng_i)
+            step = np.float32(rng.choice([-1, 1]) * noise * rng_i)
+            if "jump" in parts:
+                out[i, jump_row:] += step
     return out
 
 
@@ -165,12 +182,15 @@ def evaluate_groups(
     molecules: bool = True,
     regimes=DISTANCE_REGIMES,
     n_worst: int = 12,
-    degrade: bool = False,
+    degrade: bool | Sequence[str] = False,
     visible: float | None = 3.0,
+    prefilter=None,
 ) -> Generator[Progress, None, GroupedScores]:
     """Score every chosen sample; add up per family (``AFMDataset.draws()['group']``) and per
     closest-distance regime; keep the ``n_worst`` samples. ``degrade`` scores the stacks after
-    :func:`degrade_like_experiment` (seeded per sample)."""
+    :func:`degrade_like_experiment` (seeded per sample; True: all of it, or a sequence of some of
+    its parts, e.g. ``("pink",)``); ``prefilter`` is applied to each stack's frames ``(Z, H, W)``
+    before prediction (a preprocessing under test)."""
     net_info = resolve_model(model, device)
     t = default_threshold(net_info[1]) if threshold is None else float(threshold)
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
@@ -178,7 +198,7 @@ def evaluate_groups(
     total, fam, dist = Scores(), {}, {}
     per_sample = []
     for k, i in enumerate(idx):
-        s, pred = _predict_sample(ds, int(i), net_info, device, flips, degrade)
+        s, pred = _predict_sample(ds, int(i), net_info, device, flips, degrade, prefilter)
         atoms = pred.atoms(t, molecules)
         truth = np.array(LABELS)[s.labels]
         sc = score_atoms(atoms.positions[:, :2], atoms.arrays["label"], s.positions, truth, top=top,
