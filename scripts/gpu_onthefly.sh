@@ -20,6 +20,8 @@
 # water, base 16) instead of from scratch; CHANNELS sets the width (default 16; must match INIT's).
 # LR sets the first learning rate of the cosine decay (default 1e-3; 3e-4 suits a start from INIT).
 # SIM_SHARE: the share of time spent simulating fresh stacks, the rest trains on replayed ones (default 0.5).
+# BENCH=0 skips step 1 (~2 minutes of device time): training then compiles the relaxation's steps, as
+# measured faster on an H200 (docs/benchmarks.md), unless HYDRAFM_FUSED=0.
 set -euo pipefail
 out=${1:?give an output folder}
 minutes=${2:-8}
@@ -39,19 +41,21 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available(),
                   "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                   "python": platform.python_version()}))
 PY
-python "$here/benchmarks/bench_engine.py" speed --engine torch --device "$device" --batch "$batch" -n "$n" \
-  > "$out/engine_speed.json"
-cat "$out/engine_speed.json"
-stages=("$here/benchmarks/bench_otf_stages.py" --device "$device" --batch "$batch" --crop "$crop" --repeats 3)
-HYDRAFM_FUSED=0 python "${stages[@]}" > "$out/stages_eager.json" && cat "$out/stages_eager.json"
-fused=0
-if HYDRAFM_FUSED=1 timeout "${COMPILE_TIMEOUT:-300}" python "${stages[@]}" > "$out/stages_fused.json"; then
-  cat "$out/stages_fused.json"
-  fused=$(python -c "import json,sys; e,f=(json.load(open(p))['engine_stacks_per_s'] for p in sys.argv[1:]); print(int(f >= 1.1 * e))" \
-    "$out/stages_eager.json" "$out/stages_fused.json")
+if [ "${BENCH:-1}" != 0 ]; then
+  python "$here/benchmarks/bench_engine.py" speed --engine torch --device "$device" --batch "$batch" -n "$n" \
+    > "$out/engine_speed.json"
+  cat "$out/engine_speed.json"
+  stages=("$here/benchmarks/bench_otf_stages.py" --device "$device" --batch "$batch" --crop "$crop" --repeats 3)
+  HYDRAFM_FUSED=0 python "${stages[@]}" > "$out/stages_eager.json" && cat "$out/stages_eager.json"
+  fused=0
+  if HYDRAFM_FUSED=1 timeout "${COMPILE_TIMEOUT:-300}" python "${stages[@]}" > "$out/stages_fused.json"; then
+    cat "$out/stages_fused.json"
+    fused=$(python -c "import json,sys; e,f=(json.load(open(p))['engine_stacks_per_s'] for p in sys.argv[1:]); print(int(f >= 1.1 * e))" \
+      "$out/stages_eager.json" "$out/stages_fused.json")
+  fi
+  echo "fused: $fused"
+  export HYDRAFM_FUSED=$fused
 fi
-echo "fused: $fused"
-export HYDRAFM_FUSED=$fused
 # the CPU's best choice (docs/structure-network.md): 2D encoder, cosine decay, replay, noise up to NOISE frame std
 python -m hydrafm.cli train --on-the-fly -o "$work/water-otf.pt" --pools "$pools" --minutes "$minutes" \
   --device "$device" --batch-size "$batch" --crop "$crop" --steps-per-epoch "$steps" --val-size "$val" \
