@@ -83,9 +83,20 @@ def main() -> None:
                             "held_out": result["held_out"]})
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, net, info)
-    (ROOT / "docs" / "models").mkdir(parents=True, exist_ok=True)
-    (ROOT / "docs" / "models" / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    _write_card_numbers(args.name, result)
     print(json.dumps(result))
+
+
+def _write_card_numbers(name: str, result: dict) -> None:
+    """docs/models/NAME.json := ``result``; the model it replaces goes under ``previous`` and the
+    records of candidates not shipped (``not_shipped_*``) stay."""
+    path = ROOT / "docs" / "models" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        old = json.loads(path.read_text())
+        kept = {k: v for k, v in old.items() if k.startswith("not_shipped_")}
+        result = {**result, "previous": {k: v for k, v in old.items() if k not in kept}, **kept}
+    path.write_text(json.dumps(result, indent=1))
 
 
 def ship_compared(args) -> None:
@@ -121,7 +132,7 @@ def ship_compared(args) -> None:
     info.provenance.update({"threshold": t, "flips": flips, "ions": not args.no_ions, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
                             "held_out": result["held_out"], "scored_top": top, "scored_visible": res.get("visible")})
     save_checkpoint(out, net, info)
-    (ROOT / "docs" / "models" / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    _write_card_numbers(args.name, result)
     print(json.dumps({"shipped": str(out), "threshold": t}))
 
 

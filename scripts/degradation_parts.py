@@ -1,0 +1,79 @@
+"""What each part of the robustness protocol costs, and whether a filter before the network pays (issue 14).
+
+    python scripts/degradation_parts.py parts [MODEL]
+    python scripts/degradation_parts.py prefilter [MODEL] [--blur 1,1.5] [--highpass 15,30]
+
+Both score the calibration (first) halves of the held-out ice-like and MD-water sets (made as
+``scripts/compare_heldout.py`` says; ``HYDRAFM_EVAL`` points at them), atoms in the top 1.5 Å,
+the model's threshold, its mirror images, and print one JSON line per variant with the four
+O/H F1 and their mean.
+
+``parts``: clean, the whole protocol (``predict.evaluate.degrade_like_experiment``), and each of
+its parts alone (drift, white, pink = 1/f, plane, jump) with the same random draws.
+``prefilter``: clean and degraded after a lateral Gaussian blur of σ px, or a per-frame high-pass
+(the frame minus its Gaussian blur of σ px), applied to the frames before the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+
+def _score(model, degrade, prefilter=None) -> dict:
+    from hydrafm.predict.evaluate import evaluate_groups
+    from hydrafm.progress import drive
+    from hydrafm.simulate.dataset import AFMDataset
+
+    root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
+    row = {}
+    for k in ("ice", "water"):
+        ds = AFMDataset(f"{root}/{k}-heldout")
+        half = np.arange(len(ds) // 2)
+        g = drive(evaluate_groups(ds, model, half, None, top=1.5, degrade=degrade, visible=3.0,
+                                  prefilter=prefilter), show=False).summary()
+        row[k] = [round(g["all"]["O"]["f1"], 4), round(g["all"]["H"]["f1"], 4)]
+    row["mean"] = round(float(np.mean([v for k in ("ice", "water") for v in row[k]])), 4)
+    return row
+
+
+def main() -> None:
+    import torch
+    from scipy.ndimage import gaussian_filter
+
+    from hydrafm.predict.evaluate import DEGRADATION_PARTS
+    from hydrafm.predict.predictor import resolve_model
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["parts", "prefilter"])
+    ap.add_argument("model", nargs="?", default="water")
+    ap.add_argument("--blur", default="1,1.5", help="σ (px) of the Gaussian blurs to try")
+    ap.add_argument("--highpass", default="15,30", help="σ (px) of the high-passes to try")
+    a = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    model = resolve_model(a.model, "cpu")
+    if a.mode == "parts":
+        for name, deg in [("clean", False), ("whole protocol", True)] + [(p, (p,)) for p in DEGRADATION_PARTS]:
+            print(json.dumps({"degradation": name, **_score(model, deg)}), flush=True)
+        return
+
+    def blur(s):
+        return lambda f: gaussian_filter(np.asarray(f, np.float32), (0, s, s))
+
+    def highpass(s):
+        return lambda f: np.asarray(f, np.float32) - gaussian_filter(np.asarray(f, np.float32), (0, s, s),
+                                                                     mode="nearest")
+
+    variants = [("none", None)]
+    variants += [(f"blur {float(s):g} px", blur(float(s))) for s in a.blur.split(",") if s]
+    variants += [(f"high-pass {float(s):g} px", highpass(float(s))) for s in a.highpass.split(",") if s]
+    for name, f in variants:
+        print(json.dumps({"prefilter": name, "clean": _score(model, False, f), "degraded": _score(model, True, f)}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
