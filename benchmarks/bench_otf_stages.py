@@ -28,10 +28,9 @@ def _sync(dev: torch.device) -> None:
 
 def run(device: str, batch: int, crop: int, repeats: int, count_ops: bool, solver: str = "newton") -> dict:
     from hydrafm.models.unet import StructureUNet, UNetConfig
-    from hydrafm.training.train import weighted_mse
-    from hydrafm.training.onthefly import BatchMaker, OnTheFlyConfig, default_split
-    from hydrafm.training.train import train_step
     from hydrafm.simulate.engine import TipBatch
+    from hydrafm.training.onthefly import BatchMaker, OnTheFlyConfig, default_split
+    from hydrafm.training.train import train_step, weighted_mse
 
     dev = torch.device(device)
     cfg = OnTheFlyConfig(crop=crop, batch_size=batch, pools=("water", "ice", "hydrates"), sim_share=0.5)
