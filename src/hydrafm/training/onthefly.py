@@ -514,6 +514,9 @@ def train_on_the_fly(
         import torch.distributed as dist
 
         dist.barrier()
+        # tear the group down here: left to interpreter exit, gloo's threads can abort the process
+        # ("terminate called without an active exception", seen once in a fresh-clone test run)
+        dist.destroy_process_group()
     return out
 
 
