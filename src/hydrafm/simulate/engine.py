@@ -835,8 +835,6 @@ class _Field:
         B, _, nk, ny, nx = grid.shape
         self.flat = grid.permute(0, 2, 3, 4, 1).contiguous().reshape(-1, 3)  # (B·nk·ny·nx, 3)
         self.n = (nx, ny, nk)
-        self.box, self.k0 = box, k0
-        self.strides = (1, nx, nx * ny, nx * ny * nk)
         kw = dict(device=grid.device, dtype=grid.dtype)
         o, st = box.origin, box.step
         self.origin = torch.tensor([o[0], o[1], o[2] + k0 * st[2]], **kw)  # of the first computed plane
