@@ -30,7 +30,7 @@ def run(device: str, batch: int, crop: int, repeats: int, count_ops: bool, solve
     from hydrafm.models.unet import StructureUNet, UNetConfig
     from hydrafm.simulate.engine import TipBatch
     from hydrafm.training.onthefly import BatchMaker, OnTheFlyConfig, default_split
-    from hydrafm.training.train import train_step, weighted_mse
+    from hydrafm.training.train import structure_loss, train_step
 
     dev = torch.device(device)
     cfg = OnTheFlyConfig(crop=crop, batch_size=batch, pools=("water", "ice", "hydrates"), sim_share=0.5)
@@ -69,7 +69,7 @@ def run(device: str, batch: int, crop: int, repeats: int, count_ops: bool, solve
             y = timed("maps", maker.maps, plan["pos"], plan["lab"])
         xb, yb = timed("finish", maker.finish, x, y, rng)
         timed("train_step", train_step, model, model, opt, xb, yb,
-              lambda p, t: weighted_mse(p, t, cfg.positive_weight), dev)
+              structure_loss(model.config, cfg.positive_weight), dev)
         if r == 0:  # warm-up
             times.clear()
     med = {k: round(statistics.median(v), 4) for k, v in times.items()}

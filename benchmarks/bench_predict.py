@@ -1,6 +1,6 @@
 """Prediction speed: whole pipeline (heights, resampling, normalisation, network, peaks → molecules).
 
-    python benchmarks/bench_predict.py [--model FILE] [--threads 2] [--base 8 12 16]
+    python benchmarks/bench_predict.py [--model FILE] [--threads 2] [--base 8 12 16] [--encoder 2d] [--head cells]
 
 Times `predict_atoms` (whole molecules, the default) on the bundled 10 × 128 × 128 sample
 stack, 10 runs after one warm-up, on the CPU, and the same with ``molecules=False`` (loose
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--base", type=int, nargs="+", default=[8, 12, 16])
     ap.add_argument("--flips", action="store_true", help="average over the four mirror images (default: as the model recommends)")
     ap.add_argument("--encoder", default="3d", choices=["3d", "2d"], help="untrained networks: encoder")
+    ap.add_argument("--head", default="maps", choices=["maps", "cells"], help="untrained networks: head")
     args = ap.parse_args()
     flips = args.flips or None  # None: as the model records
     torch.set_num_threads(args.threads)
@@ -42,7 +43,7 @@ def main() -> None:
         models.append((args.model, resolve_model(args.model)))
     else:
         for b in args.base:
-            cfg = UNetConfig(base_channels=b, encoder=args.encoder)
+            cfg = UNetConfig(base_channels=b, encoder=args.encoder, head=args.head)
             models.append((f"base {b}", (StructureUNet(cfg).eval(), ModelInfo(config=cfg))))
     print(f"stack {stack.shape}, torch {torch.__version__}, {args.threads} threads"
           + (", four mirror images" if args.flips else ""))

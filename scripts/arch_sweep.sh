@@ -15,6 +15,7 @@ minutes=${2:-15}
 mkdir -p "$out"
 declare -A args=(
   [2d-16]="--encoder 2d --base-channels 16 --lr 1e-3"
+  [2d-16-cells]="--encoder 2d --base-channels 16 --lr 1e-3 --head cells --cell 4"
   [2d-32]="--encoder 2d --base-channels 32 --lr 1e-3"
   [3d-16]="--encoder 3d --base-channels 16 --lr 1e-3"
   [3d-16-from-water]="--init-from water --lr 3e-4"

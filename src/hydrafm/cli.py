@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--base-channels", type=int, default=16)
     tr.add_argument("--encoder", choices=["3d", "2d"], default="3d",
                     help="3d: 3D convolutions over the stack (depth folded at the skips); 2d: heights as channels")
+    tr.add_argument("--head", choices=["maps", "cells"],
+                    help="maps (default): a full-resolution map per label; cells: a confidence and sub-cell "
+                         "position per label on a coarse grid (cells of --cell px; cheaper decoder); with "
+                         "--init-from on the fly: a new head of this kind on the checkpoint's encoder")
+    tr.add_argument("--cell", type=int, default=4, help="with --head cells: cell size in px (2, 4 or 8)")
     tr.add_argument("--max-batches", type=int, help="cap batches per epoch")
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     tr.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -447,6 +452,14 @@ def _split_water_runs(ds, val_runs: str):
     return split_by_run(ds, pool.info["run"], [int(v) for v in val_runs.split(",")])
 
 
+def _net_config(args: argparse.Namespace):
+    """The network to train from the command's options."""
+    from .models.unet import UNetConfig
+
+    return UNetConfig(base_channels=args.base_channels, encoder=args.encoder, head=args.head or "maps",
+                      cell=args.cell)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train; prints one JSON line per epoch."""
     if args.threads:
@@ -455,7 +468,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.on_the_fly:
         return _train_on_the_fly(args)
-    from .models.unet import UNetConfig
     from .models.registry import model_path
     from .progress import drive
     from .simulate.dataset import AFMDataset
@@ -472,7 +484,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if split is not None:
         print(f"hydrafm: validation = MD runs {args.val_runs}: {len(val_idx)} of {len(ds)} samples",
               file=sys.stderr)
-    gen = train(ds, args.out, cfg, UNetConfig(base_channels=args.base_channels, encoder=args.encoder), init_from=init,
+    gen = train(ds, args.out, cfg, _net_config(args), init_from=init,
                 train_indices=train_idx, val_indices=val_idx, max_batches_per_epoch=args.max_batches)
     drive(gen, on_record=lambda rec: print(
         json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))
@@ -481,7 +493,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_on_the_fly(args: argparse.Namespace) -> int:
     """``hydrafm train --on-the-fly``: prints one JSON line per epoch (rank 0 under torchrun)."""
-    from .models.unet import UNetConfig
     from .paths import cache_dir
     from .progress import drive
     from .training.onthefly import OnTheFlyConfig, train_on_the_fly
@@ -496,9 +507,9 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
         if args.noise < 0:
             raise ValueError(f"--noise must be 0 or more, not {args.noise}")
         cfg = replace(cfg, degrade=replace(cfg.degrade, white=args.noise, pink=args.noise))
-    gen = train_on_the_fly(args.out, cfg, UNetConfig(base_channels=args.base_channels, encoder=args.encoder),
+    gen = train_on_the_fly(args.out, cfg, _net_config(args),
                            device=args.device,
-                           init_from=args.init_from, cache=cache_dir("otf"))
+                           init_from=args.init_from, cache=cache_dir("otf"), head=args.head, cell=args.cell)
     out = drive(gen, show=sys.stderr.isatty(), on_record=lambda rec: print(
         json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports (and writes the model)

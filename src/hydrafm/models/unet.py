@@ -30,6 +30,9 @@ class UNetConfig:
     levels: int = 3  # number of 2× poolings in x, y
     z_pool_level: int = 1  # the level whose pooling also halves the heights (-1: never)
     encoder: str = "3d"  # "3d": 3D convolutions over the stack, depth folded at the skips; "2d": heights as channels
+    head: str = "maps"  # "maps": one full-resolution map per label; "cells": a coarse grid (models/cells.py)
+    cell: int = 4  # with head "cells": cell size in pixels (a power of 2, at most 2 ** levels)
+    cell_sigma: float = 1.8  # with head "cells": width (px) of the blobs its maps are drawn with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +50,9 @@ def _block(conv: type[nn.Conv2d] | type[nn.Conv3d], cin: int, cout: int) -> nn.S
 class StructureUNet(nn.Module):
     """Stack ``(B, 1, n_heights, H, W)`` → label logits ``(B, n_labels, H, W)``.
 
-    ``H`` and ``W`` must be multiples of ``2 ** levels``.
+    ``H`` and ``W`` must be multiples of ``2 ** levels``. With ``head="cells"`` the output is
+    the cell grid ``(B, 3·n_labels, H/cell, W/cell)`` instead (:mod:`hydrafm.models.cells`);
+    :meth:`probabilities` gives 0–1 label maps from either head.
     """
 
     def __init__(self, config: UNetConfig = UNetConfig()) -> None:
@@ -82,13 +87,30 @@ class StructureUNet(nn.Module):
             self.bottom_fold = nn.Conv3d(chans[c.levels], chans[c.levels], (depth, 1, 1))
         self.ups = nn.ModuleList()
         self.dec = nn.ModuleList()
-        for i in reversed(range(c.levels)):
+        # the cell head's decoder stops at the cell grid: log2(cell) levels above full resolution
+        if c.head not in ("maps", "cells"):
+            raise ValueError(f"unknown head {c.head!r}; choose 'maps' or 'cells'")
+        stop = 0
+        if c.head == "cells":
+            stop = int(round(math.log2(c.cell)))
+            if 2**stop != c.cell or not 1 <= stop <= c.levels:
+                raise ValueError(f"cell {c.cell} px must be a power of 2 from 2 to {2 ** c.levels}")
+        for i in reversed(range(stop, c.levels)):
             self.ups.append(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2))
             self.dec.append(_block(nn.Conv2d, 2 * chans[i], chans[i]))
-        self.head = nn.Conv2d(chans[0], c.n_labels, 1)
-        # Atoms cover ~2 % of the pixels: start the maps near that prior instead of 0.5, so training
-        # does not spend its first epochs just pushing the background down.
-        nn.init.constant_(self.head.bias, -4.0)
+        self.stop = stop
+        if c.head == "cells":
+            # where inside its cell an atom sits is fine detail the pooled levels blur: the head also
+            # sees the finer skips, unshuffled onto the cell grid (each cell's pixels as channels)
+            fine = sum(chans[i] * (c.cell // 2**i) ** 2 for i in range(stop))
+            self.cell_mix = nn.Sequential(nn.Conv2d(chans[stop] + fine, chans[stop], 1),
+                                          nn.GroupNorm(math.gcd(8, chans[stop]), chans[stop]),
+                                          nn.LeakyReLU(0.1, inplace=True))
+        self.head = nn.Conv2d(chans[stop], c.n_labels * (3 if c.head == "cells" else 1), 1)
+        # Atoms cover ~2 % of the pixels (of the cells: a few %): start the confidences near that
+        # prior instead of 0.5, so training does not spend its first epochs pushing the background down.
+        nn.init.constant_(self.head.bias, 0.0)
+        nn.init.constant_(self.head.bias[: c.n_labels], -4.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:
@@ -110,4 +132,17 @@ class StructureUNet(nn.Module):
             y = self.bottom_fold(self.bottom(x))[:, :, 0]
         for up, dec, skip in zip(self.ups, self.dec, reversed(skips)):
             y = dec(torch.cat([up(y), skip], dim=1))
+        if self.config.head == "cells":
+            cell = self.config.cell
+            y = self.cell_mix(torch.cat([y] + [nn.functional.pixel_unshuffle(skips[i], cell // 2**i)
+                                               for i in range(self.stop)], dim=1))
         return self.head(y)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Label maps ``(B, n_labels, H, W)`` in 0–1, whatever the head: what Predict reads."""
+        out = self(x)
+        if self.config.head == "cells":
+            from .cells import render_cells
+
+            return render_cells(out, self.config.cell, self.config.cell_sigma)
+        return torch.sigmoid(out)

@@ -182,10 +182,10 @@ def iter_predict_maps(
             if flips:
                 views = [(), (-1,), (-2,), (-2, -1)]
                 batch = torch.cat([t.flip(v) if v else t for v in views])
-                out = torch.sigmoid(net(batch)).float()
+                out = net.probabilities(batch).float()
                 m = torch.stack([o.flip(v) if v else o for o, v in zip(out, views)]).mean(0).cpu().numpy()
             else:
-                m = torch.sigmoid(net(t))[0].float().cpu().numpy()
+                m = net.probabilities(t)[0].float().cpu().numpy()
         acc[:, r : r + th, c : c + tw] += m * win
         wsum[r : r + th, c : c + tw] += win
         yield Progress("predicting", k + 1, len(tiles))

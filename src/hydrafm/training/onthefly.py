@@ -36,7 +36,7 @@ from ..progress import Progress
 from ..simulate.engine import TipBatch, TorchSimulator
 from ..simulate.settings import SampledTip, SimulationSettings
 from .augment import Degradations, degrade
-from .train import EpochStats, pick_device, train_step, weighted_mse
+from .train import EpochStats, pick_device, structure_loss, train_step
 
 __all__ = ["TipRanges", "Degradations", "OnTheFlyConfig", "StructureSource", "BatchMaker", "train_on_the_fly",
            "degrade", "ReplayBuffer"]
@@ -387,8 +387,14 @@ def train_on_the_fly(
     init_from: str | Path | None = None,
     resume: bool = True,
     cache: Path | None = None,
+    head: str | None = None,
+    cell: int = 4,
 ) -> Generator[Progress | EpochStats, None, Path]:
     """Train the structure network on batches simulated on the device; the best model goes to ``out``.
+
+    With ``init_from``, the network is the checkpoint's (``model_config`` is not used), unless
+    ``head`` (``"maps"`` or ``"cells"``, with ``cell``) asks for another head: it then starts
+    from the checkpoint's weights wherever both networks have them (:func:`transfer_weights`).
 
     Yields :class:`Progress` per batch and :class:`EpochStats` per epoch (rank 0 only under
     torchrun); returns the path of the best checkpoint. ``<out>.last.pt`` keeps the state
@@ -418,6 +424,11 @@ def train_on_the_fly(
         base, base_info, _ = load_checkpoint(model_path(str(init_from)))
         model = base
         info.config = model_config = base_info.config
+        if head is not None and (head, cell) != (base_info.config.head, base_info.config.cell):
+            # a new head on the checkpoint's encoder (and the decoder levels both heads have)
+            info.config = model_config = replace(base_info.config, head=head, cell=cell)
+            model = StructureUNet(model_config)
+            transfer_weights(base, model)
         info.provenance["initialised_from"] = str(init_from)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -450,8 +461,7 @@ def train_on_the_fly(
     t_start, cpu0 = time.perf_counter(), time.process_time()
     deadline = None if cfg.minutes is None else t_start + 60 * cfg.minutes
 
-    def loss_fn(pred, target):
-        return weighted_mse(pred, target, cfg.positive_weight)
+    loss_fn = structure_loss(model_config, cfg.positive_weight)
 
     samples = 0
     replay = ReplayBuffer(cfg.buffer) if cfg.sim_share is not None else None
@@ -520,6 +530,16 @@ def train_on_the_fly(
     return out
 
 
+def transfer_weights(src: torch.nn.Module, dst: torch.nn.Module) -> list[str]:
+    """Copy every parameter and buffer of ``src`` that ``dst`` has with the same name and shape;
+    returns the names of ``dst``'s that were left as initialised."""
+    theirs = src.state_dict()
+    mine = dst.state_dict()
+    fresh = [k for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape]
+    dst.load_state_dict({**mine, **{k: theirs[k] for k in mine if k not in fresh}})
+    return fresh
+
+
 @dataclass(frozen=True)
 class OnTheFlyEpoch(EpochStats):
     """:class:`EpochStats` plus the throughput of this epoch."""
@@ -581,8 +601,7 @@ def _val_loss(model, vx, vy, dev, loss_fn, batch: int = 16) -> float:
     total, n = 0.0, 0
     for k in range(0, len(vx), batch):
         x, y = vx[k : k + batch].to(dev), vy[k : k + batch].to(dev)
-        pred = torch.sigmoid(model(x)).float()
-        total += float(loss_fn(pred, y)) * len(x)
+        total += float(loss_fn(model(x).float(), y)) * len(x)
         n += len(x)
     model.train()
     return total / max(n, 1)

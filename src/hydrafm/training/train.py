@@ -20,6 +20,7 @@ import torch
 
 from ..progress import Progress, drive
 from ..simulate.dataset import AFMDataset
+from ..models.cells import cell_loss
 from ..models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from ..models.preprocess import normalize_stack
 from ..models.unet import StructureUNet, UNetConfig
@@ -221,9 +222,7 @@ def train(
                              for k, v in asdict(config).items()},
         }
     )
-    def loss_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return weighted_mse(pred, target, config.positive_weight)
-
+    loss_fn = structure_loss(model_config, config.positive_weight)
     n_batches = math.ceil(len(train_indices) / config.batch_size)
     if max_batches_per_epoch:
         n_batches = min(n_batches, max_batches_per_epoch)
@@ -240,7 +239,7 @@ def train(
             total += loss * len(samples)
             count += len(samples)
             yield Progress(f"epoch {epoch + 1}/{config.epochs}", b + 1, n_batches)
-        val = evaluate_loss(model, val_dataset or dataset, val_indices, config, device)
+        val = evaluate_loss(model, val_dataset or dataset, val_indices, config, device, loss_fn)
         improved = val < best
         if improved:
             best, stale = val, 0
@@ -265,8 +264,20 @@ def train(
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, positive_weight: float) -> torch.Tensor:
-    """The training loss: MSE weighted by ``1 + w·target`` (atoms count more than empty background)."""
+    """The maps head's loss: MSE weighted by ``1 + w·target`` (atoms count more than empty background)."""
     return ((1.0 + positive_weight * target) * (pred - target) ** 2).mean()
+
+
+def structure_loss(model_config: UNetConfig, positive_weight: float):
+    """The training loss ``f(output, label_maps)`` of the network's raw output for its head.
+
+    Maps head: :func:`weighted_mse` of the sigmoid maps; cell head:
+    :func:`hydrafm.models.cells.cell_loss` (its targets read from the same label maps).
+    """
+    if model_config.head == "cells":
+        cell = model_config.cell
+        return lambda out, target: cell_loss(out, target, cell)
+    return lambda out, target: weighted_mse(torch.sigmoid(out.float()), target, positive_weight)
 
 
 def train_step(net, model, opt, x: torch.Tensor, y: torch.Tensor, loss_fn, device: torch.device) -> float:
@@ -276,8 +287,8 @@ def train_step(net, model, opt, x: torch.Tensor, y: torch.Tensor, loss_fn, devic
     ``model`` whose parameters are clipped.
     """
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        pred = torch.sigmoid(net(x))
-    loss = loss_fn(pred.float(), y)
+        out = net(x)
+    loss = loss_fn(out.float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -287,15 +298,16 @@ def train_step(net, model, opt, x: torch.Tensor, y: torch.Tensor, loss_fn, devic
 
 @torch.no_grad()
 def evaluate_loss(
-    model: StructureUNet, dataset: AFMDataset, indices: np.ndarray, cfg: TrainConfig, device: torch.device
+    model: StructureUNet, dataset: AFMDataset, indices: np.ndarray, cfg: TrainConfig, device: torch.device,
+    loss_fn=None,
 ) -> float:
-    """Mean weighted MSE (the training loss) over ``indices`` (no augmentation, whole stacks)."""
+    """Mean training loss (``loss_fn``, default the model's :func:`structure_loss`) over ``indices``
+    (no augmentation, whole stacks)."""
+    loss_fn = loss_fn or structure_loss(model.config, cfg.positive_weight)
     model.eval()
     total, count = 0.0, 0
     for samples in dataset.batches(cfg.batch_size, np.random.default_rng(0), indices):
         x, y = _batch(samples, cfg, None, None, 2**model.config.levels)
-        pred = torch.sigmoid(model(x.to(device))).float()
-        y = y.to(device)
-        total += float(((1.0 + cfg.positive_weight * y) * (pred - y) ** 2).sum())
-        count += y.numel()
+        total += float(loss_fn(model(x.to(device)).float(), y.to(device))) * len(samples)
+        count += len(samples)
     return total / max(count, 1)
