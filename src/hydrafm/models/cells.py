@@ -102,7 +102,7 @@ def cell_targets(maps: torch.Tensor, cell: int, threshold: float = 0.5) -> tuple
     cy, cx = fy.floor().long(), fx.floor().long()
     present = torch.zeros(b, n, h // cell, w // cell, device=maps.device)
     offset = torch.zeros(b, 2, n, h // cell, w // cell, device=maps.device)
-    present[bi, li, cy, cx] = 1.0  # two atoms of one label in one cell (rare: ≥ 0.8 Å apart) keep one
+    present[bi, li, cy, cx] = 1.0  # two atoms of one label in one cell (rare: < 1.1 Å apart) keep one
     offset[bi, 0, li, cy, cx] = fy - cy
     offset[bi, 1, li, cy, cx] = fx - cx
     return present, offset
