@@ -1,6 +1,7 @@
 """Plausibility of predicted water on the public experimental water/Au(111) stack (issue 14).
 
     python scripts/experimental_plausibility.py [MODEL ...] [--stack PATH] [--threshold T] [--flips] [--out JSON] [--png PNG]
+    python scripts/experimental_plausibility.py MODEL ... --flips --threshold T --variants
 
 There is no ground truth for a real scan, so this reports what a microscopist would check
 first, per model (shipped name or checkpoint file):
@@ -9,7 +10,13 @@ first, per model (shipped name or checkpoint file):
 * ``O_with_two_H_peaks``: the share of O whose two assembled H both stand on an H peak of
   the network (loose atoms within 0.6 Å) — the evidence, not the assembly, which gives every
   O two H by construction (``O_with_two_H``, reported as well);
-* an overlay of the O and H on the closest frame (``--png``).
+* an overlay of the O and H on the closest frame (``--png``);
+* with ``--variants``, the same check on six versions of the stack that should not change the
+  answer: which 10 of its 12 frames are used (the closest first, or starting one or two frames
+  farther: the height spacing is unknown) × the whole field or its central 75 % (the
+  normalisation sees a different share of empty gold). The stack holds only ~10 O, so one
+  checkpoint's single answer moves with one or two O; the number of variants that pass
+  (median O–O within 2.5–3.1 Å) is the steadier count.
 
 The stack (``../shared/testdata/jiang_lab_water_Au111/L1_20_L2_1Ying_Jiang_1.npz``, ml-spm's
 experimental layout, 12 frames over 32 Å) is read from ``../shared`` and never copied.
@@ -52,6 +59,34 @@ def score(stack, model: str, threshold: float | None = None, flips: bool | None 
             "O_with_two_H": two / n, "O_with_two_H_peaks": two_peaks / n}, mol
 
 
+PLAUSIBLE_OO = (2.5, 3.1)  # Å: the median O–O nearest neighbour of H-bonded water (issue 14)
+
+
+def variants(stack, n: int = 10):
+    """``(name, stack)`` for the six versions of ``stack`` that ``--variants`` checks: ``n``
+    frames starting at the closest, one or two farther, × the whole field or its central 75 %."""
+    from dataclasses import replace
+
+    out = []
+    for first in range(min(3, stack.n_heights - n + 1)):
+        for keep in (1.0, 0.75):
+            ny, nx = stack.data.shape[-2:]
+            cy, cx = round(ny * (1 - keep) / 2), round(nx * (1 - keep) / 2)
+            data = stack.data[first:first + n, cy:ny - cy, cx:nx - cx]
+            origin = (stack.origin[0] + cy * stack.pixel_size[0], stack.origin[1] + cx * stack.pixel_size[1])
+            heights = None if stack.heights is None else \
+                np.asarray(stack.heights[first:first + n]) - stack.heights[first]
+            out.append((f"frames {first}-{first + n - 1}, field {keep:.0%}",
+                        replace(stack, data=np.ascontiguousarray(data), origin=origin, heights=heights)))
+    return out
+
+
+def passes(row: dict) -> bool:
+    """The median O–O nearest neighbour lies in :data:`PLAUSIBLE_OO`."""
+    d = row["median_OO_nn"]
+    return d is not None and PLAUSIBLE_OO[0] <= d <= PLAUSIBLE_OO[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", default=["water"])
@@ -62,6 +97,8 @@ def main() -> None:
                     "training checkpoint does not record it; shipped models say what they want)")
     ap.add_argument("--threshold", type=float, help="peak threshold for every model (default: each model's own; "
                     "give the calibrated one when checking a checkpoint before it is shipped)")
+    ap.add_argument("--variants", action="store_true", help="also check six versions of the stack (frames "
+                    "0-9, 1-10, 2-11 × whole field / central 75 %%) and count those that pass")
     args = ap.parse_args()
     from hydrafm.io import load_stack
 
@@ -71,6 +108,13 @@ def main() -> None:
     rows, mols = [], []
     for m in args.models:
         row, mol = score(stack, m, args.threshold, True if args.flips else None)
+        if args.variants:
+            row["variants"] = []
+            for name, st in variants(stack):
+                v, _ = score(st, m, args.threshold, True if args.flips else None)
+                row["variants"].append({"stack": name, "n_O": v["n_O"], "median_OO_nn": v["median_OO_nn"],
+                                        "passes": passes(v)})
+            row["variants_passing"] = sum(v["passes"] for v in row["variants"])
         rows.append(row)
         mols.append(mol)
         print(json.dumps(row), flush=True)
