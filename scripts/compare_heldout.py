@@ -3,6 +3,8 @@
     for k in ice water hydrates; do hydrafm simulate $k -n 96 --split held-out --distance 2.5:3.5 \
         --seed 7 --shard-size 16 --out $HYDRAFM_EVAL/$k-heldout; done
     python scripts/compare_heldout.py MODEL [MODEL ...]      # → compare.json
+    python scripts/compare_heldout.py --flips --transposed MODEL              # 8 views
+    python scripts/compare_heldout.py --flips --average-with CKPT2 MODEL      # two networks' maps averaged
     hydrafm simulate hydrates -n 96 --split held-out --distance 2.5:3.5 --seed 8 --shard-size 16 \
         --out $HYDRAFM_EVAL/hydrates2-heldout
     python scripts/compare_heldout.py --calibrate hydrates --classes O,Na,K,H --score hydrates \
@@ -33,7 +35,30 @@ ap.add_argument("--visible", type=float, default=3.0,
 ap.add_argument("--flips", action="store_true", help="average each prediction over the four mirror images")
 ap.add_argument("--no-ions", action="store_true", help="leave the Na/K maps out (models that report no ions)")
 ap.add_argument("--classes", default="O,H", help="classes whose mean F1 chooses the threshold")
+ap.add_argument("--transposed", action="store_true",
+                help="also run every view transposed (with --flips: the 8 symmetries of the square)")
+ap.add_argument("--average-with", metavar="CKPT",
+                help="average each model's maps with this checkpoint's (a two-network ensemble)")
 args = ap.parse_args()
+
+
+class Views(torch.nn.Module):
+    """Test-time variants of a network for this comparison only: its maps averaged with those of
+    its transposed input (``--transposed``) and of other networks (``--average-with``)."""
+
+    def __init__(self, nets, transposed: bool):
+        super().__init__()
+        self.nets, self.transposed = torch.nn.ModuleList(nets), transposed
+
+    def probabilities(self, x):
+        out = []
+        for net in self.nets:
+            out.append(net.probabilities(x))
+            if self.transposed:
+                out.append(net.probabilities(x.transpose(-1, -2).contiguous()).transpose(-1, -2))
+        return torch.stack(out).mean(0)
+
+
 models = args.models
 flips = args.flips or None  # None: as the model records
 vis = args.visible
@@ -46,6 +71,9 @@ ths = (0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 out = {}
 for m in models:
     net = resolve_model(m, "cpu")
+    if args.transposed or args.average_with:
+        others = [resolve_model(args.average_with, "cpu")[0]] if args.average_with else []
+        net = (Views([net[0], *others], args.transposed), net[1])
     if args.no_ions:
         net[1].provenance["ions"] = False
     tot = {t: None for t in ths}
@@ -55,7 +83,8 @@ for m in models:
         for t in ths:
             tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
     t = best_threshold(tot, tuple(args.classes.split(",")))
-    out[m] = {"threshold": t, "flips": bool(args.flips), "ions": not args.no_ions, "top": args.top, "visible": vis,
+    out[m] = {"threshold": t, "flips": bool(args.flips), "transposed": args.transposed,
+              "average_with": args.average_with, "ions": not args.no_ions, "top": args.top, "visible": vis,
               "calibrated_on": args.calibrate, "calibration_classes": args.classes,
               "calibration": {str(k): v.summary() for k, v in tot.items()}}
     for k in args.score.split(",") + whole:
