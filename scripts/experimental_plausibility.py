@@ -65,8 +65,6 @@ PLAUSIBLE_OO = (2.5, 3.1)  # Å: the median O–O nearest neighbour of H-bonded 
 def variants(stack, n: int = 10):
     """``(name, stack)`` for the six versions of ``stack`` that ``--variants`` checks: ``n``
     frames starting at the closest, one or two farther, × the whole field or its central 75 %."""
-    from dataclasses import replace
-
     out = []
     for first in range(min(3, stack.n_heights - n + 1)):
         for keep in (1.0, 0.75):
@@ -77,7 +75,7 @@ def variants(stack, n: int = 10):
             heights = None if stack.heights is None else \
                 np.asarray(stack.heights[first:first + n]) - stack.heights[first]
             out.append((f"frames {first}-{first + n - 1}, field {keep:.0%}",
-                        replace(stack, data=np.ascontiguousarray(data), origin=origin, heights=heights)))
+                        stack.with_data(np.ascontiguousarray(data), origin=origin, heights=heights)))
     return out
 
 
