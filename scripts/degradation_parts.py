@@ -1,7 +1,7 @@
 """What each part of the robustness protocol costs, and whether a filter before the network pays (issue 14).
 
     python scripts/degradation_parts.py parts [MODEL]
-    python scripts/degradation_parts.py prefilter [MODEL] [--blur 1,1.5] [--highpass 15,30]
+    python scripts/degradation_parts.py prefilter [MODEL] [--blur 1,1.5] [--highpass 15,30] [--zpoly 2,3]
 
 Both score the calibration (first) halves of the held-out ice-like and MD-water sets (made as
 ``scripts/compare_heldout.py`` says; ``HYDRAFM_EVAL`` points at them), atoms in the top 1.5 Å,
@@ -11,7 +11,9 @@ O/H F1 and their mean.
 ``parts``: clean, the whole protocol (``predict.evaluate.degrade_like_experiment``), and each of
 its parts alone (drift, white, pink = 1/f, plane, jump) with the same random draws.
 ``prefilter``: clean and degraded after a lateral Gaussian blur of σ px, or a per-frame high-pass
-(the frame minus its Gaussian blur of σ px), applied to the frames before the network.
+(the frame minus its Gaussian blur of σ px), or a fit across heights (each pixel's Δf over the
+frames replaced by its least-squares polynomial of degree d in the frame index: the frames' noise
+is independent, the signal smooth in height), applied to the frames before the network.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def main() -> None:
     ap.add_argument("model", nargs="?", default="water")
     ap.add_argument("--blur", default="1,1.5", help="σ (px) of the Gaussian blurs to try")
     ap.add_argument("--highpass", default="15,30", help="σ (px) of the high-passes to try")
+    ap.add_argument("--zpoly", default="", help="degrees of the fits across heights to try")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model = resolve_model(a.model, "cpu")
@@ -67,9 +70,18 @@ def main() -> None:
         return lambda f: np.asarray(f, np.float32) - gaussian_filter(np.asarray(f, np.float32), (0, s, s),
                                                                      mode="nearest")
 
+    def zpoly(d):
+        def f(frames):
+            x = np.asarray(frames, np.float32)
+            v = np.vander(np.linspace(-1, 1, len(x)), d + 1)
+            proj = (v @ np.linalg.pinv(v)).astype(np.float32)  # (Z, Z) projection onto the polynomials
+            return np.tensordot(proj, x, axes=1)
+        return f
+
     variants = [("none", None)]
     variants += [(f"blur {float(s):g} px", blur(float(s))) for s in a.blur.split(",") if s]
     variants += [(f"high-pass {float(s):g} px", highpass(float(s))) for s in a.highpass.split(",") if s]
+    variants += [(f"z-polynomial degree {int(d)}", zpoly(int(d))) for d in a.zpoly.split(",") if d]
     for name, f in variants:
         print(json.dumps({"prefilter": name, "clean": _score(model, False, f), "degraded": _score(model, True, f)}),
               flush=True)

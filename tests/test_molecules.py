@@ -299,3 +299,23 @@ def test_h_peaks_without_an_o_stay_single_and_a_third_h_is_dropped():
     np.testing.assert_allclose(mol.positions[ids == -1][0, :2], [12.0, 12.0], atol=0.05)
     strict = assemble_molecules(maps_to_atoms(maps, PX), maps, PX, keep_orphan_h=False)
     assert len(strict) == 3 and np.all(strict.arrays["mol"] == 0)
+
+
+def test_of_three_h_peaks_around_an_o_the_weakest_is_left_out():
+    # the lower half of a bilayer: the network puts H_flat peaks in all three H-bond directions;
+    # the nearest (0.80 Å) is the weakest, the two kept are the confident ones (0.95 Å)
+    o = np.array([5.0, 5.0])
+    dirs = np.array([[np.cos(a), np.sin(a)] for a in np.radians([90.0, 210.0, 330.0])])
+    h = o + dirs * np.array([[0.95], [0.95], [0.80]])
+    pos = np.column_stack([np.vstack([o, h]), np.zeros(4)])
+    lab = np.array(["O", "H_flat", "H_flat", "H_flat"], dtype="<U6")
+    loose = Atoms(symbols=["O", "H", "H", "H"], positions=pos)
+    loose.new_array("label", lab)
+    loose.new_array("confidence", np.array([0.9, 0.8, 0.75, 0.45]))
+    mol = assemble_molecules(loose, keep_orphan_h=False)
+    check_geometry(mol)
+    got = mol.positions[np.char.startswith(mol.arrays["label"].astype(str), "H")][:, :2]
+    assert len(got) == 2
+    kept = [int(np.argmin(np.linalg.norm(h - g, axis=1))) for g in got]
+    assert sorted(kept) == [0, 1]
+    assert max(np.min(np.linalg.norm(h[:2] - g, axis=1)) for g in got) < 0.3

@@ -4,14 +4,18 @@ The network's peaks (:func:`~hydrafm.predict.atoms.maps_to_atoms`) are loose ato
 an O may have no, one or three H near it. :func:`assemble_molecules` turns them into
 molecules:
 
-1. **H peaks → O.** Each H peak goes to the nearest O within 1.3 Å laterally that
-   has fewer than two H yet (pairs taken shortest first; the two bonds at least 60°
-   apart). A peak sets the direction of one O–H bond so that the H lands on it: its
-   lateral direction from the O, and an elevation from its class — ``H_up``/``H_down``
-   tilted by ``acos(lateral distance / bond)``, at least 40°; ``H_flat`` by the same
-   up to 20°, up or down, whichever suits the molecule's other bond. An H peak with
-   no O within 1.3 Å (the network saw the H but missed its O) stays as a single H
-   with no molecule (``mol`` −1); one near O that have two H already is dropped.
+1. **H peaks → O.** Each H peak goes to an O within 1.3 Å laterally that has fewer
+   than two H yet (pairs taken by :func:`_peak_cost`: the most confident peak first, then
+   the one whose distance from the O best suits its class — about 0.93 Å for a level H,
+   0.3 Å for an up / down one; the two bonds at least 60° apart). Where the network puts
+   three H peaks around an O (the lower half of a bilayer: three equivalent H-bond
+   directions), the weakest is the one left out. A peak sets the direction of one O–H
+   bond so that the H lands on it: its lateral direction from the O, and an elevation
+   from its class — ``H_up``/``H_down`` tilted by ``acos(lateral distance / bond)``,
+   at least 40°; ``H_flat`` by the same up to 20°, up or down, whichever suits the
+   molecule's other bond. An H peak with no O within 1.3 Å (the network saw the H but
+   missed its O) stays as a single H with no molecule (``mol`` −1); one near O that
+   have two H already is dropped.
 2. **The missing H.** The O are visited depth-first through the H-bond network
    (starting from those with more H peaks and higher confidence), in two rounds:
    every O gets its first bond before any gets its second, so along a ring each O
@@ -84,7 +88,17 @@ PENALTY = 1.0
 PEAK_WEIGHT = 1.0  # an H peak's weight in the rigid fit is this + its confidence (an inferred H: 1)
 MAX_NEIGHBOURS = 4  # O within ACCEPTOR[1] laterally that a water can have (four H-bonds at most)
 PRIOR = {"H_up": 0.03, "H_flat": 0.02, "H_down": 0.0}  # tie-breakers without evidence
+#: typical lateral O–H distance (Å) of an H of each class: a level bond is seen nearly whole (0.97 Å
+#: tilted by up to 20°), an up / down bond (elevation 40–90°) foreshortened to 0–0.74 Å
+PEAK_LATERAL = {"H_up": 0.3, "H_flat": 0.93, "H_down": 0.3}
+PEAK_MISFIT = 0.3  # cost per Å of a peak's lateral distance from its O differing from PEAK_LATERAL
 _REACH = max(ACCEPTOR[1], *SHELL_RADIUS.values())
+
+
+def _peak_cost(distance: float, confidence: float, label: str) -> float:
+    """Cost of giving an O the H peak ``distance`` Å away: the peak's confidence first (a spurious
+    third peak around an O is the weaker one), then how far the distance is from its class's."""
+    return -confidence + PEAK_MISFIT * abs(distance - PEAK_LATERAL[label])
 
 
 class _HMaps:
@@ -256,14 +270,14 @@ def assemble_molecules(
     n_o = len(o_idx)
     hxy = xy[heavy]
 
-    # 1. H peaks → O (shortest first, two per O, bonds at least 60° apart)
+    # 1. H peaks → O (most confident first, two per O, bonds at least 60° apart)
     targets: list[list[tuple[np.ndarray, float, float, bool, float]]] = [[] for _ in range(n_o)]
     taken = xy[h_idx] if n_o else np.zeros((0, 2))
     near_o = np.zeros(len(h_idx), bool)  # H peaks with an O within reach; the others are orphans
     if n_o and len(h_idx):
         pairs = cKDTree(xy[h_idx]).query_ball_point(xy[o_idx], PEAK_REACH)
         near_o[[j for js in pairs for j in js]] = True
-        cand = [(float(np.hypot(*(xy[h_idx[j]] - xy[o_idx[k]]))), k, j)
+        cand = [(_peak_cost(float(np.hypot(*(xy[h_idx[j]] - xy[o_idx[k]]))), conf[h_idx[j]], lab[h_idx[j]]), k, j)
                 for k, js in enumerate(pairs) for j in js]
         used = np.zeros(len(h_idx), bool)
         for _, k, j in sorted(cand):

@@ -1,0 +1,95 @@
+"""Score the molecule assembly's choices on cached network maps (issue 14): the network runs once per
+held-out stack, then every assembly variant rescoring the same maps takes seconds.
+
+    python scripts/assembly_variants.py MODEL --sets ice,water,hydrates --part cal   # choose here
+    python scripts/assembly_variants.py MODEL --sets ice,water,hydrates --part rep   # then report
+    python scripts/assembly_variants.py MODEL --sets ice4,water4 --part all          # and on fresh sets
+
+Sets are folders ``$HYDRAFM_EVAL/<set>-heldout`` (made as ``scripts/compare_heldout.py`` says);
+``--part`` cal / rep / all: their first half, second half, or all of it. The maps (four mirror
+images averaged) are cached in ``$HYDRAFM_CACHE/assembly_maps``. Scores: atoms in the top
+``--top`` Å (default 1.5), the model's threshold, one JSON line per variant with O (Na, K) and H
+F1, H precision / recall, H class accuracy and whole molecules per set.
+
+Variants (``hydrafm.predict.molecules``): ``default``; ``nearest-peak`` (H peaks given to O
+nearest first, as before 2026-11-28); ``confidence-only`` (most confident first, no distance term).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+
+def _maps(model: str, key: str, net, root: str, cache: str):
+    """The model's maps of every stack of a set (cached), with the grid and the truth."""
+    from hydrafm.io.xyz import LABELS
+    from hydrafm.predict.evaluate import _predict_sample
+    from hydrafm.simulate.dataset import AFMDataset
+
+    ds = AFMDataset(f"{root}/{key}-heldout")
+    path = os.path.join(cache, f"{os.path.basename(model).replace('.pt', '')}_{key}.npz")
+    if not os.path.exists(path):
+        maps = []
+        for i in range(len(ds)):
+            _, pred = _predict_sample(ds, i, net, "cpu", True)
+            maps.append(pred.maps.astype(np.float32))
+        os.makedirs(cache, exist_ok=True)
+        np.savez_compressed(path, maps=np.stack(maps), pixel=pred.pixel_size, origin=np.array(pred.origin))
+    z = np.load(path)
+    truth = [(ds[i].positions, np.array(LABELS)[ds[i].labels]) for i in range(len(ds))]
+    return z["maps"], tuple(z["pixel"]), tuple(z["origin"]), truth
+
+
+def main() -> None:
+    import torch
+
+    import hydrafm.predict.molecules as molecules
+    from hydrafm.paths import cache_dir
+    from hydrafm.predict.metrics import Scores, score_atoms
+    from hydrafm.predict.predictor import Prediction, default_threshold, reports_ions, resolve_model
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--sets", default="ice,water,hydrates")
+    ap.add_argument("--part", choices=["cal", "rep", "all"], default="cal")
+    ap.add_argument("--top", type=float, default=1.5)
+    ap.add_argument("--variants", default="default,nearest-peak,confidence-only")
+    a = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    net = resolve_model(a.model, "cpu")
+    info, t = net[1], default_threshold(net[1])
+    root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
+    cache = str(cache_dir("assembly_maps"))
+    data = {k: _maps(a.model, k, net, root, cache) for k in a.sets.split(",")}
+    variants = {"default": molecules._peak_cost,
+                "nearest-peak": lambda d, c, label: d,
+                "confidence-only": lambda d, c, label: -c}
+    original = molecules._peak_cost
+    for name in a.variants.split(","):
+        molecules._peak_cost = variants[name]
+        row = {}
+        try:
+            for key, (maps, px, origin, truth) in data.items():
+                n = len(maps)
+                idx = {"cal": range(n // 2), "rep": range(n // 2, n), "all": range(n)}[a.part]
+                total = Scores()
+                for i in idx:
+                    atoms = Prediction(maps[i], px, origin, info, a.model).atoms(t, True)
+                    xy, labels = atoms.positions[:, :2], atoms.arrays["label"]
+                    total.add(score_atoms(xy, labels, *truth[i], top=a.top))
+                s = total.summary()
+                groups = ("O", "Na", "K", "H") if reports_ions(info) else ("O", "H")
+                row[key] = {g: s[g]["f1"] for g in groups if g in s}
+                row[key].update(H_precision=s["H"]["precision"], H_recall=s["H"]["recall"],
+                                H_class=round(s["H_orientation"], 4), whole=round(s["whole_molecules"], 4))
+        finally:
+            molecules._peak_cost = original
+        print(json.dumps({"variant": name, "part": a.part, "threshold": t, **row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
