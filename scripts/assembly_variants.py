@@ -6,7 +6,8 @@ held-out stack, then every assembly variant rescoring the same maps takes second
     python scripts/assembly_variants.py MODEL --sets ice4,water4 --part all          # and on fresh sets
 
 Sets are folders ``$HYDRAFM_EVAL/<set>-heldout`` (made as ``scripts/compare_heldout.py`` says);
-``--part`` cal / rep / all: their first half, second half, or all of it. The maps (four mirror
+``--part`` cal / rep / all: their first half, second half, or all of it; ``--degraded``: the
+stacks after the robustness protocol. The maps (four mirror
 images averaged) are cached in ``$HYDRAFM_CACHE/assembly_maps``. Scores: atoms in the top
 ``--top`` Å (default 1.5), the model's threshold, one JSON line per variant with O (Na, K) and H
 F1, H precision / recall, H class accuracy and whole molecules per set.
@@ -24,18 +25,19 @@ import os
 import numpy as np
 
 
-def _maps(model: str, key: str, net, root: str, cache: str):
+def _maps(model: str, key: str, net, root: str, cache: str, degraded: bool = False):
     """The model's maps of every stack of a set (cached), with the grid and the truth."""
     from hydrafm.io.xyz import LABELS
     from hydrafm.predict.evaluate import _predict_sample
     from hydrafm.simulate.dataset import AFMDataset
 
     ds = AFMDataset(f"{root}/{key}-heldout")
-    path = os.path.join(cache, f"{os.path.basename(model).replace('.pt', '')}_{key}.npz")
+    name = f"{os.path.basename(model).replace('.pt', '')}_{key}{'_degraded' if degraded else ''}.npz"
+    path = os.path.join(cache, name)
     if not os.path.exists(path):
         maps = []
         for i in range(len(ds)):
-            _, pred = _predict_sample(ds, i, net, "cpu", True)
+            _, pred = _predict_sample(ds, i, net, "cpu", True, degrade=degraded)
             maps.append(pred.maps.astype(np.float32))
         os.makedirs(cache, exist_ok=True)
         np.savez_compressed(path, maps=np.stack(maps), pixel=pred.pixel_size, origin=np.array(pred.origin))
@@ -58,13 +60,17 @@ def main() -> None:
     ap.add_argument("--part", choices=["cal", "rep", "all"], default="cal")
     ap.add_argument("--top", type=float, default=1.5)
     ap.add_argument("--variants", default="default,nearest-peak,confidence-only")
+    ap.add_argument("--degraded", action="store_true",
+                    help="the stacks after the robustness protocol (as hydrafm evaluate --degrade)")
+    ap.add_argument("--threshold", type=float, help="instead of the model's")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     net = resolve_model(a.model, "cpu")
-    info, t = net[1], default_threshold(net[1])
+    info = net[1]
+    t = default_threshold(info) if a.threshold is None else a.threshold
     root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
     cache = str(cache_dir("assembly_maps"))
-    data = {k: _maps(a.model, k, net, root, cache) for k in a.sets.split(",")}
+    data = {k: _maps(a.model, k, net, root, cache, a.degraded) for k in a.sets.split(",")}
     variants = {"default": molecules._peak_cost,
                 "nearest-peak": lambda d, c, label: d,
                 "confidence-only": lambda d, c, label: -c}
@@ -88,7 +94,8 @@ def main() -> None:
                                 H_class=round(s["H_orientation"], 4), whole=round(s["whole_molecules"], 4))
         finally:
             molecules._peak_cost = original
-        print(json.dumps({"variant": name, "part": a.part, "threshold": t, **row}), flush=True)
+        head = {"variant": name, "part": a.part, "top": a.top, "degraded": a.degraded, "threshold": t}
+        print(json.dumps({**head, **row}), flush=True)
 
 
 if __name__ == "__main__":
