@@ -202,11 +202,25 @@ def cmd_predict(args):
         s1 = score_atoms(res.atoms.positions[:, :2], res.atoms.arrays["label"], pos, truth_lab, top=2.0)
         before.add(s0)
         after.add(s1)
+        if args.save:
+            _save(Path(args.save) / f"{args.pool}_{i}.npz", pos, numbers, truth_lab, pred, res)
         print(json.dumps({"structure": i, "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1),
                           "moves": res.moves,
                           "image_loss": [round(v, 4) for v in res.image_loss],
                           "before": s0.summary(), "after": s1.summary()}), flush=True)
     print(json.dumps({"summary": {"predict": before.summary(), "refined": after.summary()}}))
+
+
+def _save(path: Path, pos, numbers, truth_labels, pred, res) -> None:
+    """One window's truth, start and refined molecules (with their fit scores), for analysis."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = res.atoms
+    scores = np.array([res.fit_score.get(int(m), np.nan) for m in out.arrays["mol"]])
+    np.savez_compressed(path, truth_positions=pos, truth_numbers=numbers, truth_labels=np.asarray(truth_labels),
+                        start_positions=pred.positions, start_labels=np.asarray(pred.arrays["label"]),
+                        start_mol=np.asarray(pred.arrays["mol"]), refined_positions=out.positions,
+                        refined_labels=np.asarray(out.arrays["label"]), refined_mol=np.asarray(out.arrays["mol"]),
+                        refined_fit_score=scores)
 
 
 def oracle_start(pred, pos, numbers, start: str, error: float = 0.0, rng=None):
@@ -319,6 +333,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="torch device the refine runs on (cpu, cuda)")
     ap.add_argument("--figure")
     ap.add_argument("--model", default="water", help="predict and experiment: the model whose molecules are refined")
+    ap.add_argument("--save", metavar="DIR", help="predict: write each window's truth, start and refined molecules")
     ap.add_argument("--pull", type=float, default=RefineSettings.pull,
                     help="weight of the pull of each molecule back to where it started")
     ap.add_argument("--h-flips", action="store_true", help="refine with the (experimental) H-flip moves")

@@ -4,6 +4,8 @@ held-out stack, then every assembly variant rescoring the same maps takes second
     python scripts/assembly_variants.py MODEL --sets ice,water,hydrates --part cal   # choose here
     python scripts/assembly_variants.py MODEL --sets ice,water,hydrates --part rep   # then report
     python scripts/assembly_variants.py MODEL --sets ice4,water4 --part all          # and on fresh sets
+    python scripts/assembly_variants.py water --sets ice,water --part cal --variants default,grid
+    python scripts/assembly_variants.py water --part rep --constants '{"W_HBOND": 0.1}'
 
 Sets are folders ``$HYDRAFM_EVAL/<set>-heldout`` (made as ``scripts/compare_heldout.py`` says);
 ``--part`` cal / rep / all: their first half, second half, or all of it; ``--degraded``: the
@@ -13,7 +15,9 @@ images averaged) are cached in ``$HYDRAFM_CACHE/assembly_maps``. Scores: atoms i
 F1, H precision / recall, H class accuracy and whole molecules per set.
 
 Variants (``hydrafm.predict.molecules``): ``default``; ``nearest-peak`` (H peaks given to O
-nearest first, as before 2026-11-28); ``confidence-only`` (most confident first, no distance term).
+nearest first, as before 2026-11-28); ``confidence-only`` (most confident first, no distance term);
+``grid``: each of the assembly's constants varied alone (the grid of 2026-11-27); ``--constants``
+JSON: the default with those constants changed.
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ def _maps(model: str, key: str, net, root: str, cache: str, degraded: bool = Fal
     return z["maps"], tuple(z["pixel"]), tuple(z["origin"]), truth
 
 
+#: each constant varied alone (``--variants grid``)
+GRID = {"W_HBOND": [0.1, 0.6, 1.0], "HBOND_CONE": [15.0, 35.0], "MIN_TILT": [30.0, 50.0],
+        "MAX_LEVEL_TILT": [10.0, 30.0], "PEAK_WEIGHT": [0.5, 2.0], "W_SETTLED": [0.0, 0.15],
+        "PRIOR": [{"H_up": 0.1, "H_flat": 0.05, "H_down": 0.0}, {"H_up": 0.0, "H_flat": 0.03, "H_down": 0.0},
+                  {"H_up": 0.03, "H_flat": 0.0, "H_down": 0.02}]}
+
+
 def main() -> None:
     import torch
 
@@ -63,6 +74,7 @@ def main() -> None:
     ap.add_argument("--degraded", action="store_true",
                     help="the stacks after the robustness protocol (as hydrafm evaluate --degrade)")
     ap.add_argument("--threshold", type=float, help="instead of the model's")
+    ap.add_argument("--constants", help="JSON: molecules constants changed in every variant")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     net = resolve_model(a.model, "cpu")
@@ -71,12 +83,20 @@ def main() -> None:
     root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
     cache = str(cache_dir("assembly_maps"))
     data = {k: _maps(a.model, k, net, root, cache, a.degraded) for k in a.sets.split(",")}
-    variants = {"default": molecules._peak_cost,
-                "nearest-peak": lambda d, c, label: d,
-                "confidence-only": lambda d, c, label: -c}
-    original = molecules._peak_cost
+    base = json.loads(a.constants) if a.constants else {}
+    variants = {"default": {}, "nearest-peak": {"_peak_cost": lambda d, c, label: d},
+                "confidence-only": {"_peak_cost": lambda d, c, label: -c}}
+    runs = []
     for name in a.variants.split(","):
-        molecules._peak_cost = variants[name]
+        if name == "grid":
+            runs += [(f"{k}={v}", {k: v}) for k, vals in GRID.items() for v in vals]
+        else:
+            runs.append((name, variants[name]))
+    for name, change in runs:
+        change = {**base, **change}
+        original = {k: getattr(molecules, k) for k in change}
+        for k, v in change.items():
+            setattr(molecules, k, v)
         row = {}
         try:
             for key, (maps, px, origin, truth) in data.items():
@@ -93,8 +113,10 @@ def main() -> None:
                 row[key].update(H_precision=s["H"]["precision"], H_recall=s["H"]["recall"],
                                 H_class=round(s["H_orientation"], 4), whole=round(s["whole_molecules"], 4))
         finally:
-            molecules._peak_cost = original
-        head = {"variant": name, "part": a.part, "top": a.top, "degraded": a.degraded, "threshold": t}
+            for k, v in original.items():
+                setattr(molecules, k, v)
+        head = {"variant": name, "constants": a.constants, "part": a.part, "top": a.top,
+                "degraded": a.degraded, "threshold": t}
         print(json.dumps({**head, **row}), flush=True)
 
 
