@@ -86,3 +86,23 @@ def test_train_on_the_fly_refuses_negative_noise(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--noise" in err[0]
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_on_the_fly_pool_weights(tmp_path, capsys, monkeypatch):
+    import hydrafm.training.onthefly as otf
+
+    seen = {}
+
+    def fake(out, cfg, *args, **kwargs):
+        seen["cfg"] = cfg
+        return out
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(otf, "train_on_the_fly", fake)
+    out = str(tmp_path / "m.pt")
+    assert main(["train", "--on-the-fly", "-o", out, "--pools", "hydrates,ice", "--pool-weights", "3,1"]) == 0
+    assert seen["cfg"].pools == ("hydrates", "ice") and seen["cfg"].pool_weights == (3.0, 1.0)
+    for bad in ("1", "1,x", "1,-1", "0,0"):
+        assert main(["train", "--on-the-fly", "-o", out, "--pools", "hydrates,ice", "--pool-weights", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "--pool-weights" in err[-1]

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="no dataset: simulate every batch on the training device from the structure pools")
     tr.add_argument("--pools", default="water",
                     help="on the fly: comma-separated pools to draw from (water, hydrates, ice, or .npz files)")
+    tr.add_argument("--pool-weights",
+                    help="on the fly: how often each pool is drawn, in --pools' order (default: equally)")
     tr.add_argument("--minutes", type=float, help="stop cleanly after this many minutes (best checkpoint kept)")
     tr.add_argument("--cpu-minutes", type=float,
                     help="on the fly: stop after this much CPU time of the process (equal-compute comparisons)")
@@ -497,7 +499,17 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
     from .progress import drive
     from .training.onthefly import OnTheFlyConfig, train_on_the_fly
 
-    cfg = OnTheFlyConfig(pools=tuple(p.strip() for p in args.pools.split(",") if p.strip()),
+    pools = tuple(p.strip() for p in args.pools.split(",") if p.strip())
+    weights = None
+    if args.pool_weights:
+        try:
+            weights = tuple(float(w) for w in args.pool_weights.split(","))
+        except ValueError:
+            raise ValueError(f"--pool-weights must be numbers, not {args.pool_weights!r}") from None
+        if len(weights) != len(pools) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"--pool-weights needs one weight (≥ 0, not all 0) per pool of --pools "
+                             f"{','.join(pools)}, got {args.pool_weights!r}")
+    cfg = OnTheFlyConfig(pools=pools, pool_weights=weights,
                          batch_size=args.batch_size, crop=args.crop or 64, steps_per_epoch=args.steps_per_epoch,
                          epochs=args.epochs, minutes=args.minutes, cpu_minutes=args.cpu_minutes,
                          val_size=args.val_size, lr=args.lr, lr_final=args.lr_final,
