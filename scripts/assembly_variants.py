@@ -110,6 +110,7 @@ def main() -> None:
                 s = total.summary()
                 groups = ("O", "Na", "K", "H") if reports_ions(info) else ("O", "H")
                 row[key] = {g: s[g]["f1"] for g in groups if g in s}
+                row[key].update({f"{g}_predicted": s[g]["predicted"] for g in ("Na", "K") if g in s})
                 row[key].update(H_precision=s["H"]["precision"], H_recall=s["H"]["recall"],
                                 H_class=round(s["H_orientation"], 4), whole=round(s["whole_molecules"], 4))
         finally:

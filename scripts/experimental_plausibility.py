@@ -10,6 +10,8 @@ first, per model (shipped name or checkpoint file):
 * ``O_with_two_H_peaks``: the share of O whose two assembled H both stand on an H peak of
   the network (loose atoms within 0.6 Å) — the evidence, not the assembly, which gives every
   O two H by construction (``O_with_two_H``, reported as well);
+* ``n_ions``: Na⁺/K⁺ predicted (models that report ions): the stack holds water only, so every
+  one is false;
 * an overlay of the O and H on the closest frame (``--png``);
 * with ``--variants``, the same check on six versions of the stack that should not change the
   answer: which 10 of its 12 frames are used (the closest first, or starting one or two frames
@@ -54,7 +56,8 @@ def score(stack, model: str, threshold: float | None = None, flips: bool | None 
         if len(hs) == 2 and peaks is not None:
             two_peaks += bool((peaks.query(mol.positions[hs, :2])[0] <= 0.6).all())
     n = max(len(o), 1)
-    return {"model": model, "threshold": float(mol.info["threshold"]), "n_O": int(len(o)),
+    n_ions = int(np.isin(lab.astype(str), ("Na", "K")).sum())
+    return {"model": model, "threshold": float(mol.info["threshold"]), "n_O": int(len(o)), "n_ions": n_ions,
             "n_H_peaks": int(len(hpk)), "median_OO_nn": float(np.median(nn)) if len(nn) else None,
             "O_with_two_H": two / n, "O_with_two_H_peaks": two_peaks / n}, mol
 
@@ -111,8 +114,9 @@ def main() -> None:
             for name, st in variants(stack):
                 v, _ = score(st, m, args.threshold, True if args.flips else None)
                 row["variants"].append({"stack": name, "n_O": v["n_O"], "median_OO_nn": v["median_OO_nn"],
-                                        "passes": passes(v)})
+                                        "n_ions": v["n_ions"], "passes": passes(v)})
             row["variants_passing"] = sum(v["passes"] for v in row["variants"])
+            row["variants_ions"] = sum(v["n_ions"] for v in row["variants"])
         rows.append(row)
         mols.append(mol)
         print(json.dumps(row), flush=True)
