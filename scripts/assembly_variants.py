@@ -75,6 +75,8 @@ def main() -> None:
                     help="the stacks after the robustness protocol (as hydrafm evaluate --degrade)")
     ap.add_argument("--threshold", type=float, help="instead of the model's")
     ap.add_argument("--constants", help="JSON: molecules constants changed in every variant")
+    ap.add_argument("--figure", metavar="PNG", help="the stack of the first set where the first two variants'"
+                    " matched H differ most: its closest frame with each variant's molecules and the true H")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     net = resolve_model(a.model, "cpu")
@@ -92,6 +94,8 @@ def main() -> None:
             runs += [(f"{k}={v}", {k: v}) for k, vals in GRID.items() for v in vals]
         else:
             runs.append((name, variants[name]))
+    first = next(iter(data))
+    kept: dict[str, list] = {}  # variant → per-stack (atoms, H F1) of the first set, for --figure
     for name, change in runs:
         change = {**base, **change}
         original = {k: getattr(molecules, k) for k in change}
@@ -106,7 +110,10 @@ def main() -> None:
                 for i in idx:
                     atoms = Prediction(maps[i], px, origin, info, a.model).atoms(t, True)
                     xy, labels = atoms.positions[:, :2], atoms.arrays["label"]
-                    total.add(score_atoms(xy, labels, *truth[i], top=a.top))
+                    one = score_atoms(xy, labels, *truth[i], top=a.top)
+                    total.add(one)
+                    if a.figure and key == first:
+                        kept.setdefault(name, []).append((i, atoms, one.tp["H"], one.summary().get("H", {})))
                 s = total.summary()
                 groups = ("O", "Na", "K", "H") if reports_ions(info) else ("O", "H")
                 row[key] = {g: s[g]["f1"] for g in groups if g in s}
@@ -119,6 +126,47 @@ def main() -> None:
         head = {"variant": name, "constants": a.constants, "part": a.part, "top": a.top,
                 "degraded": a.degraded, "threshold": t}
         print(json.dumps({**head, **row}), flush=True)
+    if a.figure:
+        _figure(a.figure, root, first, data[first][3], kept, a.top)
+
+
+def _figure(path: str, root: str, key: str, truth, kept: dict, top: float) -> None:
+    """Closest frame of the stack where the first variant matches the most H more than the second, one
+    panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hydrafm.simulate.dataset import AFMDataset
+
+    (n0, r0), (n1, r1) = list(kept.items())[:2]
+    k = int(np.argmax([b[2] - c[2] for b, c in zip(r0, r1)]))  # the most H gained
+    i = r0[k][0]
+    ds = AFMDataset(f"{root}/{key}-heldout")
+    st = ds.settings
+    frame = ds[i].stack[0]
+    ext = [0, frame.shape[1] * st.pixel_size, 0, frame.shape[0] * st.pixel_size]
+    pos, lab = truth[i]
+    top_h = np.char.startswith(lab.astype(str), "H") & (pos[:, 2] >= pos[:, 2].max() - top)
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.4))
+    for ax, (name, rows) in zip(axes, ((n1, r1), (n0, r0))):
+        atoms, h = rows[k][1], rows[k][3]
+        ax.imshow(frame, cmap="gray", origin="lower", extent=ext)
+        ax.plot(pos[top_h, 0], pos[top_h, 1], "x", color="lime", ms=6, mew=1.2, label="true H (top 1.5 Å)")
+        al = np.asarray(atoms.arrays["label"]).astype(str)
+        for name_l, colour in (("O", "red"), ("H_up", "white"), ("H_flat", "yellow"), ("H_down", "cyan")):
+            p = atoms.positions[al == name_l]
+            ax.plot(p[:, 0], p[:, 1], "o", ms=6 if name_l == "O" else 3.5, color=colour, mec="k", mew=0.4,
+                    label=name_l)
+        ax.set_title(f"{name}: H F1 {h.get('f1', 0):.2f} (precision {h.get('precision', 0):.2f}, "
+                     f"recall {h.get('recall', 0):.2f})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].legend(fontsize=6, loc="lower left", framealpha=0.7)
+    fig.suptitle(f"{key} held-out stack {i} ({ds.draws()['group'][i]}), closest frame", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
