@@ -20,6 +20,7 @@
 # water, base 16) instead of from scratch; CHANNELS sets the width (default 16; must match INIT's).
 # LR sets the first learning rate of the cosine decay (default 1e-3; 3e-4 suits a start from INIT).
 # SIM_SHARE: the share of time spent simulating fresh stacks, the rest trains on replayed ones (default 0.5).
+# POOL_WEIGHTS: how often each of POOLS is drawn (e.g. 2,1,1 for hydrates,ice,water; default equally).
 # HEAD=cells trains the cell-grid head (docs/structure-network.md): from scratch, or with INIT a new cell head on
 # the checkpoint's encoder.
 # BENCH=0 skips step 1 (~2 minutes of device time): training then compiles the relaxation's steps, as
@@ -38,6 +39,7 @@ if [ "${SMALL:-0}" = 1 ]; then n=4; batch=2; crop=32; steps=2; val=4; chans=${CH
 init=()
 if [ -n "${INIT:-}" ]; then init=(--init-from "$INIT"); fi
 if [ -n "${HEAD:-}" ]; then init+=(--head "$HEAD"); fi
+if [ -n "${POOL_WEIGHTS:-}" ]; then init+=(--pool-weights "$POOL_WEIGHTS"); fi
 python - <<PY > "$out/device.json"
 import json, torch, platform
 print(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available(),
