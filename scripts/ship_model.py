@@ -110,7 +110,8 @@ def ship_compared(args) -> None:
     res = table[key]
     t = float(res["threshold"])
     flips, top, calib = bool(res.get("flips", False)), float(res.get("top", 3.0)), res.get("calibrated_on", "ice,water")
-    meta = ("threshold", "calibration", "flips", "top", "visible", "calibrated_on", "calibration_classes", "ions")
+    meta = ("threshold", "calibration", "flips", "top", "visible", "calibrated_on", "calibration_classes", "ions",
+            "transposed", "average_with")
     sets = {k: v for k, v in res.items() if k not in meta}
     result = {"name": args.name, "threshold": t, "flips": flips, "top": top, "visible": res.get("visible"),
               "scores": sets,
