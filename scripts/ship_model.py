@@ -110,9 +110,8 @@ def ship_compared(args) -> None:
     res = table[key]
     t = float(res["threshold"])
     flips, top, calib = bool(res.get("flips", False)), float(res.get("top", 3.0)), res.get("calibrated_on", "ice,water")
-    meta = ("threshold", "calibration", "flips", "top", "visible", "calibrated_on", "calibration_classes", "ions",
-            "transposed", "average_with")
-    sets = {k: v for k, v in res.items() if k not in meta}
+    # the scored sets are the entries holding scores; every other key is how they were measured
+    sets = {k: v for k, v in res.items() if isinstance(v, dict) and "all" in v}
     result = {"name": args.name, "threshold": t, "flips": flips, "top": top, "visible": res.get("visible"),
               "scores": sets,
               "calibration": res["calibration"],
