@@ -106,3 +106,32 @@ def test_train_on_the_fly_pool_weights(tmp_path, capsys, monkeypatch):
         assert main(["train", "--on-the-fly", "-o", out, "--pools", "hydrates,ice", "--pool-weights", bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert "--pool-weights" in err[-1]
+
+
+def test_a_time_budget_is_not_cut_short_by_the_default_epochs_or_patience(tmp_path, capsys, monkeypatch):
+    import hydrafm.training.onthefly as otf
+
+    seen = {}
+
+    def fake(out, cfg, *args, **kwargs):
+        seen["cfg"] = cfg
+        return out
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(otf, "train_on_the_fly", fake)
+    out = str(tmp_path / "m.pt")
+    assert main(["train", "--on-the-fly", "-o", out]) == 0
+    assert (seen["cfg"].epochs, seen["cfg"].patience) == (30, 6)
+    for budget in (["--minutes", "120"], ["--cpu-minutes", "120"]):
+        assert main(["train", "--on-the-fly", "-o", out, *budget]) == 0
+        assert seen["cfg"].epochs >= 10_000 and seen["cfg"].patience >= 10_000
+    assert main(["train", "--on-the-fly", "-o", out, "--minutes", "120", "--epochs", "5", "--patience", "2"]) == 0
+    assert (seen["cfg"].epochs, seen["cfg"].patience) == (5, 2)
+    assert main(["train", "--on-the-fly", "-o", out, "--epochs", "0"]) == 2
+    assert "--epochs" in capsys.readouterr().err
+
+
+def test_train_on_a_dataset_refuses_a_time_budget(tmp_path, capsys):
+    assert main(["train", str(tmp_path), "-o", str(tmp_path / "m.pt"), "--minutes", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--on-the-fly" in err and not (tmp_path / "m.pt").exists()

@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="on the fly: comma-separated pools to draw from (water, hydrates, ice, or .npz files)")
     tr.add_argument("--pool-weights",
                     help="on the fly: how often each pool is drawn, in --pools' order (default: equally)")
-    tr.add_argument("--minutes", type=float, help="stop cleanly after this many minutes (best checkpoint kept)")
+    tr.add_argument("--minutes", type=float,
+                    help="on the fly: stop cleanly after this many minutes (best checkpoint kept); with a time "
+                         "budget, --epochs and --patience default to no limit")
     tr.add_argument("--cpu-minutes", type=float,
                     help="on the fly: stop after this much CPU time of the process (equal-compute comparisons)")
     tr.add_argument("--steps-per-epoch", type=int, default=100, help="on the fly: batches per epoch")
@@ -127,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("-o", "--out", type=Path, required=True, help="checkpoint to write (best epoch)")
     tr.add_argument("--init-from", help="start from this model (name or file): fine-tuning / transfer")
-    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--epochs", type=int,
+                    help="epochs at most (default 30; on the fly with --minutes or --cpu-minutes: no limit)")
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--lr", type=float, default=3e-4)
     tr.add_argument("--lr-final", type=float,
@@ -151,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "a resumed run may change it")
     tr.add_argument("--label-depth", type=float,
                     help="targets only for atoms within this many Å of the structure's top (what a scan sees)")
-    tr.add_argument("--patience", type=int, default=6, help="epochs without improvement before stopping")
+    tr.add_argument("--patience", type=int,
+                    help="epochs without improvement before stopping (default 6; on the fly with --minutes or "
+                         "--cpu-minutes: none, the time budget ends the run)")
     tr.add_argument("--val-runs", default="4,13",
                     help="water datasets: MD runs held out for validation (default 4,13); 'shard' = last shards")
 
@@ -477,10 +482,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.dataset is None:
         raise ValueError("give a dataset folder (made by `hydrafm simulate`), or --on-the-fly")
+    if args.minutes is not None or args.cpu_minutes is not None:
+        raise ValueError("--minutes and --cpu-minutes work with --on-the-fly only; on a dataset give --epochs")
     ds = AFMDataset(args.dataset)
     init = model_path(args.init_from) if args.init_from else None
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
-                      device=args.device, label_depth=args.label_depth, patience=args.patience)
+    epochs, patience = _epoch_limits(args)
+    cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
+                      device=args.device, label_depth=args.label_depth, patience=patience)
     split = _split_water_runs(ds, args.val_runs) if args.val_runs != "shard" else None
     train_idx, val_idx = split if split is not None else (None, None)
     if split is not None:
@@ -491,6 +499,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     drive(gen, on_record=lambda rec: print(
         json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(rec).items()}), flush=True))
     return 0
+
+
+#: ``--epochs`` / ``--patience`` of a run that a time budget ends
+NO_EPOCH_LIMIT = 100_000
+
+
+def _epoch_limits(args: argparse.Namespace) -> tuple[int, int]:
+    """``(epochs, patience)``: as given; else 30 and 6, or no limit when a time budget ends the run.
+
+    A run given ``--minutes 120`` should train for two hours, not stop after the default 30 epochs or
+    the first 6 without a better validation loss (the best epoch is kept either way)."""
+    budget = getattr(args, "minutes", None) is not None or getattr(args, "cpu_minutes", None) is not None
+    epochs = args.epochs if args.epochs is not None else (NO_EPOCH_LIMIT if budget else 30)
+    patience = args.patience if args.patience is not None else (NO_EPOCH_LIMIT if budget else 6)
+    for name, v in (("--epochs", epochs), ("--patience", patience)):
+        if v < 1:
+            raise ValueError(f"{name} must be 1 or more, not {v}")
+    return epochs, patience
 
 
 def _train_on_the_fly(args: argparse.Namespace) -> int:
@@ -509,11 +535,12 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
         if len(weights) != len(pools) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"--pool-weights needs one weight (≥ 0, not all 0) per pool of --pools "
                              f"{','.join(pools)}, got {args.pool_weights!r}")
+    epochs, patience = _epoch_limits(args)
     cfg = OnTheFlyConfig(pools=pools, pool_weights=weights,
                          batch_size=args.batch_size, crop=args.crop or 64, steps_per_epoch=args.steps_per_epoch,
-                         epochs=args.epochs, minutes=args.minutes, cpu_minutes=args.cpu_minutes,
+                         epochs=epochs, minutes=args.minutes, cpu_minutes=args.cpu_minutes,
                          val_size=args.val_size, lr=args.lr, lr_final=args.lr_final,
-                         patience=args.patience, seed=args.seed, sim_share=args.sim_share, buffer=args.buffer,
+                         patience=patience, seed=args.seed, sim_share=args.sim_share, buffer=args.buffer,
                          label_depth=args.label_depth if args.label_depth is not None else 2.0)
     if args.noise is not None:
         if args.noise < 0:
