@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--flips", action="store_true", help="average over the four mirror images (default: as the model recommends)")
     ap.add_argument("--encoder", default="3d", choices=["3d", "2d"], help="untrained networks: encoder")
     ap.add_argument("--head", default="maps", choices=["maps", "cells"], help="untrained networks: head")
+    ap.add_argument("--denoise", nargs="?", const=True, default=None, metavar="FILE",
+                    help="run the shipped denoiser (or FILE) first (default: as the model's card says)")
     args = ap.parse_args()
     flips = args.flips or None  # None: as the model records
     torch.set_num_threads(args.threads)
@@ -46,15 +48,16 @@ def main() -> None:
             cfg = UNetConfig(base_channels=b, encoder=args.encoder, head=args.head)
             models.append((f"base {b}", (StructureUNet(cfg).eval(), ModelInfo(config=cfg))))
     print(f"stack {stack.shape}, torch {torch.__version__}, {args.threads} threads"
-          + (", four mirror images" if args.flips else ""))
+          + (", four mirror images" if args.flips else "") + (", denoised first" if args.denoise else ""))
     for name, model in models:
         n_par = sum(p.numel() for p in model[0].parameters())
         for molecules in (True, False):
-            atoms = predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips)
+            atoms = predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips,
+                                  denoise=args.denoise)
             times, cpu_times = [], []
             for _ in range(10):
                 t, c = time.perf_counter(), time.process_time()
-                predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips)
+                predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips, denoise=args.denoise)
                 times.append(time.perf_counter() - t)
                 cpu_times.append(time.process_time() - c)
             what = f"{(atoms.arrays['label'] == 'O').sum():3d} waters" if molecules else "loose atoms"

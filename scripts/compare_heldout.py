@@ -39,6 +39,8 @@ ap.add_argument("--transposed", action="store_true",
                 help="also run every view transposed (with --flips: the 8 symmetries of the square)")
 ap.add_argument("--average-with", metavar="CKPT",
                 help="average each model's maps with this checkpoint's (a two-network ensemble)")
+ap.add_argument("--denoise", metavar="FILE",
+                help="take the noise off every stack with this denoiser first (hydrafm.models.denoise)")
 args = ap.parse_args()
 
 
@@ -76,6 +78,8 @@ for m in models:
         net = (Views([net[0], *others], args.transposed), net[1])
     if args.no_ions:
         net[1].provenance["ions"] = False
+    if args.denoise:
+        net[1].provenance["denoise"] = args.denoise
     tot = {t: None for t in ths}
     for k in args.calibrate.split(","):
         ds = sets[k]; half = np.arange(len(ds) // 2)
@@ -84,7 +88,8 @@ for m in models:
             tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
     t = best_threshold(tot, tuple(args.classes.split(",")))
     out[m] = {"threshold": t, "flips": bool(args.flips), "transposed": args.transposed,
-              "average_with": args.average_with, "ions": not args.no_ions, "top": args.top, "visible": vis,
+              "average_with": args.average_with, "denoise": args.denoise, "ions": not args.no_ions,
+              "top": args.top, "visible": vis,
               "calibrated_on": args.calibrate, "calibration_classes": args.classes,
               "calibration": {str(k): v.summary() for k, v in tot.items()}}
     for k in args.score.split(",") + whole:

@@ -35,11 +35,12 @@ import numpy as np
 DEFAULT = Path(__file__).resolve().parents[2] / "shared/testdata/jiang_lab_water_Au111/L1_20_L2_1Ying_Jiang_1.npz"
 
 
-def score(stack, model: str, threshold: float | None = None, flips: bool | None = None) -> tuple[dict, object]:
+def score(stack, model: str, threshold: float | None = None, flips: bool | None = None,
+          denoise=None) -> tuple[dict, object]:
     from hydrafm.predict.predictor import iter_predict_maps
     from hydrafm.progress import drive
 
-    pred = drive(iter_predict_maps(stack, model, "cpu", flips=flips), show=False)
+    pred = drive(iter_predict_maps(stack, model, "cpu", flips=flips, denoise=denoise), show=False)
     mol = pred.atoms(threshold)
     loose = pred.atoms(threshold, molecules=False)
     lab, ids = mol.arrays["label"], mol.arrays["mol"]
@@ -100,6 +101,9 @@ def main() -> None:
                     "give the calibrated one when checking a checkpoint before it is shipped)")
     ap.add_argument("--variants", action="store_true", help="also check six versions of the stack (frames "
                     "0-9, 1-10, 2-11 × whole field / central 75 %%) and count those that pass")
+    ap.add_argument("--denoise", nargs="?", const=True, default=None, metavar="FILE",
+                    help="denoise first with the shipped denoiser (or FILE); --no-denoise: never")
+    ap.add_argument("--no-denoise", dest="denoise", action="store_const", const=False)
     args = ap.parse_args()
     from hydrafm.io import load_stack
 
@@ -108,11 +112,12 @@ def main() -> None:
     stack = load_stack(args.stack)
     rows, mols = [], []
     for m in args.models:
-        row, mol = score(stack, m, args.threshold, True if args.flips else None)
+        row, mol = score(stack, m, args.threshold, True if args.flips else None, args.denoise)
+        row["denoise"] = args.denoise
         if args.variants:
             row["variants"] = []
             for name, st in variants(stack):
-                v, _ = score(st, m, args.threshold, True if args.flips else None)
+                v, _ = score(st, m, args.threshold, True if args.flips else None, args.denoise)
                 row["variants"].append({"stack": name, "n_O": v["n_O"], "median_OO_nn": v["median_OO_nn"],
                                         "n_ions": v["n_ions"], "passes": passes(v)})
             row["variants_passing"] = sum(v["passes"] for v in row["variants"])

@@ -287,3 +287,28 @@ def test_whole_loop_on_a_real_water_scan(make_napari_viewer, user_data, tiny_mod
     layer.add([0.0, 16.0, 16.0])
     out = w.export(tmp_path / "real.xyz")
     assert len(read_xyz(out)) == len(layer.data)
+
+
+def test_denoise_first_runs_the_shipped_denoiser(widget, tiny_model, qtbot, tmp_path, monkeypatch):
+    import hydrafm.predict.predictor as predictor
+    from hydrafm.models.denoise import Denoiser, DenoiserInfo, save_denoiser
+
+    den = save_denoiser(tmp_path / "denoise.pt", Denoiser(DenoiserInfo(base_channels=4, levels=2)))
+    monkeypatch.setattr(predictor, "shipped_denoiser_path", lambda: den)
+    calls = []
+    real = predictor.denoise_normalized
+    monkeypatch.setattr(predictor, "denoise_normalized", lambda x, d: calls.append(x.shape) or real(x, d))
+    widget.model_file.value = tiny_model
+    widget.predict()
+    _wait(qtbot, widget)
+    assert calls == []  # off by default (the tiny model's card does not ask for it)
+    widget.denoise.value = True
+    widget.predict()
+    _wait(qtbot, widget)
+    assert len(calls) == 1
+    assert sum(layer._type_string == "points" for layer in widget._viewer.layers) == 2
+    monkeypatch.setattr(predictor, "shipped_denoiser_path", lambda: tmp_path / "missing.pt")
+    predictor._DENOISERS.clear()
+    widget.predict()
+    _wait(qtbot, widget)
+    assert "missing.pt" in widget.info.value and widget.predict_button.text == "Predict"

@@ -160,6 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-runs", default="4,13",
                     help="water datasets: MD runs held out for validation (default 4,13); 'shard' = last shards")
 
+    dn = sub.add_parser("train-denoiser", help="train the denoiser (experiment-like noise off a stack, before the "
+                                                "structure network) on clean datasets of `hydrafm simulate`")
+    dn.add_argument("datasets", nargs="+", type=Path, help="dataset folders of clean simulated stacks")
+    dn.add_argument("-o", "--out", type=Path, required=True, help="denoiser checkpoint to write")
+    dn.add_argument("--cpu-minutes", type=float, default=30.0, help="CPU time to train for")
+    dn.add_argument("--max-steps", type=int, help="stop after this many steps")
+    dn.add_argument("--batch-size", type=int, default=16)
+    dn.add_argument("--crop", type=int, default=64)
+    dn.add_argument("--lr", type=float, default=1e-3)
+    dn.add_argument("--amplitude", type=float, default=0.06,
+                    help="largest noise of each kind, in units of the frame's Δf range")
+    dn.add_argument("--threads", type=int, help="CPU threads for torch")
+    dn.add_argument("--seed", type=int, default=0)
+    dn.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+
     pr = sub.add_parser("predict", help="atoms from stacks → extended XYZ")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="one stack each: a file, or a folder holding one")
     pr.add_argument("-o", "--out", type=Path, required=True,
@@ -171,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                     help="average over the four mirror images (more accurate, ~4× the network time; "
                          "default: as the model recommends)")
+    _add_denoise_options(pr)
     pr.add_argument("--overwrite", action="store_true", help="replace existing .xyz files")
     pr.add_argument("--loose-atoms", action="store_true",
                     help="write the peaks as they are instead of whole molecules (H2O with two H, ion shells)")
@@ -209,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                     help="average over the four mirror images (default: as the model recommends)")
     ev.add_argument("--loose-atoms", action="store_true", help="score the peaks as they are, not whole molecules")
+    _add_denoise_options(ev)
     ev.add_argument("--by-group", action="store_true",
                     help="also report per structure family and per closest-distance regime")
     ev.add_argument("--degrade", action="store_true",
@@ -556,6 +573,33 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_denoise_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--denoise", nargs="?", const=True, default=None, metavar="FILE",
+                   help="take experiment-like noise off each stack first with the shipped denoiser (or FILE); "
+                        "default: as the model's card says")
+    p.add_argument("--no-denoise", dest="denoise", action="store_const", const=False,
+                   help="never denoise, whatever the model's card says")
+
+
+def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    """Train the denoiser; one JSON line per report, then the checkpoint's path."""
+    import torch
+
+    from .progress import drive
+    from .training.denoise import DenoiseConfig, train_denoiser
+
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"{args.out}: exists; give --overwrite to replace it")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = DenoiseConfig(minutes=args.cpu_minutes, max_steps=args.max_steps, batch_size=args.batch_size,
+                        crop=args.crop, lr=args.lr, amplitude=args.amplitude, seed=args.seed)
+    out = drive(train_denoiser(args.datasets, args.out, cfg), show=False,
+                on_record=lambda rec: print(json.dumps(vars(rec)), flush=True))
+    print(json.dumps({"denoiser": str(out)}), flush=True)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict atoms for each PATH and write extended XYZ."""
     from .io.xyz import write_xyz
@@ -571,7 +615,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         stack = load_stack(path, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
                            heights=args.heights, z_order=args.z_order)
         atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips,
-                              molecules=not args.loose_atoms)
+                              molecules=not args.loose_atoms, denoise=args.denoise)
         atoms.info["model"] = str(args.model)
         target = args.out / f"{Path(path).stem}.xyz" if several else args.out
         write_xyz(atoms, target, overwrite=args.overwrite)
@@ -632,6 +676,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = AFMDataset(args.dataset)
     device = pick_device(args.device)
     model = resolve_model(args.model, device)
+    if args.denoise is not None:  # the loaded model's own copy of its card
+        model[1].provenance["denoise"] = args.denoise
     indices = np.arange(len(ds))
     if args.val_runs:
         split = _split_water_runs(ds, args.val_runs)
@@ -713,7 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "view": cmd_view, "pool": cmd_pool, "simulate": cmd_simulate,
-                "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+                "train": cmd_train, "train-denoiser": cmd_train_denoiser, "predict": cmd_predict,
+                "evaluate": cmd_evaluate, "finetune": cmd_finetune,
                 "hydrate": cmd_hydrate, "watch": cmd_watch, "refine": cmd_refine}
     try:
         with warnings.catch_warnings():

@@ -3,7 +3,8 @@
 1. Choose the model's number of heights from the stack: the closest frames at the
    model's height step when heights are known, the first frames otherwise.
 2. Resample every frame to the model's pixel size from the scan's physical size.
-3. Normalise the whole stack, run the network on overlapping tiles (fully
+3. Normalise the whole stack (and, when asked or the model's card says so, take experiment-like
+   noise off it with the denoiser, :mod:`hydrafm.models.denoise`), run the network on overlapping tiles (fully
    convolutional; tiles of ``tile`` px with ``overlap`` px, blended with a smooth
    window) so scans of any size fit in memory, and merge the tiles' maps.
 4. Peaks → atoms (:func:`~hydrafm.predict.atoms.maps_to_atoms`), in the input's
@@ -22,6 +23,7 @@ import torch
 from ase import Atoms
 
 from ..models.checkpoint import ModelInfo, load_checkpoint
+from ..models.denoise import Denoiser, denoise_normalized, load_denoiser, shipped_denoiser_path
 from ..models.registry import SHIPPED_MODELS, model_path
 from ..models.preprocess import normalize_stack
 from ..models.unet import StructureUNet
@@ -31,7 +33,7 @@ from .atoms import maps_to_atoms
 from .molecules import maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
-           "default_flips", "reports_ions",
+           "default_flips", "default_denoise", "resolve_denoiser", "reports_ions",
            "select_heights", "SHIPPED_MODELS", "default_threshold"]
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
@@ -124,6 +126,37 @@ def default_flips(info: ModelInfo) -> bool:
     return bool(info.provenance.get("flips", False))
 
 
+def default_denoise(info: ModelInfo) -> bool | str:
+    """Whether the model's card recommends the shipped denoiser before it (recorded as ``denoise``:
+    ``True``, or the path of another denoiser file)."""
+    value = info.provenance.get("denoise", False)
+    return value if isinstance(value, str) else bool(value)
+
+
+_DENOISERS: dict[tuple[str, str], Denoiser] = {}
+
+
+def resolve_denoiser(denoise: bool | str | Path | Denoiser | None, info: ModelInfo,
+                     device: str | torch.device = "cpu") -> Denoiser | None:
+    """The denoiser to use: ``None`` → as the model's card says (:func:`default_denoise`); ``False`` →
+    none; ``True`` → the shipped one; a path → that file; or a loaded :class:`Denoiser`."""
+    if denoise is None:
+        denoise = default_denoise(info)
+    if denoise is False:
+        return None
+    if isinstance(denoise, Denoiser):
+        return denoise.to(device).eval()
+    path = shipped_denoiser_path() if denoise is True else Path(denoise)
+    key = (str(path.resolve()), str(device))
+    if key not in _DENOISERS:
+        _DENOISERS[key] = load_denoiser(path, map_location=device)
+    den = _DENOISERS[key]
+    if den.info.n_heights != info.config.n_heights:
+        raise ValueError(f"{path}: the denoiser takes {den.info.n_heights} heights, the model "
+                         f"{info.config.n_heights}")
+    return den
+
+
 def predict_maps(
     stack: AFMStack,
     model: str | Path | tuple[StructureUNet, ModelInfo] = "water",
@@ -131,9 +164,10 @@ def predict_maps(
     tile: int = 128,
     overlap: int = 32,
     flips: bool | None = None,
+    denoise: bool | str | Path | Denoiser | None = None,
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], ModelInfo]:
     """Label maps (0–1) for a whole scan: ``(maps, pixel size, origin, info)`` of the maps' grid."""
-    p = drive(iter_predict_maps(stack, model, device, tile, overlap, flips), show=False)
+    p = drive(iter_predict_maps(stack, model, device, tile, overlap, flips, denoise), show=False)
     return p.maps, p.pixel_size, p.origin, p.info
 
 
@@ -144,13 +178,15 @@ def iter_predict_maps(
     tile: int = 128,
     overlap: int = 32,
     flips: bool | None = None,
+    denoise: bool | str | Path | Denoiser | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """:func:`predict_maps` as a generator: yields :class:`Progress` per tile, returns a :class:`Prediction`.
 
     ``flips`` averages the maps over the four mirror images of each tile (test-time
     augmentation: about 4× the network time); ``None`` does what the model recommends
-    (:func:`default_flips`). Closing the generator between tiles
-    cancels the prediction.
+    (:func:`default_flips`). ``denoise`` takes experiment-like noise off the normalised stack
+    first (:func:`resolve_denoiser`; ``None``: as the model's card says). Closing the generator
+    between tiles cancels the prediction.
     """
     name = "in-memory" if isinstance(model, tuple) else str(model)
     yield Progress("loading model", 0, 1)
@@ -162,6 +198,10 @@ def iter_predict_maps(
     y0 = stack.origin[0] - stack.pixel_size[0] / 2 + px[0] / 2
     x0 = stack.origin[1] - stack.pixel_size[1] / 2 + px[1] / 2
     x = normalize_stack(frames, info.normalization)
+    den = resolve_denoiser(denoise, info, device)
+    if den is not None:
+        yield Progress("denoising", 0, 1)
+        x = denoise_normalized(x, den)
     mult = 2**info.config.levels
     z, h, w = x.shape
     tile = max(mult, tile - tile % mult)
@@ -200,9 +240,11 @@ def predict_atoms(
     threshold: float | None = None,
     flips: bool | None = None,
     molecules: bool = True,
+    denoise: bool | str | Path | Denoiser | None = None,
 ) -> Atoms:
     """Whole molecules of a stack (``label``, ``confidence``, ``mol``, ``shell``), Å in the stack's frame.
 
     ``molecules=False`` returns the loose atoms (``label``, ``confidence``) instead.
     """
-    return drive(iter_predict_maps(stack, model, device, flips=flips), show=False).atoms(threshold, molecules)
+    return drive(iter_predict_maps(stack, model, device, flips=flips, denoise=denoise),
+                 show=False).atoms(threshold, molecules)

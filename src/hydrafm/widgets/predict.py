@@ -44,14 +44,16 @@ _WARM = False  # the points renderer has been warmed up in this process
 NO_MODEL = "(no model: choose a file)"
 
 
-def _predict_job(stack: Any, model: Any, device: Any, threshold: float, stack_name: str, units: tuple | None):
+def _predict_job(stack: Any, model: Any, device: Any, threshold: float, stack_name: str, units: tuple | None,
+                 denoise: bool | None = None):
     """Worker body: the maps tile by tile (progress, cancel), the atoms and their (hidden) Points layer.
 
     Everything but inserting the layer into the viewer happens here, off the main thread.
+    ``denoise``: True runs the shipped denoiser first; None does what the model's card says.
     """
     from ..predict.predictor import iter_predict_maps
 
-    pred = yield from iter_predict_maps(stack, model, device)
+    pred = yield from iter_predict_maps(stack, model, device, denoise=denoise)
     atoms = pred.atoms(threshold)
     return pred, atoms, _result_layer(pred, atoms, threshold, stack_name, units)
 
@@ -115,6 +117,10 @@ class PredictWidget(Container):
         self.threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.01, value=0.5,
                                      tooltip="Minimum confidence; re-filters the latest result without re-running")
         self.show_maps = CheckBox(text="Add label maps", value=False)
+        self.denoise = CheckBox(
+            text="Denoise first", value=False,
+            tooltip="Take experiment-like noise (white, 1/f, planes, line jumps) off the stack with the shipped "
+                    "denoiser before predicting; a stack that looks clean is left alone (docs/predict.md)")
         self.predict_button = PushButton(text="Predict")
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self.new_label = ComboBox(label="Atom label", choices=list(LABELS), value="O",
@@ -141,7 +147,7 @@ class PredictWidget(Container):
         self.export_button = PushButton(text="Export .xyz")
         self.info = Label(value="")
         self.extend([self.stack, self.model, self.model_file, self.device, self.threshold, self.show_maps,
-                     self.predict_button, self.progress, self.new_label, self.relabel_button,
+                     self.denoise, self.predict_button, self.progress, self.new_label, self.relabel_button,
                      self.select_molecules,
                      self.engine, self.verify_button, self.refine_button, self.hbond_turns, self.undo_refine_button,
                      self.export_path, self.export_button, self.info])
@@ -268,7 +274,7 @@ class PredictWidget(Container):
         device = self._usable_device()
         self._busy(True, "Predicting…", "Cancel")
         self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value, layer.name,
-                                     _units_of(layer), _ignore_errors=True)
+                                     _units_of(layer), True if self.denoise.value else None, _ignore_errors=True)
         self._worker.yielded.connect(self._on_progress)
         self._worker.returned.connect(lambda res, layer=layer: self._on_prediction(*res, layer))
         self._worker.errored.connect(self._fail)
