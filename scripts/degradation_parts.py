@@ -2,6 +2,8 @@
 
     python scripts/degradation_parts.py parts [MODEL]
     python scripts/degradation_parts.py prefilter [MODEL] [--blur 1,1.5] [--highpass 15,30] [--zpoly 2,3]
+    python scripts/degradation_parts.py denoise [MODEL] [--denoiser FILE] [--halves first|second|all]
+                                                [--sets ice,water]
 
 Both score the calibration (first) halves of the held-out ice-like and MD-water sets (made as
 ``scripts/compare_heldout.py`` says; ``HYDRAFM_EVAL`` points at them), atoms in the top 1.5 Å,
@@ -14,6 +16,9 @@ its parts alone (drift, white, pink = 1/f, plane, jump) with the same random dra
 (the frame minus its Gaussian blur of σ px), or a fit across heights (each pixel's Δf over the
 frames replaced by its least-squares polynomial of degree d in the frame index: the frames' noise
 is independent, the signal smooth in height), applied to the frames before the network.
+``denoise``: clean and degraded without and with the denoiser (``hydrafm.models.denoise``; the
+shipped one unless ``--denoiser``), as Predict runs it; ``--halves``/``--sets`` choose the stacks
+(e.g. ``--halves all --sets ice4,water4``).
 """
 
 from __future__ import annotations
@@ -25,20 +30,21 @@ import os
 import numpy as np
 
 
-def _score(model, degrade, prefilter=None) -> dict:
+def _score(model, degrade, prefilter=None, sets=("ice", "water"), halves="first") -> dict:
     from hydrafm.predict.evaluate import evaluate_groups
     from hydrafm.progress import drive
     from hydrafm.simulate.dataset import AFMDataset
 
     root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
     row = {}
-    for k in ("ice", "water"):
+    for k in sets:
         ds = AFMDataset(f"{root}/{k}-heldout")
-        half = np.arange(len(ds) // 2)
-        g = drive(evaluate_groups(ds, model, half, None, top=1.5, degrade=degrade, visible=3.0,
+        n = len(ds)
+        idx = {"first": np.arange(n // 2), "second": np.arange(n // 2, n), "all": np.arange(n)}[halves]
+        g = drive(evaluate_groups(ds, model, idx, None, top=1.5, degrade=degrade, visible=3.0,
                                   prefilter=prefilter), show=False).summary()
         row[k] = [round(g["all"]["O"]["f1"], 4), round(g["all"]["H"]["f1"], 4)]
-    row["mean"] = round(float(np.mean([v for k in ("ice", "water") for v in row[k]])), 4)
+    row["mean"] = round(float(np.mean([v for k in sets for v in row[k]])), 4)
     return row
 
 
@@ -50,14 +56,25 @@ def main() -> None:
     from hydrafm.predict.predictor import resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["parts", "prefilter"])
+    ap.add_argument("mode", choices=["parts", "prefilter", "denoise"])
     ap.add_argument("model", nargs="?", default="water")
     ap.add_argument("--blur", default="1,1.5", help="σ (px) of the Gaussian blurs to try")
     ap.add_argument("--highpass", default="15,30", help="σ (px) of the high-passes to try")
     ap.add_argument("--zpoly", default="", help="degrees of the fits across heights to try")
+    ap.add_argument("--denoiser", help="denoise: this denoiser file (default: the shipped one)")
+    ap.add_argument("--halves", default="first", choices=["first", "second", "all"])
+    ap.add_argument("--sets", default="ice,water")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model = resolve_model(a.model, "cpu")
+    if a.mode == "denoise":
+        sets = tuple(a.sets.split(","))
+        for den in (False, a.denoiser or True):
+            model[1].provenance["denoise"] = den
+            clean, degraded = (_score(model, d, None, sets, a.halves) for d in (False, True))
+            print(json.dumps({"denoise": den, "halves": a.halves, "clean": clean, "degraded": degraded}),
+                  flush=True)
+        return
     if a.mode == "parts":
         for name, deg in [("clean", False), ("whole protocol", True)] + [(p, (p,)) for p in DEGRADATION_PARTS]:
             print(json.dumps({"degradation": name, **_score(model, deg)}), flush=True)

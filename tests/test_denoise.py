@@ -110,3 +110,21 @@ def test_cli_train_denoiser_refuses_to_overwrite(tmp_path, capsys):
     assert main(["train-denoiser", str(tmp_path), "-o", str(tmp_path / "d.pt"), "--max-steps", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "d.pt").read_bytes() == b"keep me"
+
+
+def test_the_shipped_denoiser_leaves_the_clean_sample_alone_and_takes_on_a_noisy_one():
+    from hydrafm._sample_data import sample_path
+    from hydrafm.io import load_stack
+    from hydrafm.models.denoise import shipped_denoiser_path
+    from hydrafm.predict.evaluate import degrade_like_experiment
+
+    stack = load_stack(sample_path())
+    den = load_denoiser(shipped_denoiser_path())
+    clean = normalize_stack(stack.data)
+    out, w = denoise_normalized(clean, den, with_strength=True)
+    assert w == 0.0 and np.allclose(out, clean, atol=1e-5)
+    noisy = normalize_stack(degrade_like_experiment(stack.data, np.random.default_rng(0), stack.pixel_size[0]))
+    out, w = denoise_normalized(noisy, den, with_strength=True)
+    assert w == 1.0
+    # closer to the clean stack than the noisy input was
+    assert np.mean((out - clean) ** 2) < 0.6 * np.mean((noisy - clean) ** 2)
