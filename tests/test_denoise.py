@@ -100,6 +100,9 @@ def test_predict_uses_the_denoiser_when_asked_or_when_the_card_says_so(tmp_path)
     assert "denoising" in stages
     assert np.allclose(predict_maps(stack, (net, info))[0], with_den, atol=1e-5)
     assert np.allclose(predict_maps(stack, (net, info), denoise=False)[0], plain)
+    atoms = drive(iter_predict_maps(stack, (net, info)), show=False).atoms(0.05)
+    assert atoms.info["denoised"] == 1.0  # recorded with the atoms (and so in the .xyz)
+    assert "denoised" not in drive(iter_predict_maps(stack, (net, info), denoise=False), show=False).atoms(0.05).info
     assert resolve_denoiser(False, info) is None
     with pytest.raises(CheckpointError, match="nothing.pt"):
         resolve_denoiser(tmp_path / "nothing.pt", info)

@@ -297,7 +297,7 @@ def test_denoise_first_runs_the_shipped_denoiser(widget, tiny_model, qtbot, tmp_
     monkeypatch.setattr(predictor, "shipped_denoiser_path", lambda: den)
     calls = []
     real = predictor.denoise_normalized
-    monkeypatch.setattr(predictor, "denoise_normalized", lambda x, d: calls.append(x.shape) or real(x, d))
+    monkeypatch.setattr(predictor, "denoise_normalized", lambda x, d, **kw: calls.append(x.shape) or real(x, d, **kw))
     widget.model_file.value = tiny_model
     widget.predict()
     _wait(qtbot, widget)

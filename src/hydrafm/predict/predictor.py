@@ -85,6 +85,7 @@ class Prediction:
     origin: tuple[float, float]  # Å (y, x) of the maps' first pixel centre, in the stack's frame
     info: ModelInfo
     model: str = "in-memory"
+    denoised: float | None = None  # the denoiser's strength (0: left alone … 1: in full); None: not run
 
     def atoms(self, threshold: float | None = None, molecules: bool = True) -> Atoms:
         """Peaks above ``threshold`` as whole molecules (or loose atoms), Å in the stack's frame.
@@ -105,6 +106,8 @@ class Prediction:
         atoms = to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
+        if self.denoised is not None:
+            atoms.info["denoised"] = round(float(self.denoised), 3)
         return atoms
 
 
@@ -198,10 +201,10 @@ def iter_predict_maps(
     y0 = stack.origin[0] - stack.pixel_size[0] / 2 + px[0] / 2
     x0 = stack.origin[1] - stack.pixel_size[1] / 2 + px[1] / 2
     x = normalize_stack(frames, info.normalization)
-    den = resolve_denoiser(denoise, info, device)
+    den, strength = resolve_denoiser(denoise, info, device), None
     if den is not None:
         yield Progress("denoising", 0, 1)
-        x = denoise_normalized(x, den)
+        x, strength = denoise_normalized(x, den, with_strength=True)
     mult = 2**info.config.levels
     z, h, w = x.shape
     tile = max(mult, tile - tile % mult)
@@ -230,7 +233,7 @@ def iter_predict_maps(
         wsum[r : r + th, c : c + tw] += win
         yield Progress("predicting", k + 1, len(tiles))
     maps = (acc / wsum)[:, :h, :w]
-    return Prediction(maps, px, (y0, x0), info, name)
+    return Prediction(maps, px, (y0, x0), info, name, strength)
 
 
 def predict_atoms(
