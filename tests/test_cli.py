@@ -88,7 +88,9 @@ def test_train_on_the_fly_refuses_negative_noise(tmp_path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_train_on_the_fly_pool_weights(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def otf_config(monkeypatch):
+    """The OnTheFlyConfig `hydrafm train --on-the-fly` builds (``seen["cfg"]``), without training."""
     import hydrafm.training.onthefly as otf
 
     seen = {}
@@ -99,6 +101,11 @@ def test_train_on_the_fly_pool_weights(tmp_path, capsys, monkeypatch):
         yield  # a generator, as the real one
 
     monkeypatch.setattr(otf, "train_on_the_fly", fake)
+    return seen
+
+
+def test_train_on_the_fly_pool_weights(tmp_path, capsys, otf_config):
+    seen = otf_config
     out = str(tmp_path / "m.pt")
     assert main(["train", "--on-the-fly", "-o", out, "--pools", "hydrates,ice", "--pool-weights", "3,1"]) == 0
     assert seen["cfg"].pools == ("hydrates", "ice") and seen["cfg"].pool_weights == (3.0, 1.0)
@@ -108,17 +115,8 @@ def test_train_on_the_fly_pool_weights(tmp_path, capsys, monkeypatch):
         assert "--pool-weights" in err[-1]
 
 
-def test_a_time_budget_is_not_cut_short_by_the_default_epochs_or_patience(tmp_path, capsys, monkeypatch):
-    import hydrafm.training.onthefly as otf
-
-    seen = {}
-
-    def fake(out, cfg, *args, **kwargs):
-        seen["cfg"] = cfg
-        return out
-        yield  # a generator, as the real one
-
-    monkeypatch.setattr(otf, "train_on_the_fly", fake)
+def test_a_time_budget_is_not_cut_short_by_the_default_epochs_or_patience(tmp_path, capsys, otf_config):
+    seen = otf_config
     out = str(tmp_path / "m.pt")
     assert main(["train", "--on-the-fly", "-o", out]) == 0
     assert (seen["cfg"].epochs, seen["cfg"].patience) == (30, 6)
