@@ -139,7 +139,12 @@ def test_torchrun_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp.pt"
     env = dict(os.environ, HYDRAFM_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
                HYDRAFM_DIST_BACKEND="gloo")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    import socket
+
+    with socket.socket() as sock:  # a free port: two test runs on one machine must not collide
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "hydrafm.cli", "train", "--on-the-fly", "-o", str(out), "--epochs", "1",
            "--steps-per-epoch", "2", "--batch-size", "2", "--crop", "16", "--val-size", "2",
            "--base-channels", "4", "--device", "cpu", "--threads", "1"]
