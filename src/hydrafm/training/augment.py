@@ -77,6 +77,21 @@ def shift_frames(x: torch.Tensor, shift: np.ndarray, gather: bool | None = None)
     return x[bi, zi, rows[..., :, None], cols[..., None, :]]
 
 
+def one_over_k(white: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """White noise ``(..., H, W)`` filtered to an amplitude spectrum ∝ 1/k^alpha (``alpha`` a number, or
+    one per leading index, broadcast), scaled to unit standard deviation per frame."""
+    H, W = white.shape[-2:]
+    k = torch.sqrt(torch.fft.fftfreq(H, device=white.device)[:, None] ** 2
+                   + torch.fft.rfftfreq(W, device=white.device)[None, :] ** 2)
+    k[0, 0] = 1.0
+    if isinstance(alpha, torch.Tensor):
+        k = k ** alpha.reshape(alpha.shape + (1,) * (white.dim() - alpha.dim()))
+    elif alpha != 1.0:
+        k = k**alpha
+    out = torch.fft.irfft2(torch.fft.rfft2(white) / k, s=(H, W))
+    return out / out.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
+
+
 def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: Degradations):
     """Random rotation/flip (stack and maps) and experiment-like degradations (stack only)."""
     B, Z, H, W = x.shape
@@ -111,14 +126,7 @@ def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: De
     plane = (nrm(B, Z, 1, 1) * yy + nrm(B, Z, 1, 1) * xx) * d.plane * u(B, 1, 1, 1)
     noise = nrm(B, Z, H, W) * d.white * u(B, 1, 1, 1)
     if d.pink > 0:
-        f = torch.fft.rfft2(nrm(B, Z, H, W))
-        ky = torch.fft.fftfreq(H, device=dev)[:, None]
-        kx = torch.fft.rfftfreq(W, device=dev)[None, :]
-        kk = torch.sqrt(ky**2 + kx**2)
-        kk[0, 0] = 1.0
-        pink = torch.fft.irfft2(f / kk, s=(H, W))
-        pink = pink / pink.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
-        noise = noise + pink * d.pink * u(B, 1, 1, 1)
+        noise = noise + one_over_k(nrm(B, Z, H, W)) * d.pink * u(B, 1, 1, 1)
     lines = nrm(B, Z, H, 1) * d.scan_lines * u(B, 1, 1, 1)
     jumps = torch.zeros_like(x)
     for b in range(B):

@@ -22,6 +22,7 @@ import torch
 
 from ..models.denoise import Denoiser, DenoiserInfo, save_denoiser
 from ..models.preprocess import normalize_stack_torch
+from .augment import one_over_k
 from ..progress import Progress
 from ..simulate.dataset import AFMDataset
 
@@ -81,11 +82,7 @@ def experiment_noise(x: torch.Tensor, g: torch.Generator, amplitude: float = 0.0
             if dy or dx:
                 out[b, i] = torch.roll(x[b, i], (dy, dx), (0, 1))
     alpha = 0.5 + u(B)
-    spec = torch.fft.rfft2(torch.randn(B, Z, H, W, generator=g))
-    k = torch.sqrt(torch.fft.fftfreq(H)[:, None] ** 2 + torch.fft.rfftfreq(W)[None, :] ** 2)
-    k[0, 0] = 1.0
-    pink = torch.fft.irfft2(spec / k[None, None] ** alpha[:, None, None, None], s=(H, W))
-    pink = pink / pink.std(dim=(-2, -1), keepdim=True).clamp(min=1e-9)
+    pink = one_over_k(torch.randn(B, Z, H, W, generator=g), alpha)
     noise = torch.randn(B, Z, H, W, generator=g) * (amplitude * u(B, 1, 1, 1))
     noise = noise + pink * (amplitude * u(B, 1, 1, 1))
     yy, xx = torch.linspace(0, 1, H)[:, None], torch.linspace(0, 1, W)[None, :]
