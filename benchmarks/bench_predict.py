@@ -36,7 +36,10 @@ def main() -> None:
     ap.add_argument("--head", default="maps", choices=["maps", "cells"], help="untrained networks: head")
     ap.add_argument("--denoise", nargs="?", const=True, default=None, metavar="FILE",
                     help="run the shipped denoiser (or FILE) first (default: as the model's card says)")
+    ap.add_argument("--no-depth", dest="depth", action="store_false",
+                    help="leave out the depth network (every O at z = 0); default: as Predict does")
     args = ap.parse_args()
+    depth = None if args.depth else False
     flips = args.flips or None  # None: as the model records
     torch.set_num_threads(args.threads)
     stack = load_stack(sample_path())
@@ -48,16 +51,18 @@ def main() -> None:
             cfg = UNetConfig(base_channels=b, encoder=args.encoder, head=args.head)
             models.append((f"base {b}", (StructureUNet(cfg).eval(), ModelInfo(config=cfg))))
     print(f"stack {stack.shape}, torch {torch.__version__}, {args.threads} threads"
-          + (", four mirror images" if args.flips else "") + (", denoised first" if args.denoise else ""))
+          + (", four mirror images" if args.flips else "") + (", denoised first" if args.denoise else "")
+          + ("" if args.depth else ", no depth network"))
     for name, model in models:
         n_par = sum(p.numel() for p in model[0].parameters())
         for molecules in (True, False):
             atoms = predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips,
-                                  denoise=args.denoise)
+                                  denoise=args.denoise, depth=depth)
             times, cpu_times = [], []
             for _ in range(10):
                 t, c = time.perf_counter(), time.process_time()
-                predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips, denoise=args.denoise)
+                predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips, denoise=args.denoise,
+                              depth=depth)
                 times.append(time.perf_counter() - t)
                 cpu_times.append(time.process_time() - c)
             what = f"{(atoms.arrays['label'] == 'O').sum():3d} waters" if molecules else "loose atoms"

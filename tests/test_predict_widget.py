@@ -289,6 +289,35 @@ def test_whole_loop_on_a_real_water_scan(make_napari_viewer, user_data, tiny_mod
     assert len(read_xyz(out)) == len(layer.data)
 
 
+def test_molecules_at_their_depth_when_ticked(widget, qtbot, tmp_path, monkeypatch):
+    import torch
+
+    import hydrafm.predict.depth as depth_mod
+    from hydrafm.models.depth import DepthInfo, DepthNet, save_depth
+    from hydrafm.models.registry import model_path
+    from hydrafm.models.checkpoint import load_checkpoint
+
+    info = load_checkpoint(model_path("water"))[1]
+    net = DepthNet(DepthInfo(base_channels=4, levels=2, pixel_size=info.pixel_size))
+    torch.nn.init.normal_(net.net.head.weight, std=0.5)  # depths that vary across the scan
+    monkeypatch.setattr(depth_mod, "shipped_depth_path", lambda: save_depth(tmp_path / "depth.pt", net))
+    depth_mod._DEPTH_NETS.clear()
+    widget.model.value = "water"
+
+    def heavy_z():
+        layer = widget._last_result
+        return layer.data[np.isin(np.asarray(layer.features["label"]).astype(str), ["O", "Na", "K"]), 0]
+
+    widget.predict()  # off by default in napari: its 2D frames draw only points near their height
+    _wait(qtbot, widget)
+    assert not widget.depth.value and np.allclose(heavy_z(), 0.0)
+    widget.depth.value = True
+    widget.predict()
+    _wait(qtbot, widget)
+    z = heavy_z()
+    assert z.max() == pytest.approx(0.0, abs=1e-6) and z.min() < -0.05
+
+
 def test_denoise_first_runs_the_shipped_denoiser(widget, tiny_model, qtbot, tmp_path, monkeypatch):
     import hydrafm.predict.predictor as predictor
     from hydrafm.models.denoise import Denoiser, DenoiserInfo, save_denoiser

@@ -162,18 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     dn = sub.add_parser("train-denoiser", help="train the denoiser (experiment-like noise off a stack, before the "
                                                 "structure network) on clean datasets of `hydrafm simulate`")
-    dn.add_argument("datasets", nargs="+", type=Path, help="dataset folders of clean simulated stacks")
-    dn.add_argument("-o", "--out", type=Path, required=True, help="denoiser checkpoint to write")
-    dn.add_argument("--cpu-minutes", type=float, default=30.0, help="CPU time to train for")
-    dn.add_argument("--max-steps", type=int, help="stop after this many steps")
-    dn.add_argument("--batch-size", type=int, default=16)
-    dn.add_argument("--crop", type=int, default=64)
-    dn.add_argument("--lr", type=float, default=1e-3)
+    _add_stack_net_options(dn, "denoiser", crop=64)
     dn.add_argument("--amplitude", type=float, default=0.06,
                     help="largest noise of each kind, in units of the frame's Δf range")
-    dn.add_argument("--threads", type=int, help="CPU threads for torch")
-    dn.add_argument("--seed", type=int, default=0)
-    dn.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+
+    dp = sub.add_parser("train-depth", help="train the depth network (how deep each O/ion lies below the "
+                                            "closest probe) on datasets of `hydrafm simulate`")
+    _add_stack_net_options(dp, "depth-network", crop=96)
 
     pr = sub.add_parser("predict", help="atoms from stacks → extended XYZ")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="one stack each: a file, or a folder holding one")
@@ -187,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="average over the four mirror images (more accurate, ~4× the network time; "
                          "default: as the model recommends)")
     _add_denoise_options(pr)
+    pr.add_argument("--depth", nargs="?", const=True, default=None, metavar="FILE",
+                    help="place each molecule at its depth with the shipped depth network (or FILE); "
+                         "default: on when this installation ships one and the model's card does not say otherwise")
+    pr.add_argument("--no-depth", dest="depth", action="store_const", const=False,
+                    help="every O and ion at z = 0 (the molecules' H above or below them)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing .xyz files")
     pr.add_argument("--loose-atoms", action="store_true",
                     help="write the peaks as they are instead of whole molecules (H2O with two H, ion shells)")
@@ -581,23 +581,52 @@ def _add_denoise_options(p: argparse.ArgumentParser) -> None:
                    help="never denoise, whatever the model's card says")
 
 
-def cmd_train_denoiser(args: argparse.Namespace) -> int:
-    """Train the denoiser; one JSON line per report, then the checkpoint's path."""
+def _add_stack_net_options(p: argparse.ArgumentParser, what: str, crop: int) -> None:
+    """The options train-denoiser and train-depth share."""
+    p.add_argument("datasets", nargs="+", type=Path, help="dataset folders of clean simulated stacks")
+    p.add_argument("-o", "--out", type=Path, required=True, help=f"{what} checkpoint to write")
+    p.add_argument("--cpu-minutes", type=float, default=30.0, help="CPU time to train for")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop", type=int, default=crop)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+
+
+def _train_stack_net(args: argparse.Namespace, key: str, run) -> int:
+    """Shared by train-denoiser and train-depth: refuse to overwrite, set threads, print one JSON line per
+    report of ``run()`` (a training generator), then ``{key: checkpoint}``."""
     import torch
 
     from .progress import drive
-    from .training.denoise import DenoiseConfig, train_denoiser
 
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"{args.out}: exists; give --overwrite to replace it")
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = drive(run(), show=False, on_record=lambda rec: print(json.dumps(vars(rec)), flush=True))
+    print(json.dumps({key: str(out)}), flush=True)
+    return 0
+
+
+def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    """Train the denoiser; one JSON line per report, then the checkpoint's path."""
+    from .training.denoise import DenoiseConfig, train_denoiser
+
     cfg = DenoiseConfig(minutes=args.cpu_minutes, max_steps=args.max_steps, batch_size=args.batch_size,
                         crop=args.crop, lr=args.lr, amplitude=args.amplitude, seed=args.seed)
-    out = drive(train_denoiser(args.datasets, args.out, cfg), show=False,
-                on_record=lambda rec: print(json.dumps(vars(rec)), flush=True))
-    print(json.dumps({"denoiser": str(out)}), flush=True)
-    return 0
+    return _train_stack_net(args, "denoiser", lambda: train_denoiser(args.datasets, args.out, cfg))
+
+
+def cmd_train_depth(args: argparse.Namespace) -> int:
+    """Train the depth network; one JSON line per report, then the checkpoint's path."""
+    from .training.depth import DepthConfig, train_depth
+
+    cfg = DepthConfig(minutes=args.cpu_minutes, max_steps=args.max_steps, batch_size=args.batch_size,
+                      crop=args.crop, lr=args.lr, seed=args.seed)
+    return _train_stack_net(args, "depth", lambda: train_depth(args.datasets, args.out, cfg))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -615,7 +644,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         stack = load_stack(path, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
                            heights=args.heights, z_order=args.z_order)
         atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips,
-                              molecules=not args.loose_atoms, denoise=args.denoise)
+                              molecules=not args.loose_atoms, denoise=args.denoise, depth=args.depth)
         atoms.info["model"] = str(args.model)
         target = args.out / f"{Path(path).stem}.xyz" if several else args.out
         write_xyz(atoms, target, overwrite=args.overwrite)
@@ -759,7 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "view": cmd_view, "pool": cmd_pool, "simulate": cmd_simulate,
-                "train": cmd_train, "train-denoiser": cmd_train_denoiser, "predict": cmd_predict,
+                "train": cmd_train, "train-denoiser": cmd_train_denoiser,
+                "train-depth": cmd_train_depth, "predict": cmd_predict,
                 "evaluate": cmd_evaluate, "finetune": cmd_finetune,
                 "hydrate": cmd_hydrate, "watch": cmd_watch, "refine": cmd_refine}
     try:

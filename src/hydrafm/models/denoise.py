@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, read_payload, write_payload
+from .checkpoint import write_payload
+from .stacknet import load_stack_net, run_padded, weights_file
 from .preprocess import normalize_stack
 from .unet import StructureUNet, UNetConfig
 
@@ -84,18 +85,13 @@ def save_denoiser(path: str | os.PathLike, model: Denoiser) -> Path:
 
 def load_denoiser(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Denoiser:
     """Read a denoiser (eval mode); :class:`CheckpointError` naming the file when it is not one."""
-    payload = read_payload(path, DENOISER_FORMAT, "denoiser", CheckpointError, map_location)
-    try:
-        model = Denoiser(DenoiserInfo(**payload["info"]))
-        model.load_state_dict(payload["state_dict"])
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: damaged denoiser checkpoint ({exc})") from exc
-    return model.eval()
+    return load_stack_net(path, DENOISER_FORMAT, "denoiser", lambda info: Denoiser(DenoiserInfo(**info)),
+                          map_location)
 
 
 def shipped_denoiser_path() -> Path:
     """The shipped denoiser's file (it may be missing in a development checkout)."""
-    return Path(__file__).parent / "weights" / f"{SHIPPED_DENOISER}.pt"
+    return weights_file(SHIPPED_DENOISER)
 
 
 def denoise_normalized(x: np.ndarray, model: Denoiser, with_strength: bool = False):
@@ -107,15 +103,8 @@ def denoise_normalized(x: np.ndarray, model: Denoiser, with_strength: bool = Fal
     ``with_strength`` returns ``(result, w)``.
     """
     x = np.asarray(x, np.float32)
-    if x.ndim != 3 or x.shape[0] != model.info.n_heights:
-        raise ValueError(f"the denoiser takes {model.info.n_heights} heights, got a stack of shape {x.shape}")
-    m = model.multiple
-    h, w = x.shape[1:]
-    xp = np.pad(x, ((0, 0), (0, -h % m), (0, -w % m)), mode="edge")
-    param = next(model.parameters())
-    with torch.no_grad():
-        t = torch.from_numpy(np.ascontiguousarray(xp))[None].to(device=param.device, dtype=param.dtype)
-        change = model.net(t[:, None])[0, :, :h, :w].float().cpu().numpy()
+    change = run_padded(x, lambda t: model.net(t[:, None]), model.info.n_heights, model.multiple, "denoiser",
+                        model)
     lo, hi = model.info.switch
     strength = float(np.clip((np.sqrt(np.mean(change.astype(np.float64) ** 2)) - lo) / (hi - lo), 0.0, 1.0))
     out = normalize_stack(x + strength * change, model.info.normalization)

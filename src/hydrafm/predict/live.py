@@ -107,6 +107,7 @@ def watch_and_predict(
     give_up: float = 30.0,
     stop: Callable[[], bool] | None = None,
     until_idle: float | None = None,
+    depth: bool | None = None,
 ) -> Generator[Any, None, dict[str, tuple[AFMStack, Atoms | None]]]:
     """Watch ``folder``; yield stack changes, progress and predictions as they happen.
 
@@ -122,6 +123,9 @@ def watch_and_predict(
         Torch device for the network.
     threshold
         Minimum confidence of an atom; ``None`` = the model's recommended threshold.
+    depth
+        ``False``: every O and ion at z = 0; ``None``: each molecule at its depth (the depth
+        network, :func:`~hydrafm.predict.depth.resolve_depth`).
     predict
         False: only watch and stack, never predict.
     interval
@@ -174,7 +178,8 @@ def watch_and_predict(
             if run is None and queued:
                 name = next(reversed(queued))  # the stack that changed last: the one being measured
                 stack = queued.pop(name)
-                run = _Run(name, stack, iter_predict_maps(stack, net, device), time.perf_counter())
+                run = _Run(name, stack, iter_predict_maps(stack, net, device, depth=depth),
+                           time.perf_counter())
             if run is None:
                 idle = time.time() - watcher.last_change
                 if until_idle is not None and idle >= until_idle and not watcher.waiting:

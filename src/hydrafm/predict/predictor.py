@@ -6,10 +6,12 @@
 3. Normalise the whole stack (and, when asked or the model's card says so, take experiment-like
    noise off it with the denoiser, :mod:`hydrafm.models.denoise`), run the network on overlapping tiles (fully
    convolutional; tiles of ``tile`` px with ``overlap`` px, blended with a smooth
-   window) so scans of any size fit in memory, and merge the tiles' maps.
+   window) so scans of any size fit in memory, and merge the tiles' maps; the depth network
+   (:mod:`hydrafm.models.depth`) makes a depth map of the same stack.
 4. Peaks → atoms (:func:`~hydrafm.predict.atoms.maps_to_atoms`), in the input's
    physical frame, assembled into whole molecules
-   (:func:`~hydrafm.predict.molecules.maps_to_molecules`) unless loose atoms are asked for.
+   (:func:`~hydrafm.predict.molecules.maps_to_molecules`) unless loose atoms are asked for, each
+   molecule placed at its depth (:func:`~hydrafm.predict.depth.place_at_depth`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from ..models.preprocess import normalize_stack
 from ..models.unet import StructureUNet
 from ..progress import Progress, drive
 from ..stack import AFMStack
+from ..models.depth import DepthNet, depth_map
 from .atoms import maps_to_atoms
+from .depth import place_at_depth, resolve_depth
 from .molecules import maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
@@ -86,6 +90,7 @@ class Prediction:
     info: ModelInfo
     model: str = "in-memory"
     denoised: float | None = None  # the denoiser's strength (0: left alone … 1: in full); None: not run
+    depth: np.ndarray | None = None  # (ny, nx) Å below the closest probe (the depth network); None: not run
 
     def atoms(self, threshold: float | None = None, molecules: bool = True) -> Atoms:
         """Peaks above ``threshold`` as whole molecules (or loose atoms), Å in the stack's frame.
@@ -94,7 +99,9 @@ class Prediction:
         ``molecules`` (default) makes every O an H2O with two H and gives ions their
         shell (arrays ``label``, ``confidence``, ``mol``, ``shell``); ``False`` returns
         the peaks as they are (``label``, ``confidence``). A model that does not report
-        ions (:func:`reports_ions`) gives none: its Na/K maps are left out.
+        ions (:func:`reports_ions`) gives none: its Na/K maps are left out. With a depth map
+        (the depth network), every molecule sits at its depth below the shallowest O/ion (z = 0);
+        without one, every O and ion at z = 0.
         """
         threshold = default_threshold(self.info) if threshold is None else threshold
         to_atoms = maps_to_molecules if molecules else maps_to_atoms
@@ -108,6 +115,8 @@ class Prediction:
         atoms.info["threshold"] = float(threshold)
         if self.denoised is not None:
             atoms.info["denoised"] = round(float(self.denoised), 3)
+        if self.depth is not None:
+            place_at_depth(atoms, self.depth, self.pixel_size, self.origin)
         return atoms
 
 
@@ -170,7 +179,7 @@ def predict_maps(
     denoise: bool | str | Path | Denoiser | None = None,
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], ModelInfo]:
     """Label maps (0–1) for a whole scan: ``(maps, pixel size, origin, info)`` of the maps' grid."""
-    p = drive(iter_predict_maps(stack, model, device, tile, overlap, flips, denoise), show=False)
+    p = drive(iter_predict_maps(stack, model, device, tile, overlap, flips, denoise, depth=False), show=False)
     return p.maps, p.pixel_size, p.origin, p.info
 
 
@@ -182,14 +191,17 @@ def iter_predict_maps(
     overlap: int = 32,
     flips: bool | None = None,
     denoise: bool | str | Path | Denoiser | None = None,
+    depth: bool | str | Path | DepthNet | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """:func:`predict_maps` as a generator: yields :class:`Progress` per tile, returns a :class:`Prediction`.
 
     ``flips`` averages the maps over the four mirror images of each tile (test-time
     augmentation: about 4× the network time); ``None`` does what the model recommends
     (:func:`default_flips`). ``denoise`` takes experiment-like noise off the normalised stack
-    first (:func:`resolve_denoiser`; ``None``: as the model's card says). Closing the generator
-    between tiles cancels the prediction.
+    first (:func:`resolve_denoiser`; ``None``: as the model's card says). ``depth`` makes a depth
+    map with the depth network (:func:`~hydrafm.predict.depth.resolve_depth`; ``None``: the
+    shipped one, unless the card says otherwise). Closing the generator between tiles cancels the
+    prediction.
     """
     name = "in-memory" if isinstance(model, tuple) else str(model)
     yield Progress("loading model", 0, 1)
@@ -233,7 +245,11 @@ def iter_predict_maps(
         wsum[r : r + th, c : c + tw] += win
         yield Progress("predicting", k + 1, len(tiles))
     maps = (acc / wsum)[:, :h, :w]
-    return Prediction(maps, px, (y0, x0), info, name, strength)
+    dnet, depth_m = resolve_depth(depth, info, device), None
+    if dnet is not None:
+        yield Progress("depth", 0, 1)
+        depth_m = depth_map(x, dnet)
+    return Prediction(maps, px, (y0, x0), info, name, strength, depth_m)
 
 
 def predict_atoms(
@@ -244,10 +260,12 @@ def predict_atoms(
     flips: bool | None = None,
     molecules: bool = True,
     denoise: bool | str | Path | Denoiser | None = None,
+    depth: bool | str | Path | DepthNet | None = None,
 ) -> Atoms:
     """Whole molecules of a stack (``label``, ``confidence``, ``mol``, ``shell``), Å in the stack's frame.
 
-    ``molecules=False`` returns the loose atoms (``label``, ``confidence``) instead.
+    ``molecules=False`` returns the loose atoms (``label``, ``confidence``) instead. ``depth``: see
+    :func:`iter_predict_maps`.
     """
-    return drive(iter_predict_maps(stack, model, device, flips=flips, denoise=denoise),
+    return drive(iter_predict_maps(stack, model, device, flips=flips, denoise=denoise, depth=depth),
                  show=False).atoms(threshold, molecules)

@@ -12,7 +12,6 @@ than the structure network (which simulates every batch).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Generator, Sequence
@@ -24,6 +23,7 @@ from ..models.denoise import Denoiser, DenoiserInfo, save_denoiser
 from ..models.preprocess import normalize_stack_torch
 from .augment import one_over_k
 from ..progress import Progress
+from .budget import StepBudget, descend
 from ..simulate.dataset import AFMDataset
 
 __all__ = ["DenoiseConfig", "DenoiseRecord", "experiment_noise", "train_denoiser"]
@@ -134,14 +134,10 @@ def train_denoiser(datasets: Sequence[str | Path], out: str | Path, cfg: Denoise
     model = Denoiser(info)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     info.provenance = {"datasets": [str(p) for p in datasets], "stacks": len(data), "config": asdict(cfg)}
-    t0, step, last = time.process_time(), 0, float("nan")
-    budget = cfg.minutes * 60
-    total = cfg.max_steps or 0
-    while (time.process_time() - t0) < budget and (cfg.max_steps is None or step < cfg.max_steps):
-        frac = (time.process_time() - t0) / budget if cfg.max_steps is None else step / cfg.max_steps
-        share = cfg.lr_final_share + (1 - cfg.lr_final_share) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    budget, step, last = StepBudget(cfg.minutes, cfg.max_steps, cfg.lr, cfg.lr_final_share), 0, float("nan")
+    while budget.running(step):
         for pg in opt.param_groups:
-            pg["lr"] = cfg.lr * share
+            pg["lr"] = budget.lr(step)
         idx = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=g)]
         x = torch.rot90(data[idx], int(torch.randint(4, (1,), generator=g)), (-2, -1))
         r = int(torch.randint(x.shape[-2] - cfg.crop + 1, (1,), generator=g))
@@ -150,22 +146,19 @@ def train_denoiser(datasets: Sequence[str | Path], out: str | Path, cfg: Denoise
         noisy = experiment_noise(x, g, cfg.amplitude, cfg.clean_share, drift_px)
         model.train()
         loss = torch.mean((model(normalize_stack_torch(noisy)) - normalize_stack_torch(x)) ** 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        last = descend(opt, loss)
         step += 1
-        last = float(loss.detach())
-        if total:
-            yield Progress("training the denoiser", step, total)
+        if cfg.max_steps:
+            yield Progress("training the denoiser", step, cfg.max_steps)
         if step % cfg.report_every == 0 or step == cfg.max_steps:
             model.eval()
             with torch.no_grad():
                 v = float(torch.mean((model(val_noisy) - val_clean) ** 2))
-            info.provenance.update(steps=step, cpu_minutes=round((time.process_time() - t0) / 60, 2),
+            info.provenance.update(steps=step, cpu_minutes=round(budget.minutes, 2),
                                    val_mse=round(v, 6), val_mse_noisy=round(val_before, 6))
             save_denoiser(out, model)
-            yield DenoiseRecord(step, step * cfg.batch_size, round((time.process_time() - t0) / 60, 2),
+            yield DenoiseRecord(step, step * cfg.batch_size, round(budget.minutes, 2),
                                 round(last, 6), round(v, 6), round(val_before, 6))
     model.eval()
-    info.provenance.update(steps=step, cpu_minutes=round((time.process_time() - t0) / 60, 2))
+    info.provenance.update(steps=step, cpu_minutes=round(budget.minutes, 2))
     return save_denoiser(out, model)

@@ -60,7 +60,8 @@ def _watch_job(folder: Path, model: Path | None, device: Any, threshold: float, 
     points: set[str] = set()
     records = watch_and_predict(folder, model if model is not None else "water", channel=channel,
                                 direction=direction, device=device, threshold=threshold,
-                                predict=model is not None, settle=settle, stop=stop)
+                                predict=model is not None, settle=settle, stop=stop,
+                                depth=False)  # the 2D frames draw only points within 0.5 Å of their height
     for rec in records:
         extra: Any = None
         if isinstance(rec, StackChanged):

@@ -30,8 +30,8 @@ from magicgui.widgets import (
 
 from .._layers import ATOMS_KEY, STACK_KEY, atoms_layer_data, label_colormap, point_sizes
 from ..io.xyz import LABELS, write_xyz
-from ._common import (atoms_of_layer, confirm, is_stack_layer, report_error, show_progress, stack_layer_for,
-                      stack_of_layer)
+from ._common import (atoms_of_layer, confirm, is_stack_layer, report_error, show_progress,
+                      stack_layer_for, stack_of_layer)
 
 if TYPE_CHECKING:
     import napari
@@ -45,15 +45,16 @@ NO_MODEL = "(no model: choose a file)"
 
 
 def _predict_job(stack: Any, model: Any, device: Any, threshold: float, stack_name: str, units: tuple | None,
-                 denoise: bool | None = None):
+                 denoise: bool | None = None, depth: bool | None = None):
     """Worker body: the maps tile by tile (progress, cancel), the atoms and their (hidden) Points layer.
 
     Everything but inserting the layer into the viewer happens here, off the main thread.
-    ``denoise``: True runs the shipped denoiser first; None does what the model's card says.
+    ``denoise``: True runs the shipped denoiser first; None does what the model's card says. ``depth``:
+    False leaves every O and ion at z = 0; None places the molecules at their depths as the card says.
     """
     from ..predict.predictor import iter_predict_maps
 
-    pred = yield from iter_predict_maps(stack, model, device, denoise=denoise)
+    pred = yield from iter_predict_maps(stack, model, device, denoise=denoise, depth=depth)
     atoms = pred.atoms(threshold)
     return pred, atoms, _result_layer(pred, atoms, threshold, stack_name, units)
 
@@ -121,6 +122,13 @@ class PredictWidget(Container):
             text="Denoise first", value=False,
             tooltip="Take experiment-like noise (white, 1/f, planes, line jumps) off the stack with the shipped "
                     "denoiser before predicting; a stack that looks clean is left alone (docs/predict.md)")
+        self.depth = CheckBox(
+            text="Molecules at their depth", value=False,
+            tooltip="Place each molecule as deep below the shallowest one as the depth network reads "
+                    "from the stack (a bilayer's lower half below its upper half), as `hydrafm predict` "
+                    "does. napari draws a point on a frame only within 0.5 Å of that frame's height, so "
+                    "deep molecules then show in the 3D view (or below the stack's frames), not over it; "
+                    "unticked (default), every O and ion at z = 0")
         self.predict_button = PushButton(text="Predict")
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self.new_label = ComboBox(label="Atom label", choices=list(LABELS), value="O",
@@ -147,8 +155,8 @@ class PredictWidget(Container):
         self.export_button = PushButton(text="Export .xyz")
         self.info = Label(value="")
         self.extend([self.stack, self.model, self.model_file, self.device, self.threshold, self.show_maps,
-                     self.denoise, self.predict_button, self.progress, self.new_label, self.relabel_button,
-                     self.select_molecules,
+                     self.denoise, self.depth, self.predict_button, self.progress, self.new_label,
+                     self.relabel_button, self.select_molecules,
                      self.engine, self.verify_button, self.refine_button, self.hbond_turns, self.undo_refine_button,
                      self.export_path, self.export_button, self.info])
 
@@ -274,7 +282,8 @@ class PredictWidget(Container):
         device = self._usable_device()
         self._busy(True, "Predicting…", "Cancel")
         self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value, layer.name,
-                                     _units_of(layer), True if self.denoise.value else None, _ignore_errors=True)
+                                     _units_of(layer), True if self.denoise.value else None,
+                                     None if self.depth.value else False, _ignore_errors=True)
         self._worker.yielded.connect(self._on_progress)
         self._worker.returned.connect(lambda res, layer=layer: self._on_prediction(*res, layer))
         self._worker.errored.connect(self._fail)
