@@ -11,6 +11,7 @@ from hydrafm.io.xyz import LABELS, read_xyz  # noqa: E402
 from hydrafm.models.checkpoint import ModelInfo, save_checkpoint  # noqa: E402
 from hydrafm.models.unet import StructureUNet, UNetConfig  # noqa: E402
 from hydrafm.predict.predictor import Prediction  # noqa: E402
+from hydrafm.widgets._common import atoms_of_layer  # noqa: E402
 from hydrafm.widgets.predict import PredictWidget  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -130,7 +131,7 @@ def test_threshold_refilters_without_the_network_until_edited(widget, qtbot):
     o_conf = layer.features["confidence"][labels == "O"]
     np.testing.assert_allclose(sorted(o_conf), [0.3, 0.6, 0.9], atol=0.02)
     assert "3 molecules" in widget.info.value
-    layer.add([0.0, 2.0, 2.0])  # an edit: the threshold no longer rewrites the atoms
+    layer.add([2.0, 2.0])  # an edit: the threshold no longer rewrites the atoms
     widget.threshold.value = 0.7
     assert len(layer.data) == 10 and "edited" in widget.info.value
 
@@ -141,7 +142,7 @@ def test_edit_relabel_and_export_with_overwrite_confirmation(widget, tmp_path, q
     _wait(qtbot, widget)
     layer = widget._last_result
     widget.new_label.value = "H_up"
-    layer.add([0.5, 8.0, 3.0])  # a new atom gets the chosen label and confidence 1
+    layer.add([8.0, 3.0])  # a new atom gets the chosen label and confidence 1
     assert str(layer.features["label"].iloc[-1]) == "H_up" and layer.features["confidence"].iloc[-1] == 1.0
     layer.selected_data = {0}
     widget.new_label.value = "Na"
@@ -152,7 +153,7 @@ def test_edit_relabel_and_export_with_overwrite_confirmation(widget, tmp_path, q
     atoms = read_xyz(out)
     labels = list(atoms.arrays["label"])
     assert len(labels) == 7 and labels[:2] == ["Na", "O"] and labels[-1] == "H_up"  # two waters and an H
-    np.testing.assert_allclose(atoms.positions[-1], [3.0, 8.0, 0.5])
+    np.testing.assert_allclose(atoms.positions[-1], [3.0, 8.0, 0.0])  # added by hand: z = 0
     assert atoms.arrays["mol"][-1] == -1 and len(set(atoms.arrays["mol"][:6])) == 2  # the added H: no molecule
     assert set(atoms.arrays["label"]) <= set(LABELS)
     before = out.read_text()
@@ -181,7 +182,7 @@ def _mouse(layer, kind: str, position, dragging: bool = False) -> None:
         pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
         view_direction: None = None
         up_direction: None = None
-        dims_displayed: list = field(default_factory=lambda: [1, 2])
+        dims_displayed: list = field(default_factory=lambda: [0, 1])
 
     event = ReadOnlyWrapper(Event(kind, dragging, position=tuple(position)), exceptions=("handled",))
     {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
@@ -201,11 +202,11 @@ def test_select_move_and_delete_whole_molecules(widget, qtbot):
     before = layer.data.copy()
     _mouse(layer, "mouse_press", before[h])  # click one H: its whole water is selected
     assert set(layer.selected_data) == water
-    _mouse(layer, "mouse_move", before[h] + [0, 1.0, -2.0], dragging=True)  # drag: the water moves as one
-    _mouse(layer, "mouse_release", before[h] + [0, 1.0, -2.0])
+    _mouse(layer, "mouse_move", before[h] + [1.0, -2.0], dragging=True)  # drag: the water moves as one
+    _mouse(layer, "mouse_release", before[h] + [1.0, -2.0])
     moved = np.flatnonzero(np.any(layer.data != before, axis=1))
     assert set(moved.tolist()) == water
-    np.testing.assert_allclose(layer.data[sorted(water)] - before[sorted(water)], [[0, 1.0, -2.0]] * 3, atol=1e-6)
+    np.testing.assert_allclose(layer.data[sorted(water)] - before[sorted(water)], [[1.0, -2.0]] * 3, atol=1e-6)
     assert widget._results[id(layer)][1]  # counts as an edit
     other = int(mol[mol != mol[h]][0])
     layer.selected_data = {int(np.flatnonzero(mol == other)[-1])}  # picking any atom of another water
@@ -283,13 +284,13 @@ def test_whole_loop_on_a_real_water_scan(make_napari_viewer, user_data, tiny_mod
     assert layer is not None and "Error" not in w.info.value
     extent = np.asarray(viewer.layers[0].extent.world)[:, 1:]
     if len(layer.data):  # atoms fall inside the scan, in Å
-        assert np.all(layer.data[:, 1:] >= extent[0] - 1) and np.all(layer.data[:, 1:] <= extent[1] + 1)
-    layer.add([0.0, 16.0, 16.0])
+        assert np.all(layer.data >= extent[0] - 1) and np.all(layer.data <= extent[1] + 1)
+    layer.add([16.0, 16.0])
     out = w.export(tmp_path / "real.xyz")
     assert len(read_xyz(out)) == len(layer.data)
 
 
-def test_molecules_at_their_depth_when_ticked(widget, qtbot, tmp_path, monkeypatch):
+def test_molecules_at_their_depth_unless_unticked(widget, qtbot, tmp_path, monkeypatch):
     import torch
 
     import hydrafm.predict.depth as depth_mod
@@ -306,16 +307,23 @@ def test_molecules_at_their_depth_when_ticked(widget, qtbot, tmp_path, monkeypat
 
     def heavy_z():
         layer = widget._last_result
-        return layer.data[np.isin(np.asarray(layer.features["label"]).astype(str), ["O", "Na", "K"]), 0]
+        return atoms_of_layer(layer).positions[np.isin(np.asarray(layer.features["label"]).astype(str),
+                                                        ["O", "Na", "K"]), 2]
 
-    widget.predict()  # off by default in napari: its 2D frames draw only points near their height
-    _wait(qtbot, widget)
-    assert not widget.depth.value and np.allclose(heavy_z(), 0.0)
-    widget.depth.value = True
+    assert widget.depth.value  # on by default
     widget.predict()
     _wait(qtbot, widget)
     z = heavy_z()
     assert z.max() == pytest.approx(0.0, abs=1e-6) and z.min() < -0.05
+    layer = widget._last_result
+    assert layer.ndim == 2  # every atom is drawn over every frame of the stack, whatever its depth
+    out = widget.export(tmp_path / "deep.xyz")
+    exported = read_xyz(out).positions[:, 2]
+    np.testing.assert_allclose(exported, atoms_of_layer(layer).positions[:, 2], atol=1e-6)
+    widget.depth.value = False
+    widget.predict()
+    _wait(qtbot, widget)
+    assert np.allclose(heavy_z(), 0.0)
 
 
 def test_denoise_first_runs_the_shipped_denoiser(widget, tiny_model, qtbot, tmp_path, monkeypatch):

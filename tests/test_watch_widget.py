@@ -76,7 +76,7 @@ def test_watch_mode_ends_with_the_stack_and_atoms_of_the_finished_folder(widget,
     np.testing.assert_array_equal(live.data, finished.data)
     np.testing.assert_allclose(live.heights, finished.heights)
     assert live.pixel_size == finished.pixel_size
-    expected = predict_atoms(finished, "water", threshold=0.05, depth=False)  # as the live widget
+    expected = predict_atoms(finished, "water", threshold=0.05)
     got = atoms_of_layer(points)
     assert len(expected) > 0
     order = lambda a: np.lexsort(a.positions.T)  # noqa: E731 - the layer draws H after the heavy atoms
@@ -106,13 +106,13 @@ def test_edits_to_atoms_survive_new_heights(widget, tmp_path, qtbot):
     points.selected_data = {0}
     points.remove_selected()
     added = np.array([0.0, image.translate[1] + 3.0, image.translate[2] + 3.0])
-    points.add(added)
+    points.add(added[1:])  # the layer is (y, x); an atom added by hand sits at z = 0
     writer = _replay(w, files[3:], seed=5)
     qtbot.waitUntil(lambda: _shown(w, "atoms", len(files)), timeout=60_000)
     writer.join()
     final = atoms_of_layer(points)
-    xyz = final.positions[:, ::-1]  # (z, y, x) like the layer
-    assert np.min(np.linalg.norm(xyz - added, axis=1)) < 1e-6  # the atom placed by hand is still there
+    yx = final.positions[:, 1::-1]  # (y, x) like the layer (its z: napari's current feature values)
+    assert np.min(np.linalg.norm(yx - added[1:], axis=1)) < 1e-6  # the atom placed by hand is still there
     symbols = np.array(final.get_chemical_symbols())
     near = np.linalg.norm(final.positions - deleted.position, axis=1) < 0.5
     assert not (near & (symbols == deleted.symbol)).any()  # the deleted one stays deleted

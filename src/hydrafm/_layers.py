@@ -115,11 +115,15 @@ def label_colormap() -> dict[str, tuple[float, float, float, float]]:
 
 
 def atoms_layer_data(atoms: Any, name: str = "atoms", metadata: dict[str, Any] | None = None):
-    """A napari ``LayerDataTuple`` (points) for atoms with ``label``/``confidence``: (z, y, x) in Å.
+    """A napari ``LayerDataTuple`` (points) for atoms with ``label``/``confidence``: (y, x) in Å.
 
-    Colours and sizes follow the label; the points are projected onto every height
-    slice so they read in 2D, and sit at their 3D positions in 3D views. The features
-    also hold ``mol`` and ``shell`` (−1 for atoms outside molecules, and for added points).
+    A 2D layer, so every atom is drawn over every frame of a stack (its frames are tip heights,
+    not atom heights: a 3D point is drawn only on frames within 0.5 Å of it, which would hide a
+    bilayer's lower half). Each atom's height is the ``z`` feature (Å), read back by
+    :func:`~hydrafm.io.xyz.points_to_atoms`; a point added by hand takes napari's current feature
+    values (those of the point last selected; z = 0 when none was). Colours and sizes
+    follow the label. The features also hold ``mol`` and ``shell`` (−1 for atoms outside
+    molecules, and for added points).
     """
     import pandas as pd
 
@@ -131,22 +135,21 @@ def atoms_layer_data(atoms: Any, name: str = "atoms", metadata: dict[str, Any] |
     coords, feats = coords[order], {k: np.asarray(v)[order] for k, v in feats.items()}
     features = pd.DataFrame({"label": pd.Categorical(feats["label"], categories=list(LABELS)),
                              "confidence": feats["confidence"].astype(float),
-                             "mol": feats["mol"], "shell": feats["shell"]})
+                             "mol": feats["mol"], "shell": feats["shell"], "z": coords[:, 0].astype(float)})
     kwargs: dict[str, Any] = {
         "name": name,
         "features": features,
-        "feature_defaults": {"label": "O", "confidence": 1.0, "mol": -1, "shell": -1},
+        "feature_defaults": {"label": "O", "confidence": 1.0, "mol": -1, "shell": -1, "z": 0.0},
         "face_color": "label",
         "face_color_cycle": label_colormap(),
         "border_color": "white",
         "border_width": 0.05,
         "size": point_sizes(features["label"]),
-        "projection_mode": "all",
-        "axis_labels": ("height", "y", "x"),
-        "units": ("angstrom", "angstrom", "angstrom"),
+        "axis_labels": ("y", "x"),
+        "units": ("angstrom", "angstrom"),
         "metadata": {ATOMS_KEY: dict(metadata or {})},
     }
-    return coords.reshape(-1, 3), kwargs, "points"
+    return coords[:, 1:].reshape(-1, 2), kwargs, "points"
 
 
 def point_sizes(labels: Any) -> np.ndarray:

@@ -47,7 +47,8 @@ def points_to_atoms(
 
     ``features`` needs a ``label`` column; ``confidence`` defaults to 1 (atoms
     placed by hand). ``mol`` and ``shell`` columns, when present, are kept (missing
-    values become −1).
+    values become −1). With ``(y, x)`` coordinates the heights come from a ``z`` column
+    when there is one (missing values 0), else 0.
     """
     coords = np.asarray(coords, dtype=np.float64).reshape(len(coords), -1) if len(coords) else np.zeros((0, 3))
     n, d = coords.shape
@@ -67,7 +68,9 @@ def points_to_atoms(
     conf = _column(features, "confidence")
     conf = np.ones(n) if conf is None else np.nan_to_num(np.asarray(conf, dtype=np.float64), nan=1.0)
     x, y = coords[:, -1], coords[:, -2]
-    z = coords[:, -3] if d >= 3 else np.zeros(n)
+    zcol = _column(features, "z") if d < 3 else None
+    z = coords[:, -3] if d >= 3 else (np.zeros(n) if zcol is None or not n
+                                      else np.nan_to_num(np.asarray(zcol, dtype=np.float64), nan=0.0))
     from ase import Atoms
 
     atoms = Atoms(symbols=[ELEMENT[lab] for lab in labels], positions=np.column_stack([x, y, z]))

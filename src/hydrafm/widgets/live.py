@@ -60,8 +60,7 @@ def _watch_job(folder: Path, model: Path | None, device: Any, threshold: float, 
     points: set[str] = set()
     records = watch_and_predict(folder, model if model is not None else "water", channel=channel,
                                 direction=direction, device=device, threshold=threshold,
-                                predict=model is not None, settle=settle, stop=stop,
-                                depth=False)  # the 2D frames draw only points within 0.5 Å of their height
+                                predict=model is not None, settle=settle, stop=stop)
     for rec in records:
         extra: Any = None
         if isinstance(rec, StackChanged):
@@ -83,7 +82,7 @@ def _warm_up_layers() -> list[Any]:
     data, kwargs, _ = atoms_layer_data(points_to_atoms(np.zeros((1, 3)), {"label": ["O"]}), WARM_UP)
     derived = {"hydrafm_derived": "warm-up"}
     return [Image(np.zeros((2, 4, 4), np.float32), name=WARM_UP, opacity=0.0, metadata=derived,
-                  units=kwargs["units"]),
+                  units=("angstrom",) * 3),
             Points(data, **{**kwargs, "opacity": 0.0})]
 
 
@@ -349,7 +348,7 @@ class WatchPanel(Container):
         if tuple(str(u) for u in layer.units) != units:
             layer.units = units
             if self._present(self._points.get(name)):
-                self._points[name].units = units
+                self._points[name].units = units[-2:]
 
     def _show_stack(self, rec: StackChanged, data: np.ndarray, kwargs: dict[str, Any], built: Any) -> None:
         from napari.layers import Image
@@ -419,7 +418,7 @@ class WatchPanel(Container):
                 built = _atoms_layer(rec)
             image = self._images.get(rec.name)
             if image is not None:
-                built.units = image.units  # the same axes as the stack's layer
+                built.units = tuple(image.units)[-2:]  # the same lateral axes as the stack's layer
             self._points[rec.name] = layer = built
             self._insert(built)
             shown = rec.atoms

@@ -66,7 +66,7 @@ def _result_layer(pred: Prediction, atoms: Any, threshold: float, stack_name: st
     meta = {"model": pred.model, "threshold": float(threshold), "stack": stack_name}
     data, kwargs, _ = atoms_layer_data(atoms, f"atoms ({stack_name})", meta)
     if units is not None:
-        kwargs["units"] = units  # same axes as the stack's layer
+        kwargs["units"] = units[-2:]  # same lateral axes as the stack's layer
     return Points(data, **kwargs, visible=False)
 
 
@@ -123,12 +123,10 @@ class PredictWidget(Container):
             tooltip="Take experiment-like noise (white, 1/f, planes, line jumps) off the stack with the shipped "
                     "denoiser before predicting; a stack that looks clean is left alone (docs/predict.md)")
         self.depth = CheckBox(
-            text="Molecules at their depth", value=False,
+            text="Molecules at their depth", value=True,
             tooltip="Place each molecule as deep below the shallowest one as the depth network reads "
-                    "from the stack (a bilayer's lower half below its upper half), as `hydrafm predict` "
-                    "does. napari draws a point on a frame only within 0.5 Å of that frame's height, so "
-                    "deep molecules then show in the 3D view (or below the stack's frames), not over it; "
-                    "unticked (default), every O and ion at z = 0")
+                    "from the stack (a bilayer's lower half below its upper half): the points' z feature "
+                    "and the exported .xyz; unticked, every O and ion at z = 0")
         self.predict_button = PushButton(text="Predict")
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self.new_label = ComboBox(label="Atom label", choices=list(LABELS), value="O",
@@ -198,7 +196,7 @@ class PredictWidget(Container):
             data, kwargs, _ = atoms_layer_data(points_to_atoms(np.zeros((1, 3)), {"label": ["O"]}), WARM_UP_NAME)
             stacks = [lay for lay in self._viewer.layers if len(getattr(lay, "units", ())) == 3]
             if stacks:
-                kwargs["units"] = tuple(str(u) for u in stacks[0].units)
+                kwargs["units"] = tuple(str(u) for u in stacks[0].units)[-2:]
             layer = self._viewer.add_points(data, **kwargs, opacity=0.0)
         except Exception:  # noqa: BLE001 - a warm-up never gets in the way
             return
