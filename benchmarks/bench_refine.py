@@ -193,7 +193,7 @@ def cmd_predict(args):
     for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool, args.split):
         stack, tip = simulate(pos, numbers, rng)
         truth_lab = atom_labels(pos, numbers)
-        pred = oracle_start(predict_atoms(stack, model), pos, numbers, args.start, args.oracle_error,
+        pred = oracle_start(predict_atoms(stack, model, depth=args.depth), pos, numbers, args.start, args.oracle_error,
                             np.random.default_rng([args.seed, i]))
         t, c = time.perf_counter(), time.process_time()
         res = refine_atoms(stack, pred, settings(args), args.device)
@@ -261,7 +261,7 @@ def cmd_experiment(args):
 
     path = TESTDATA / "jiang_lab_water_Au111" / "L1_20_L2_1Ying_Jiang_1.npz"
     stack = load_stack(path)
-    pred = predict_atoms(stack, args.model)
+    pred = predict_atoms(stack, args.model, depth=args.depth)
     t, c = time.perf_counter(), time.process_time()
     res = refine_atoms(stack, pred, settings(args), args.device)
     secs, cpu = time.perf_counter() - t, time.process_time() - c
@@ -343,6 +343,8 @@ def main() -> None:
                     help="predict (diagnostics): refine the prediction, or it with one kind of error taken away")
     ap.add_argument("--oracle-error", type=float, default=0.0,
                     help="predict --start oracle-*: then shift each molecule sideways by this RMS (Å)")
+    ap.add_argument("--no-depth", dest="depth", action="store_const", const=False, default=None,
+                    help="predict and experiment: start from every O at z = 0 (no depth network)")
     ap.add_argument("--known-tip", action="store_true",
                     help="perturbed (diagnostics): give the refine the true tip and no drift (declash off)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
