@@ -1,11 +1,44 @@
-"""A training loop's budget: CPU minutes of this process (or a step count) and a cosine learning rate."""
+"""What the small stack-in networks' training loops share (the denoiser, the depth network): their
+settings and reports, a budget of CPU minutes of this process (or a step count) with a cosine
+learning rate, and one optimiser step."""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
-__all__ = ["StepBudget", "descend"]
+__all__ = ["StackNetConfig", "StackNetRecord", "StepBudget", "descend"]
+
+
+@dataclass(frozen=True)
+class StackNetConfig:
+    """Settings of a run (stored in the checkpoint's provenance); defaults are the denoiser's."""
+
+    minutes: float = 30.0  # CPU minutes of this process
+    max_steps: int | None = None  # stop after this many steps (tests)
+    batch_size: int = 16
+    crop: int = 64
+    lr: float = 1e-3
+    lr_final_share: float = 0.05  # cosine decay to this share of ``lr`` over the budget
+    amplitude: float = 0.06  # largest noise of each kind, in units of the frame's range (the test uses 0.03)
+    clean_share: float = 0.2  # of the samples left clean
+    max_drift: float = 0.5  # Å, at the farthest frame
+    val_size: int = 48
+    report_every: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StackNetRecord:
+    """A report every ``report_every`` steps: step, samples seen, CPU minutes, the last training loss
+    and the validation error (each network adds its own second number)."""
+
+    step: int
+    samples: int
+    minutes: float
+    train: float
+    val: float
 
 
 def descend(opt, loss) -> float:

@@ -23,40 +23,23 @@ from ..models.denoise import Denoiser, DenoiserInfo, save_denoiser
 from ..models.preprocess import normalize_stack_torch
 from .augment import one_over_k
 from ..progress import Progress
-from .budget import StepBudget, descend
+from .budget import StackNetConfig, StackNetRecord, StepBudget, descend
 from ..simulate.dataset import AFMDataset
 
 __all__ = ["DenoiseConfig", "DenoiseRecord", "experiment_noise", "train_denoiser"]
 
 
 @dataclass(frozen=True)
-class DenoiseConfig:
-    """Settings of a denoiser run (stored in the checkpoint's provenance)."""
-
-    minutes: float = 30.0
-    max_steps: int | None = None  # stop after this many steps (tests)
-    batch_size: int = 16
-    crop: int = 64
-    lr: float = 1e-3
-    lr_final_share: float = 0.05  # cosine decay to this share of ``lr`` over the budget
-    amplitude: float = 0.06  # largest noise of each kind, in units of the frame's range (the test uses 0.03)
-    clean_share: float = 0.2  # of the samples left clean (the denoiser must leave clean stacks alone)
-    max_drift: float = 0.5  # Å, at the farthest frame
-    val_size: int = 48
-    report_every: int = 200
-    seed: int = 0
+class DenoiseConfig(StackNetConfig):
+    """Settings of a denoiser run (stored in the checkpoint's provenance): :class:`StackNetConfig`'s
+    defaults (20 % of the samples left clean: the denoiser must leave clean stacks alone)."""
 
 
 @dataclass(frozen=True)
-class DenoiseRecord:
+class DenoiseRecord(StackNetRecord):
     """A report every ``report_every`` steps: the mean squared error (normalised units) on the
     validation stacks, noised once with a fixed seed, before (``val_noisy``) and after (``val``)."""
 
-    step: int
-    samples: int
-    minutes: float
-    train: float
-    val: float
     val_noisy: float
 
 

@@ -23,7 +23,7 @@ import torch
 from ..models.depth import DepthInfo, DepthNet, save_depth
 from ..models.preprocess import normalize_stack_torch
 from ..progress import Progress
-from .budget import StepBudget, descend
+from .budget import StackNetConfig, StackNetRecord, StepBudget, descend
 from ..simulate.dataset import AFMDataset
 from .denoise import experiment_noise
 
@@ -33,35 +33,22 @@ HEAVY = (0, 1, 2)  # O, Na, K in hydrafm.io.xyz.LABELS
 
 
 @dataclass(frozen=True)
-class DepthConfig:
+class DepthConfig(StackNetConfig):
     """Settings of a depth-network run (stored in the checkpoint's provenance)."""
 
-    minutes: float = 30.0  # CPU minutes of this process
-    max_steps: int | None = None  # stop after this many steps (tests)
-    batch_size: int = 16
     crop: int = 96
-    lr: float = 1e-3
-    lr_final_share: float = 0.05  # cosine decay to this share of ``lr`` over the budget
-    depth: float = 3.0  # Å below the highest atom (the metrics' visible zone): deeper atoms get no target
-    amplitude: float = 0.06  # noise, as for the denoiser
     clean_share: float = 0.3
     max_drift: float = 0.3  # Å, at the farthest frame
     val_size: int = 64
-    report_every: int = 200
-    seed: int = 0
+    depth: float = 3.0  # Å below the highest atom (the metrics' visible zone): deeper atoms get no target
 
 
 @dataclass(frozen=True)
-class DepthRecord:
+class DepthRecord(StackNetRecord):
     """A report every ``report_every`` steps: mean absolute depth error (Å) over the validation
     stacks' visible heavy atoms (noised once, fixed seed), raw (``val``) and after removing each
     stack's median error (``val_relative``: what Predict uses, depths relative to each other)."""
 
-    step: int
-    samples: int
-    minutes: float
-    train: float
-    val: float
     val_relative: float
 
 
