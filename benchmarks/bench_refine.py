@@ -191,7 +191,7 @@ def cmd_predict(args):
     rng = np.random.default_rng(args.seed)
     before, after = Scores(), Scores()
     for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool, args.split):
-        stack, tip = simulate(pos, numbers, rng)
+        stack, true_tip = simulate(pos, numbers, rng)
         truth_lab = atom_labels(pos, numbers)
         pred = oracle_start(predict_atoms(stack, model, depth=args.depth), pos, numbers, args.start, args.oracle_error,
                             np.random.default_rng([args.seed, i]))
@@ -207,6 +207,8 @@ def cmd_predict(args):
         print(json.dumps({"structure": i, "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1),
                           "moves": res.moves,
                           "image_loss": [round(v, 4) for v in res.image_loss],
+                          "closest_probe": pred.info.get("closest_probe"),
+                          "tip_distance": round(res.tip.distance, 3), "true_distance": round(true_tip.distance, 3),
                           "before": s0.summary(), "after": s1.summary()}), flush=True)
     print(json.dumps({"summary": {"predict": before.summary(), "refined": after.summary()}}))
 

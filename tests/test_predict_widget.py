@@ -320,10 +320,13 @@ def test_molecules_at_their_depth_unless_unticked(widget, qtbot, tmp_path, monke
     out = widget.export(tmp_path / "deep.xyz")
     exported = read_xyz(out).positions[:, 2]
     np.testing.assert_allclose(exported, atoms_of_layer(layer).positions[:, 2], atol=1e-6)
+    # the estimated closest probe goes with the atoms: to the .xyz and to Refine (its tip search starts there)
+    assert read_xyz(out).info["closest_probe"] == pytest.approx(atoms_of_layer(layer).info["closest_probe"])
     widget.depth.value = False
     widget.predict()
     _wait(qtbot, widget)
     assert np.allclose(heavy_z(), 0.0)
+    assert "closest_probe" not in atoms_of_layer(widget._last_result).info
 
 
 def test_denoise_first_runs_the_shipped_denoiser(widget, tiny_model, qtbot, tmp_path, monkeypatch):

@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--hbond-turns", action="store_true",
                     help="turn waters whose H do not point along H bonds to neighbours into orientations that do, "
                          "when the scan shows it, and favour H bonds in the fit (ice-like layers; see docs/refine.md)")
+    rf.add_argument("--probe-estimate", action="store_true",
+                    help="start the tip search from Predict's closest-probe estimate (closest_probe in the .xyz) "
+                         "and pull the fitted distance towards it (off by default: docs/refine.md)")
     rf.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     _add_stack_options(rf)
 
@@ -315,6 +318,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from .io.xyz import read_xyz, write_xyz
     from .progress import drive
     from .refine import RefineSettings, iter_refine_atoms
+    from .refine.fit import PROBE_ESTIMATE_STEP
     from .training.train import pick_device
 
     if args.out.exists() and not args.overwrite:
@@ -324,7 +328,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     stack = load_stack(args.stack, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
                        heights=args.heights, z_order=args.z_order)
     atoms = read_xyz(args.atoms)
-    cfg = RefineSettings(steps=args.steps, flips=args.h_flips, hbond_turns=args.hbond_turns)
+    cfg = RefineSettings(steps=args.steps, flips=args.h_flips, hbond_turns=args.hbond_turns,
+                         probe_estimate=PROBE_ESTIMATE_STEP if args.probe_estimate else None)
     res = drive(iter_refine_atoms(stack, atoms, cfg, pick_device(args.device)),
                 show=sys.stderr.isatty())
     write_xyz(res.atoms, args.out, overwrite=args.overwrite)

@@ -26,10 +26,15 @@ def stack_of_layer(layer: Any) -> AFMStack:
 
 
 def atoms_of_layer(layer: Any):
-    """The atoms (ase) of a points layer, in Å (world coordinates)."""
+    """The atoms (ase) of a points layer, in Å (world coordinates); Predict's estimate of the closest
+    probe's height (``info["closest_probe"]``, which Refine starts its tip search from) when it made them."""
     pts = np.asarray(layer.data, dtype=np.float64)
     world = pts * np.asarray(layer.scale) + np.asarray(layer.translate) if len(pts) else pts
-    return points_to_atoms(world, layer.features)
+    atoms = points_to_atoms(world, layer.features)
+    probe = layer.metadata.get(ATOMS_KEY, {}).get("closest_probe")
+    if probe is not None:
+        atoms.info["closest_probe"] = float(probe)
+    return atoms
 
 
 def stack_layer_for(viewer: Any, points: Any, fallback: Any = None) -> Any:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton
 
-from .._layers import ORIENTATION_2D, atoms_layer_data, stack_layer_data
+from .._layers import ATOMS_KEY, ORIENTATION_2D, atoms_layer_data, stack_layer_data
 from ._common import atoms_of_layer, report_error
 
 if TYPE_CHECKING:
@@ -91,7 +91,8 @@ def _atoms_layer(rec: AtomsPredicted) -> Any:
     from napari.layers import Points
 
     info = rec.atoms.info
-    meta = {"model": info.get("model"), "threshold": info.get("threshold"), "stack": rec.name, "live": True}
+    meta = {"model": info.get("model"), "threshold": info.get("threshold"), "stack": rec.name, "live": True,
+            "closest_probe": info.get("closest_probe")}
     data, kwargs, _ = atoms_layer_data(rec.atoms, f"atoms ({rec.name})", meta)
     return Points(data, **kwargs, visible=False)
 
@@ -429,6 +430,7 @@ class WatchPanel(Container):
             layer.features = kwargs["features"]
             layer.size = kwargs["size"]
             layer.refresh_colors()
+            layer.metadata.setdefault(ATOMS_KEY, {})["closest_probe"] = rec.atoms.info.get("closest_probe")
         self._predicted[rec.name] = rec.atoms
         self._when_shown(layer, lambda: self.log.append(("atoms", rec.name, rec.n_heights, time.time())))
         info = self._stacks.setdefault(rec.name, {})

@@ -63,7 +63,8 @@ def _result_layer(pred: Prediction, atoms: Any, threshold: float, stack_name: st
     """A hidden Points layer of predicted atoms, in the stack layer's units."""
     from napari.layers import Points
 
-    meta = {"model": pred.model, "threshold": float(threshold), "stack": stack_name}
+    meta = {"model": pred.model, "threshold": float(threshold), "stack": stack_name,
+            "closest_probe": atoms.info.get("closest_probe")}
     data, kwargs, _ = atoms_layer_data(atoms, f"atoms ({stack_name})", meta)
     if units is not None:
         kwargs["units"] = units[-2:]  # same lateral axes as the stack's layer
@@ -355,13 +356,15 @@ class PredictWidget(Container):
         if edited:
             self._set_info("The atoms were edited, so the threshold is not re-applied; predict again to use it.")
             return
-        data, kwargs, _ = atoms_layer_data(pred.atoms(value))
+        atoms = pred.atoms(value)
+        data, kwargs, _ = atoms_layer_data(atoms)
         with layer.events.data.blocker():
             layer.data = data
             layer.features = kwargs["features"]
             layer.size = kwargs["size"]
             layer.refresh_colors()
         layer.metadata[ATOMS_KEY]["threshold"] = float(value)
+        layer.metadata[ATOMS_KEY]["closest_probe"] = atoms.info.get("closest_probe")
         self._set_info(self._summary(layer))
 
     # ------------------------------------------------------------- editing
