@@ -215,14 +215,16 @@ def test_the_tip_distance_search_starts_from_predicts_closest_probe_estimate(sta
     # the stack's probe is 2.6 Å above its highest atom (an H_up); Predict's estimate counts from the top O
     o_top = POSITIONS[NUMBERS == 8, 2].max()
     estimate = 2.6 + POSITIONS[:, 2].max() - o_top
-    cfg = replace(FAST, steps=0, distances=(2.0, 3.4), probe_estimate=0.2)  # the fixed grid: far from the truth
+    # the fixed grid far from the truth; the estimate on
+    cfg = replace(FAST, steps=0, distances=(2.0, 3.4), probe_estimate=0.2)
     atoms = _atoms(POSITIONS)
     def grid(res) -> bool:
         return min(abs(res.tip.distance - d) for d in cfg.distances) < 1e-3
 
     assert grid(refine_atoms(stack, atoms, cfg))
     atoms.info["closest_probe"] = round(estimate, 3)
-    assert grid(refine_atoms(stack, atoms, replace(cfg, probe_estimate=RefineSettings().probe_estimate)))  # off
+    off = replace(cfg, probe_estimate=RefineSettings().probe_estimate)  # the default
+    assert grid(refine_atoms(stack, atoms, off))
     assert refine_atoms(stack, atoms, cfg).tip.distance == pytest.approx(2.6, abs=1e-3)
     atoms.info["closest_probe"] = round(estimate + 0.8, 3)  # a poor estimate: the nearest of its three
     assert refine_atoms(stack, atoms, cfg).tip.distance == pytest.approx(3.2, abs=1e-3)
@@ -352,8 +354,8 @@ def test_cli_refines_and_refuses_to_overwrite(stack, tmp_path, capsys):
     guessed = _atoms(POSITIONS)
     guessed.info["closest_probe"] = 2.6 + POSITIONS[:, 2].max() - POSITIONS[NUMBERS == 8, 2].max()
     guessed_path = write_xyz(guessed, tmp_path / "guessed.xyz")  # as `hydrafm predict` writes it
-    assert cli.main(["refine", str(stack_path), str(guessed_path), "-o", str(tmp_path / "z.xyz"), "--steps", "0",
-                     "--probe-estimate", "--device", "cpu"]) == 0
+    assert cli.main(["refine", str(stack_path), str(guessed_path), "-o", str(tmp_path / "z.xyz"),
+                     "--steps", "0", "--probe-estimate", "--device", "cpu"]) == 0
     d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tip"]["distance"]
     # searched around the estimate (which the declash shifts a little), not on the fixed grid
     assert abs(d - 2.6) < 0.3 and min(abs(d - g) for g in RefineSettings().distances) > 1e-3
@@ -375,7 +377,7 @@ def test_refine_button_updates_the_points_in_place_and_undo_puts_them_back(stack
     data, kwargs, _ = atoms_layer_data(_atoms(start), "atoms (tiny stack)", {"stack": "tiny stack"})
     points = viewer.add_points(data, **kwargs)
     assert "closest_probe" not in atoms_of_layer(points).info
-    points.metadata[ATOMS_KEY]["closest_probe"] = 3.2  # as Predict leaves it: Refine's tip search starts there
+    points.metadata[ATOMS_KEY]["closest_probe"] = 3.2  # as Predict leaves it (Refine may start there)
     assert atoms_of_layer(points).info["closest_probe"] == 3.2
     w = PredictWidget(viewer)
     viewer.window.add_dock_widget(w)

@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="turn waters whose H do not point along H bonds to neighbours into orientations that do, "
                          "when the scan shows it, and favour H bonds in the fit (ice-like layers; see docs/refine.md)")
     rf.add_argument("--probe-estimate", action="store_true",
-                    help="start the tip search from Predict's closest-probe estimate (closest_probe in the .xyz) "
-                         "and pull the fitted distance towards it (off by default: docs/refine.md)")
+                    help="start the tip search from Predict's closest-probe estimate (closest_probe in "
+                         "the .xyz) and pull the fitted distance towards it (off by default: docs/refine.md)")
     rf.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     _add_stack_options(rf)
 
