@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -126,12 +128,15 @@ def test_cli_predict_writes_depths_and_no_depth_keeps_z_zero(tmp_path, capsys):
     if not shipped_depth_path().is_file():
         pytest.skip("no shipped depth network in this checkout")
     assert main(["predict", str(sample_path()), "-o", str(tmp_path / "a.xyz")]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["predict", str(sample_path()), "-o", str(tmp_path / "b.xyz"), "--no-depth"]) == 0
+    assert "closest_probe" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     a, b = read_xyz(tmp_path / "a.xyz"), read_xyz(tmp_path / "b.xyz")
     za = a.get_positions()[np.asarray(a.arrays["label"]) == "O", 2]
     zb = b.get_positions()[np.asarray(b.arrays["label"]) == "O", 2]
     assert np.allclose(zb, 0.0) and za.max() == pytest.approx(0.0, abs=1e-3) and za.min() < -0.3
-    assert "closest_probe" in a.info
+    assert a.info["closest_probe"] == pytest.approx(line["closest_probe"])
+    assert 2.0 < line["closest_probe"] < 4.5  # printed too: Å above the shallowest O
 
 
 def test_cli_train_depth_refuses_to_overwrite(tmp_path, capsys):

@@ -653,7 +653,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         atoms.info["model"] = str(args.model)
         target = args.out / f"{Path(path).stem}.xyz" if several else args.out
         write_xyz(atoms, target, overwrite=args.overwrite)
-        print(json.dumps({"input": str(path), "output": str(target), "atoms": _label_counts(atoms)}), flush=True)
+        line = {"input": str(path), "output": str(target), "atoms": _label_counts(atoms)}
+        if "closest_probe" in atoms.info:  # the depth network's estimate, Å above the shallowest O (ion)
+            line["closest_probe"] = atoms.info["closest_probe"]
+        print(json.dumps(line), flush=True)
     return 0
 
 
