@@ -26,13 +26,14 @@ def stack_of_layer(layer: Any) -> AFMStack:
 
 
 def atoms_of_layer(layer: Any):
-    """The atoms (ase) of a points layer, in Å (world coordinates); Predict's estimate of the closest
-    probe's height (``info["closest_probe"]``, which Refine starts its tip search from) when it made them."""
+    """The atoms (ase) of a points layer, in Å (world coordinates), with Predict's estimate of the
+    closest probe's height (``info["closest_probe"]``, where ``--probe-estimate`` starts Refine's tip
+    search) when Predict made the layer."""
     pts = np.asarray(layer.data, dtype=np.float64)
     world = pts * np.asarray(layer.scale) + np.asarray(layer.translate) if len(pts) else pts
     atoms = points_to_atoms(world, layer.features)
     probe = layer.metadata.get(ATOMS_KEY, {}).get("closest_probe")
-    if probe is not None:
+    if isinstance(probe, (int, float)) and np.isfinite(probe):
         atoms.info["closest_probe"] = float(probe)
     return atoms
 
