@@ -23,6 +23,7 @@ JSON: the default with those constants changed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 
@@ -36,7 +37,11 @@ def _maps(model: str, key: str, net, root: str, cache: str, degraded: bool = Fal
     from hydrafm.simulate.dataset import AFMDataset
 
     ds = AFMDataset(f"{root}/{key}-heldout")
-    name = f"{os.path.basename(model).replace('.pt', '')}_{key}{'_degraded' if degraded else ''}.npz"
+    # keyed by the weights themselves: a shipped model's name outlives its weights (a stale cache once
+    # scored an older na-hydrate under the new one's name)
+    digest = hashlib.sha1(b"".join(v.detach().cpu().numpy().tobytes() for v in net[0].state_dict().values()))
+    name = (f"{os.path.basename(model).replace('.pt', '')}_{digest.hexdigest()[:10]}_{key}"
+            f"{'_degraded' if degraded else ''}.npz")
     path = os.path.join(cache, name)
     if not os.path.exists(path):
         maps = []
