@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
 
-__all__ = ["StackNetConfig", "StackNetRecord", "StepBudget", "descend"]
+import torch
+
+__all__ = ["StackNetConfig", "StackNetRecord", "StepBudget", "descend", "hold_out", "start_run"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +76,23 @@ class StepBudget:
         frac = step / self.max_steps if self.max_steps else 60.0 * self.minutes / self.budget
         cosine = 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         return self.lr0 * (self.final_share + (1 - self.final_share) * cosine)
+
+
+def hold_out(data: torch.Tensor, cfg: StackNetConfig) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+    """The run's random generator and a validation / training split of the stacks ``data`` (≥ 1 held
+    back, at most a tenth or ``cfg.val_size``); a ValueError when the stacks are smaller than the crop."""
+    if data.shape[-1] < cfg.crop or data.shape[-2] < cfg.crop:
+        raise ValueError(f"stacks of {tuple(data.shape[-2:])} px are smaller than the crop of {cfg.crop} px")
+    n_val = min(cfg.val_size, max(1, len(data) // 10))
+    g = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(len(data), generator=g)
+    return g, perm[:n_val], perm[n_val:] if len(data) > n_val else perm
+
+
+def start_run(model: torch.nn.Module, cfg: StackNetConfig, datasets: Sequence[str | Path],
+              n_stacks: int) -> tuple[torch.optim.Optimizer, StepBudget]:
+    """Adam on ``model`` and the run's budget; ``model.info.provenance`` records the data and ``cfg``."""
+    model.info.provenance = {"datasets": [str(p) for p in datasets], "stacks": n_stacks,
+                             "config": asdict(cfg)}
+    budget = StepBudget(cfg.minutes, cfg.max_steps, cfg.lr, cfg.lr_final_share)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr), budget

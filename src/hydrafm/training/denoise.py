@@ -12,7 +12,7 @@ than the structure network (which simulates every batch).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator, Sequence
 
@@ -23,7 +23,7 @@ from ..models.denoise import Denoiser, DenoiserInfo, save_denoiser
 from ..models.preprocess import normalize_stack_torch
 from .augment import one_over_k
 from ..progress import Progress
-from .budget import StackNetConfig, StackNetRecord, StepBudget, descend
+from .budget import StackNetConfig, StackNetRecord, descend, hold_out, start_run
 from ..simulate.dataset import AFMDataset
 
 __all__ = ["DenoiseConfig", "DenoiseRecord", "experiment_noise", "train_denoiser"]
@@ -103,21 +103,16 @@ def train_denoiser(datasets: Sequence[str | Path], out: str | Path, cfg: Denoise
     info = info or DenoiserInfo()
     yield Progress("loading stacks", 0, 1)
     data = _load(datasets, info.n_heights)
-    if data.shape[-1] < cfg.crop or data.shape[-2] < cfg.crop:
-        raise ValueError(f"stacks of {tuple(data.shape[-2:])} px are smaller than the crop of {cfg.crop} px")
-    n_val = min(cfg.val_size, max(1, len(data) // 10))
-    g = torch.Generator().manual_seed(cfg.seed)
-    perm = torch.randperm(len(data), generator=g)
-    val, train_idx = data[perm[:n_val]], perm[n_val:] if len(data) > n_val else perm
+    g, val_idx, train_idx = hold_out(data, cfg)
+    val = data[val_idx]
     drift_px = cfg.max_drift / info.pixel_size
     val_noisy = experiment_noise(val, torch.Generator().manual_seed(cfg.seed + 1), cfg.amplitude, 0.0,
                                  drift_px)
     val_clean, val_noisy = normalize_stack_torch(val), normalize_stack_torch(val_noisy)
     val_before = float(torch.mean((val_noisy - val_clean) ** 2))
     model = Denoiser(info)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    info.provenance = {"datasets": [str(p) for p in datasets], "stacks": len(data), "config": asdict(cfg)}
-    budget, step, last = StepBudget(cfg.minutes, cfg.max_steps, cfg.lr, cfg.lr_final_share), 0, float("nan")
+    opt, budget = start_run(model, cfg, datasets, len(data))
+    step, last = 0, float("nan")
     while budget.running(step):
         for pg in opt.param_groups:
             pg["lr"] = budget.lr(step)

@@ -13,7 +13,7 @@ height). Every step draws fresh experiment-like noise for the stacks
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator, Sequence
 
@@ -23,7 +23,7 @@ import torch
 from ..models.depth import DepthInfo, DepthNet, save_depth
 from ..models.preprocess import normalize_stack_torch
 from ..progress import Progress
-from .budget import StackNetConfig, StackNetRecord, StepBudget, descend
+from .budget import StackNetConfig, StackNetRecord, descend, hold_out, start_run
 from ..simulate.dataset import AFMDataset
 from .denoise import experiment_noise
 
@@ -127,21 +127,15 @@ def train_depth(datasets: Sequence[str | Path], out: str | Path, cfg: DepthConfi
     info = info or DepthInfo()
     yield Progress("loading stacks", 0, 1)
     data, target, weight, atoms = _load(datasets, info, cfg.depth)
-    if data.shape[-1] < cfg.crop or data.shape[-2] < cfg.crop:
-        raise ValueError(f"stacks of {tuple(data.shape[-2:])} px are smaller than the crop of {cfg.crop} px")
-    n_val = min(cfg.val_size, max(1, len(data) // 10))
-    g = torch.Generator().manual_seed(cfg.seed)
-    perm = torch.randperm(len(data), generator=g)
-    val_idx, train_idx = perm[:n_val], perm[n_val:] if len(data) > n_val else perm
+    g, val_idx, train_idx = hold_out(data, cfg)
     drift_px = cfg.max_drift / info.pixel_size
     val_g = torch.Generator().manual_seed(cfg.seed + 1)
     val_x = experiment_noise(data[val_idx].float(), val_g, cfg.amplitude, cfg.clean_share, drift_px)
     val_x = normalize_stack_torch(val_x)
     val_atoms = [atoms[int(i)] for i in val_idx]
     model = DepthNet(info)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    info.provenance = {"datasets": [str(p) for p in datasets], "stacks": len(data), "config": asdict(cfg)}
-    budget, step, last = StepBudget(cfg.minutes, cfg.max_steps, cfg.lr, cfg.lr_final_share), 0, float("nan")
+    opt, budget = start_run(model, cfg, datasets, len(data))
+    step, last = 0, float("nan")
     while budget.running(step):
         for pg in opt.param_groups:
             pg["lr"] = budget.lr(step)
