@@ -4,7 +4,7 @@
     python benchmarks/bench_engine.py speed [-n 20] [--engine both|torch|ppafm] [--device cpu] [--batch 1]
 
 ``equivalence`` simulates ``n`` structures with both engines at random tips drawn from the
-training ranges (``training.onthefly.TipRanges``: closest distance 2.3–3.8 Å, lateral
+training ranges (``simulate.settings.TipRanges``: closest distance 2.3–3.8 Å, lateral
 stiffness 0.25–0.8 N/m, tip charge −0.2…+0.1 e, a d_z² quadrupole on 30 %, tilt ≤ 8°),
 a third each from held-out MD water windows (top 3 Å), the ice-like pool (if built) and
 Na⁺/K⁺ hydrates, and prints per-frame Pearson r (median, minimum), the RMS difference as a
@@ -94,7 +94,7 @@ def equivalence(n: int, seed: int, solver: str = "newton") -> dict:
     from hydrafm.simulate.settings import SimulationSettings
     from hydrafm.simulate.simulators import make_simulator
     from hydrafm.structures.pool import BadStructureError
-    from hydrafm.training.onthefly import TipRanges
+    from hydrafm.simulate.settings import TipRanges
 
     from scipy.spatial import cKDTree
 

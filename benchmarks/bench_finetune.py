@@ -29,6 +29,7 @@ def main() -> None:
     from hydrafm.predict.evaluate import evaluate_dataset
     from hydrafm.progress import drive
     from hydrafm.simulate.dataset import AFMDataset
+    from hydrafm.training.finetune import base_recipe
     from hydrafm.training.train import TrainConfig, train
 
     ap = argparse.ArgumentParser()
@@ -49,7 +50,8 @@ def main() -> None:
     held_out = np.arange(args.select, min(len(va), args.select + args.n_eval))
     base = model_path(args.base)
     _, info, _ = load_checkpoint(base)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, device="cpu", patience=args.epochs)
+    # the labels and normalisation `hydrafm finetune` uses (the base model's), for both runs
+    cfg = base_recipe(TrainConfig(epochs=args.epochs, lr=args.lr, device="cpu", patience=args.epochs), info)
     work = args.out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     results = []

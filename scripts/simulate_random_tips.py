@@ -2,7 +2,7 @@
 
 ``hydrafm simulate`` keeps the tip's stiffness, charge, amplitude and height step fixed (the
 settings' values) and draws only the distance and the tilt. This script draws every stack's tip
-from :class:`hydrafm.training.onthefly.TipRanges` instead (closest probe 2.3–3.8 Å above the top
+from :class:`hydrafm.simulate.settings.TipRanges` instead (closest probe 2.3–3.8 Å above the top
 atom, lateral stiffness 0.25–0.8 N/m, charge −0.2…+0.1 e, a quadrupole on 30 %, amplitude
 0.6/1.0/1.4 Å, true height step 0.08/0.10/0.12 Å), from the shipped pools' training or held-out
 structures (``default_split``). The folder reads as an ordinary dataset (:class:`AFMDataset`);

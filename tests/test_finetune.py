@@ -113,6 +113,13 @@ def test_structures_are_simulated_on_the_fly(tmp_path, user_data):
     data = drive(simulate_structures(folder, per_structure=2, settings=settings), show=False)
     assert len(data) == 4 and data[0].stack.shape == (10, 64, 64)
     assert data.manifest["files"] == [str(folder / "bilayer.xyz"), str(folder / "part.cif")]
+    assert "tips" not in data.manifest
+    # experiment-like tips: the same structures, other tips and scans
+    from hydrafm.simulate.settings import TipRanges
+
+    rt = drive(simulate_structures(folder, per_structure=2, settings=settings, tips=TipRanges()), show=False)
+    assert len(rt) == 4 and TipRanges.from_dict(rt.manifest["tips"]) == TipRanges()
+    assert not np.allclose(rt[0].stack, data[0].stack)
     (folder / "junk.xyz").write_text("not a structure")
     with pytest.raises(TrainingDataError, match="junk.xyz"):
         drive(simulate_structures(folder, per_structure=1, settings=settings), show=False)
@@ -135,3 +142,38 @@ def test_cli_finetune_from_a_dataset(tmp_path, user_data, base, capsys):
     # a grid mismatch is a clear error
     assert main(["finetune", str(tmp_path / "ds"), "--name", "other", "--base", str(base)]) == 2
     assert "grid" in capsys.readouterr().err
+
+
+def test_the_finetune_labels_only_what_the_base_model_was_taught_to_find(user_data, tmp_path):
+    """A base trained on the atoms within 2 Å of the top (as the shipped ones) is fine-tuned on the same
+    labels, not on every atom of the structure; an explicit label depth is kept."""
+    from hydrafm.training.finetune import base_recipe
+
+    torch.manual_seed(0)
+    info = ModelInfo(config=TINY, pixel_size=25 / 128, provenance={"on_the_fly": {"label_depth": 2.0}})
+    deep = save_checkpoint(tmp_path / "deep.pt", StructureUNet(TINY), info)
+    assert base_recipe(CFG, info).label_depth == 2.0
+    assert base_recipe(TrainConfig(label_depth=1.0), info).label_depth == 1.0
+    assert base_recipe(CFG, ModelInfo(config=TINY)).label_depth is None  # a base without that recipe
+    data = stack_atom_samples(_pairs(), 25 / 128, 0.1, 10)
+    list(finetune(data, "kept-depth", deep, CFG, val_fraction=0.34))
+    card = (user_data / "kept-depth.md").read_text()
+    assert '"label_depth": 2.0' in card
+
+
+def test_cli_train_from_a_model_keeps_its_label_depth(tmp_path, user_data):
+    from hydrafm.cli import main
+    from test_training import fake_dataset
+
+    fake_dataset(tmp_path / "ds", n=8, shard=4)
+    torch.manual_seed(0)
+    info = ModelInfo(config=TINY, pixel_size=0.2, provenance={"on_the_fly": {"label_depth": 2.0}})
+    deep = save_checkpoint(tmp_path / "deep.pt", StructureUNet(TINY), info)
+    common = ["train", str(tmp_path / "ds"), "--epochs", "1", "--batch-size", "4", "--crop", "0",
+              "--device", "cpu", "--val-runs", "shard", "--base-channels", "4"]
+    assert main(common + ["-o", str(tmp_path / "a.pt"), "--init-from", str(deep)]) == 0
+    assert load_checkpoint(tmp_path / "a.pt")[1].provenance["train_config"]["label_depth"] == 2.0
+    assert main(common + ["-o", str(tmp_path / "b.pt"), "--init-from", str(deep), "--label-depth", "1.5"]) == 0
+    assert load_checkpoint(tmp_path / "b.pt")[1].provenance["train_config"]["label_depth"] == 1.5
+    assert main(common + ["-o", str(tmp_path / "c.pt")]) == 0  # from scratch: every atom, as before
+    assert load_checkpoint(tmp_path / "c.pt")[1].provenance["train_config"]["label_depth"] is None

@@ -95,6 +95,7 @@ def test_structures_folder_and_dataset_sources(make_napari_viewer, models, qtbot
 
     viewer = make_napari_viewer()
     w = FinetuneWidget(viewer)
+    assert w.random_tips.native.isHidden()  # only for a structures folder
     # (c) a dataset made by `hydrafm simulate` (here a fake one on a 0.2 Å grid, with a matching base)
     fake_dataset(tmp_path / "ds", n=8, shard=4)
     save_checkpoint(models / "base-02.pt", StructureUNet(TINY), ModelInfo(config=TINY, pixel_size=0.2))
@@ -118,6 +119,8 @@ def test_structures_folder_and_dataset_sources(make_napari_viewer, models, qtbot
     write(folder / "a.xyz", truth)
     write(folder / "b.xyz", truth[:36])
     w.source.value = SOURCES[0]
+    assert not w.random_tips.native.isHidden() and not w.random_tips.value  # shown; off unless asked
+    w.random_tips.value = True
     w.folder.value = folder
     w.per_structure.value = 1
     w.base.value = "tiny-base"
@@ -127,4 +130,5 @@ def test_structures_folder_and_dataset_sources(make_napari_viewer, models, qtbot
     w.start()
     qtbot.waitUntil(lambda: not w.running, timeout=180_000)
     assert "Saved from-structures" in w.info.value, w.info.value
+    assert "experiment-like tips" in (models / "from-structures.md").read_text()
     assert opencl_before or "pyopencl" not in sys.modules

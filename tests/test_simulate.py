@@ -189,12 +189,8 @@ def test_single_water_image_is_where_the_molecule_is():
     assert stack.metadata["simulation"]["tip_charge"] == -0.05
 
 
-def test_dataset_is_deterministic_resumable_and_loadable(tmp_path):
-    _need_opencl()
-    from hydrafm.progress import drive
-    from hydrafm.simulate.afm import SimulationSettings
-    from hydrafm.simulate.dataset import AFMDataset, make_dataset
-
+def _tiny_water_pool() -> StructurePool:
+    """A few 10 × 10 Å windows of three waters each."""
     rng = np.random.default_rng(1)
     items = []
     for _ in range(4):
@@ -208,7 +204,16 @@ def test_dataset_is_deterministic_resumable_and_loadable(tmp_path):
         except BadStructureError:
             continue
         items.append((pos, [8, 1, 1] * 3, {}))
-    pool = StructurePool.from_structures(items, (10.0, 10.0, 3.0))
+    return StructurePool.from_structures(items, (10.0, 10.0, 3.0))
+
+
+def test_dataset_is_deterministic_resumable_and_loadable(tmp_path):
+    _need_opencl()
+    from hydrafm.progress import drive
+    from hydrafm.simulate.afm import SimulationSettings
+    from hydrafm.simulate.dataset import AFMDataset, make_dataset
+
+    pool = _tiny_water_pool()
     settings = SimulationSettings(**TINY)
     out = tmp_path / "ds"
     drive(make_dataset(out, 3, "water", pool, settings, seed=5, shard_size=2), show=False)
@@ -226,6 +231,56 @@ def test_dataset_is_deterministic_resumable_and_loadable(tmp_path):
     assert s.maps[0].max() > 0.9  # the O channel has its atoms
     batches = list(ds.batches(2, np.random.default_rng(0)))
     assert sorted(len(b) for b in batches) == [1, 2]
+
+
+def test_random_tips_are_drawn_in_their_ranges_recorded_and_simulated_as_drawn(tmp_path, capsys):
+    """``--random-tips``: each stack's tip and scan come from TipRanges, the shards record them,
+    and each stack is the simulation of exactly its draw (torch engine: no OpenCL needed)."""
+    import json
+
+    from hydrafm.simulate.dataset import AFMDataset, TIP_DRAWS
+    from hydrafm.simulate.engine import TorchSimulator
+    from hydrafm.simulate.settings import SampledTip, TipRanges, scan_settings
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    pool_file = tmp_path / "pool.npz"
+    _tiny_water_pool().save(pool_file)
+    out = tmp_path / "rt"
+    args = ["simulate", "water", "-n", "6", "--pool", str(pool_file), "--out", str(out), "--pixels", "24",
+            "--scan-size", "10", "--pix-per-angstrom", "4", "--seed", "2", "--shard-size", "3",
+            "--random-tips"]
+    assert main(args + ["--distance", "2.6:3.6"]) == 0
+    manifest = json.loads((out / "dataset.json").read_text())
+    ranges = TipRanges.from_dict(manifest["tips"])
+    assert ranges == TipRanges(distance=(2.6, 3.6))
+    ds = AFMDataset(out)
+    d = ds.draws()
+    assert set(TIP_DRAWS) <= set(d) and len(d["dz"]) == 6
+    assert np.all((d["distance"] >= 2.6) & (d["distance"] <= 3.6))
+    assert np.all((d["k_lateral"] >= 0.25) & (d["k_lateral"] <= 0.8))
+    assert np.all((d["charge"] >= -0.2) & (d["charge"] <= 0.1))
+    steps = np.abs(d["dz"][:, None] - np.array([0.08, 0.1, 0.12])).argmin(1)
+    np.testing.assert_allclose(d["dz"], np.array([0.08, 0.1, 0.12])[steps], atol=1e-6)
+    assert len(set(steps)) > 1
+    # the stack is its draw, scanned with its own amplitude and height step
+    i = int(np.argmax(np.abs(d["dz"] - 0.1)))
+    s = ds[i]
+    scan = scan_settings(ds.settings, float(d["amplitude"][i]), float(d["dz"][i]))
+    assert scan.dz != ds.settings.dz and np.isclose(scan.df_steps * scan.dz, d["amplitude"][i])
+    with np.load(ds.shards[i // 3]) as z:
+        tilt = tuple(z["tilt"][i % 3])
+    tip = SampledTip(float(d["distance"][i]), tilt, k_lateral=float(d["k_lateral"][i]),
+                     charge=float(d["charge"][i]), quadrupole=float(d["quadrupole"][i]))
+    again = TorchSimulator(scan).simulate(s.positions, _numbers(s.labels), tip).data
+    np.testing.assert_allclose(s.stack, again, atol=0.02 * np.abs(again).max())
+    # another draw of tips in the same folder is another dataset
+    assert main(args) == 2 and "different dataset" in capsys.readouterr().err
+
+
+def _numbers(labels: np.ndarray) -> np.ndarray:
+    """Atomic numbers of label indices (O, Na, K, H_up, H_flat, H_down)."""
+    return np.array([8, 11, 19, 1, 1, 1])[labels]
 
 
 def test_cli_simulate_errors_are_one_line(tmp_path, capsys):

@@ -24,6 +24,10 @@ from .io import AFMFileError, ChannelNotFoundError, load_stack
 from .simulate.settings import SimulationError
 
 EXIT_BAD_INPUT = 2
+RANDOM_TIPS_HELP = ("draw each stack's tip and scan like an experiment, as the shipped models were "
+                    "trained: closest probe 2.3–3.8 Å, lateral stiffness 0.25–0.8 N/m, charge −0.2…+0.1 e, "
+                    "a quadrupole on 30 %%, amplitude 0.6/1.0/1.4 Å, true height step 0.08/0.10/0.12 Å "
+                    "(the grid keeps its own)")
 
 
 def _scan_size(text: str) -> tuple[float, float]:
@@ -102,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use only pool structures A..B-1 (e.g. 0:2000 for training, 2000:2400 for validation)")
     sim.add_argument("--split", choices=["all", "train", "held-out"], default="all",
                      help="only the pool's training or held-out structures (whole MD runs / families held out)")
-    sim.add_argument("--distance", metavar="A:B", help="closest probe height above the top atom, Å (default 2.3:2.9)")
+    sim.add_argument("--distance", metavar="A:B",
+                     help="closest probe height above the top atom, Å (default 2.3:2.9; 2.3:3.8 with --random-tips)")
+    sim.add_argument("--random-tips", action="store_true", help=RANDOM_TIPS_HELP)
     _add_engine_options(sim)
 
     tr = sub.add_parser("train", help="train (or fine-tune) the structure network on a simulated dataset, "
@@ -153,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(drawn uniformly up to it; default 0.08; 3 %% of a frame's range is ~0.16); "
                          "a resumed run may change it")
     tr.add_argument("--label-depth", type=float,
-                    help="targets only for atoms within this many Å of the structure's top (what a scan sees)")
+                    help="targets only for atoms within this many Å of the structure's top (what a scan sees; "
+                         "default: all atoms, or with --init-from the model's own, 2 Å for the shipped ones)")
     tr.add_argument("--patience", type=int,
                     help="epochs without improvement before stopping (default 6; on the fly with --minutes or "
                          "--cpu-minutes: none, the time budget ends the run)")
@@ -205,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--val-fraction", type=float, default=0.2)
     ft.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and the head")
     ft.add_argument("--per-structure", type=int, default=8, help="structures: simulated draws per structure")
+    ft.add_argument("--random-tips", action="store_true", help="structures: " + RANDOM_TIPS_HELP)
     ft.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     ft.add_argument("--threads", type=int, help="CPU threads for torch")
     ft.add_argument("--seed", type=int, default=0)
@@ -425,10 +433,12 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate (or resume) a dataset; prints its folder and size as JSON."""
+    from dataclasses import replace
+
     from .paths import cache_dir, pool_path
     from .progress import drive
     from .simulate.dataset import make_dataset
-    from .simulate.settings import SimulationSettings
+    from .simulate.settings import SimulationSettings, TipRanges
     from .structures.pool import StructurePool
 
     pool_file = args.pool or pool_path(args.kind)
@@ -453,18 +463,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         pool = pool.subset(chosen.indices)
         pool_name = f"{pool_name}[{args.split}]"
     extra = {}
+    tips = TipRanges() if args.random_tips else None
     if args.distance:
         try:
             lo, hi = (float(v) for v in args.distance.split(":"))
         except ValueError:
             raise ValueError(f"bad --distance {args.distance!r}; use A:B in Å, e.g. 2.5:3.0") from None
+        if not 0 < lo <= hi:
+            raise ValueError(f"bad --distance {args.distance!r}: need 0 < A ≤ B")
         extra["closest_distance"] = (lo, hi)
+        tips = replace(tips, distance=(lo, hi)) if tips is not None else None
     settings = SimulationSettings(n_pixels=args.pixels, scan_size=args.scan_size,
                                   pix_per_angstrom=args.pix_per_angstrom, **extra)
     out = args.out or cache_dir("datasets", f"{args.kind}-s{args.seed}")
     drive(make_dataset(out, args.n, args.kind, pool, settings, seed=args.seed, shard_size=args.shard_size,
                        pool_name=pool_name, layer_depth=args.layer_depth, engine=args.engine,
-                       device=args.sim_device))
+                       device=args.sim_device, tips=tips))
     print(json.dumps({"dataset": str(out), "stacks": args.n}))
     return 0
 
@@ -511,6 +525,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     epochs, patience = _epoch_limits(args)
     cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
                       device=args.device, label_depth=args.label_depth, patience=patience)
+    if init is not None:  # continuing a model: its label depth (unless --label-depth) and normalisation
+        from .models.checkpoint import load_checkpoint
+        from .training.finetune import base_recipe
+
+        cfg = base_recipe(cfg, load_checkpoint(init)[1])
     split = _split_water_runs(ds, args.val_runs) if args.val_runs != "shard" else None
     train_idx, val_idx = split if split is not None else (None, None)
     if split is not None:
@@ -766,9 +785,11 @@ def _finetune_data(args: argparse.Namespace):
     if len(items) == 1 and (Path(items[0]) / MANIFEST).exists():
         return AFMDataset(items[0])
     from .progress import drive
+    from .simulate.settings import TipRanges
 
     return drive(simulate_structures(items[0] if len(items) == 1 else items, args.per_structure, args.seed,
-                                     engine=args.engine, device=args.sim_device))
+                                     engine=args.engine, device=args.sim_device,
+                                     tips=TipRanges() if args.random_tips else None))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

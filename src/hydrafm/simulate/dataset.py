@@ -32,7 +32,7 @@ from .._atomic import atomic_path
 from ..io.xyz import LABELS
 from ..progress import Progress
 from ..structures.pool import BadStructureError, StructurePool
-from .settings import SampledTip, SimulationSettings
+from .settings import SampledTip, SimulationSettings, TipRanges, scan_settings
 from .simulators import make_simulator
 from .labels import atom_labels, label_index, label_maps, within_top
 
@@ -132,11 +132,15 @@ def make_dataset(
     layer_depth: float | None = None,
     engine: str = "torch",
     device: str = "cpu",
+    tips: TipRanges | None = None,
 ) -> Generator[Progress, None, Path]:
     """Simulate ``n`` stacks of ``kind`` structures from ``pool`` into the folder ``out``.
 
     ``engine`` is the simulator (``torch``, the default, or ``ppafm``) and ``device`` the
-    torch device it runs on.
+    torch device it runs on. ``tips``: draw every stack's tip and scan from these
+    experiment-like ranges (stiffness, charge, quadrupole, amplitude, true height step; the
+    shards then record each draw); ``None`` keeps the settings' tip and draws only the
+    distance (``settings.closest_distance``) and the tilt.
 
     Yields :class:`Progress` per stack; returns the folder. Re-running with the
     same arguments resumes; different arguments in an existing folder raise
@@ -161,6 +165,8 @@ def make_dataset(
     }
     if layer_depth is not None:
         manifest["layer_depth"] = float(layer_depth)
+    if tips is not None:
+        manifest["tips"] = tips.to_dict()
     mpath = out / MANIFEST
     if mpath.exists():
         old = json.loads(mpath.read_text())
@@ -173,7 +179,7 @@ def make_dataset(
         mpath.write_text(json.dumps(manifest, indent=1))
 
     n_shards = (n + shard_size - 1) // shard_size
-    sim = None
+    sims = ScanSimulators(settings, engine, device)
     done = 0
     for s in range(n_shards):
         k = min(shard_size, n - s * shard_size)
@@ -182,16 +188,15 @@ def make_dataset(
             done += k
             yield Progress("simulating stacks", done, n)
             continue
-        if sim is None:
-            sim = make_simulator(settings, engine, device)
         rng = np.random.default_rng(np.random.SeedSequence([seed, s]))
         stacks, pos_l, lab_l, offsets, dist, tilt, source, group = [], [], [], [0], [], [], [], []
+        drawn: dict[str, list] = {key: [] for key in TIP_DRAWS} if tips is not None else {}
         rejected = 0
         while len(stacks) < k:
             pos, numbers, src = draw_structure(kind, pool, rng, settings.scan_size, layer_depth)
-            tip = SampledTip.draw(settings, rng)
+            tip, scan = draw_tip(settings, tips, rng)
             try:
-                stack = sim.simulate(pos, numbers, tip, name=f"shard {s} sample {len(stacks)}")
+                stack = sims.get(scan).simulate(pos, numbers, tip, name=f"shard {s} sample {len(stacks)}")
                 labels = label_index(atom_labels(pos, numbers))
             except (BadStructureError, ValueError):
                 rejected += 1
@@ -206,6 +211,9 @@ def make_dataset(
             tilt.append(tip.tilt_xy)
             source.append(src)
             group.append(structure_group(kind, pool, src))
+            if drawn:
+                for key, v in tip_draws(tip, scan).items():
+                    drawn[key].append(v)
             done += 1
             yield Progress("simulating stacks", done, n)
         _write_npz(
@@ -220,9 +228,45 @@ def make_dataset(
                 "source": np.asarray(source, dtype=np.int64),
                 "group": np.asarray(group, dtype="<U32"),
                 "rejected": np.asarray(rejected),
+                **{key: np.asarray(v, dtype=np.float32) for key, v in drawn.items()},
             },
         )
     return out
+
+
+#: what a shard records of each stack's tip and scan when they are drawn from :class:`TipRanges`
+TIP_DRAWS = ("k_lateral", "charge", "quadrupole", "dz", "amplitude")
+
+
+def draw_tip(settings: SimulationSettings, tips: TipRanges | None,
+             rng: np.random.Generator) -> tuple[SampledTip, SimulationSettings]:
+    """One stack's tip and the settings it is scanned with (``tips`` None: the settings' own tip)."""
+    if tips is None:
+        return SampledTip.draw(settings, rng), settings
+    amplitude, dz = tips.draw_scan(rng)
+    return tips.draw(rng, settings.probe_length), scan_settings(settings, amplitude, dz)
+
+
+def tip_draws(tip: SampledTip, scan: SimulationSettings) -> dict[str, float]:
+    """The :data:`TIP_DRAWS` of one stack."""
+    return {"k_lateral": float(tip.k_lateral if tip.k_lateral is not None else scan.k_lateral),
+            "charge": float(tip.charge if tip.charge is not None else scan.tip_charge),
+            "quadrupole": float(tip.quadrupole), "dz": float(scan.dz),
+            "amplitude": float(scan.df_steps * scan.dz)}
+
+
+class ScanSimulators:
+    """One simulator per scan setting (amplitude and height step), made when first needed."""
+
+    def __init__(self, settings: SimulationSettings, engine: str, device: str) -> None:
+        self.settings, self.engine, self.device = settings, engine, device
+        self._sims: dict[tuple, object] = {}
+
+    def get(self, scan: SimulationSettings):
+        key = (scan.df_steps, round(scan.dz, 6))
+        if key not in self._sims:
+            self._sims[key] = make_simulator(scan, self.engine, self.device)
+        return self._sims[key]
 
 
 @dataclass
@@ -307,14 +351,19 @@ class AFMDataset:
 
     def draws(self) -> dict[str, np.ndarray]:
         """Per-sample random draws of the whole dataset: ``distance`` (closest probe above the top
-        atom, Å), ``source`` (pool index) and ``group`` (the structure's family)."""
-        out: dict[str, list] = {"distance": [], "source": [], "group": []}
+        atom, Å), ``source`` (pool index) and ``group`` (the structure's family); with random
+        tips (``manifest["tips"]``) also :data:`TIP_DRAWS` (stiffness N/m, charge e, quadrupole
+        e·Å², true height step Å, amplitude Å)."""
+        extra = TIP_DRAWS if "tips" in self.manifest else ()
+        out: dict[str, list] = {key: [] for key in ("distance", "source", "group", *extra)}
         for p in self.shards:
             with np.load(p) as z:
                 k = len(z["offsets"]) - 1
                 out["distance"].append(z["distance"])
                 out["source"].append(z["source"])
                 out["group"].append(z["group"] if "group" in z.files else np.full(k, self.manifest["kind"]))
+                for key in extra:
+                    out[key].append(z[key])
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
     def batches(

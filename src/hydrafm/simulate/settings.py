@@ -2,7 +2,9 @@
 
 :class:`SimulationSettings` holds the tip, scan and randomisation parameters of Tang et
 al.'s probe-particle model (CO-like tip, 10 heights 0.1 Å apart, 128 × 128 px over
-2.5 nm); :class:`SampledTip` is one per-stack random draw. Both the torch engine
+2.5 nm); :class:`SampledTip` is one per-stack random draw; :class:`TipRanges` draws tips and
+scans like an experiment (stiffness, charge, quadrupole, amplitude and true height step vary per
+stack). Both the torch engine
 (:mod:`hydrafm.simulate.engine`) and ppafm's OpenCL ``AFMulator``
 (:mod:`hydrafm.simulate.afm`) take them.
 """
@@ -15,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SimulationSettings", "SampledTip", "CHARGES", "SimulationError", "ENGINES"]
+__all__ = ["SimulationSettings", "SampledTip", "TipRanges", "scan_settings", "CHARGES", "SimulationError",
+           "ENGINES"]
 
 #: simulation engines: our torch port of the probe-particle model (default) and ppafm's OpenCL reference
 ENGINES = ("torch", "ppafm")
@@ -83,3 +86,51 @@ class SampledTip:
         phi = float(rng.uniform(0.0, 2 * math.pi))
         r = settings.probe_length * math.tan(tilt)
         return cls(distance, (r * math.cos(phi), r * math.sin(phi)))
+
+
+@dataclass(frozen=True)
+class TipRanges:
+    """Experiment-like per-stack tip and scan draws (uniform in each range).
+
+    What on-the-fly training draws, and ``hydrafm simulate --random-tips`` / fine-tuning from
+    structures with ``random_tips``: the closest probe anywhere from the attractive to the
+    repulsive regime, a soft or stiff CO, a charged tip (sometimes with a quadrupole), and an
+    amplitude and a true height step the model does not know (it assumes its own).
+    """
+
+    distance: tuple[float, float] = (2.3, 3.8)  # closest probe height above the top atom (Å)
+    k_lateral: tuple[float, float] = (0.25, 0.8)  # N/m
+    charge: tuple[float, float] = (-0.2, 0.1)  # monopole (e)
+    quadrupole_fraction: float = 0.3  # share of stacks with a d_z² quadrupole as well
+    quadrupole: tuple[float, float] = (-0.1, 0.05)  # e·Å²
+    max_tilt_deg: float = 8.0
+    amplitudes: tuple[float, ...] = (0.6, 1.0, 1.4)  # Å peak-to-peak, one per batch
+    dz: tuple[float, ...] = (0.08, 0.1, 0.12)  # true height step (the model assumes its own), one per batch
+
+    def draw(self, rng: np.random.Generator, probe_length: float) -> SampledTip:
+        """One tip: distance, rest tilt, stiffness, charge and (on a share of draws) a quadrupole."""
+        tilt = math.radians(float(rng.uniform(0.0, self.max_tilt_deg)))
+        phi = float(rng.uniform(0.0, 2 * math.pi))
+        r = probe_length * math.tan(tilt)
+        quad = float(rng.uniform(*self.quadrupole)) if rng.random() < self.quadrupole_fraction else 0.0
+        return SampledTip(float(rng.uniform(*self.distance)), (r * math.cos(phi), r * math.sin(phi)),
+                          k_lateral=float(rng.uniform(*self.k_lateral)),
+                          charge=float(rng.uniform(*self.charge)), quadrupole=quad)
+
+    def draw_scan(self, rng: np.random.Generator) -> tuple[float, float]:
+        """One scan: ``(amplitude Å peak-to-peak, true height step Å)``."""
+        return float(rng.choice(self.amplitudes)), float(rng.choice(self.dz))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TipRanges":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def scan_settings(settings: SimulationSettings, amplitude: float, dz: float) -> SimulationSettings:
+    """``settings`` scanned with another amplitude (Å peak-to-peak) and true height step (Å)."""
+    from dataclasses import replace
+
+    return replace(settings, dz=dz, df_steps=max(2, int(round(amplitude / dz))))

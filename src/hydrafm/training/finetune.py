@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Generator
 
@@ -60,7 +60,14 @@ def finetune(
     resume: bool = False,
     out_dir: Path | None = None,
 ) -> Generator[Progress | EpochStats, None, Path]:
-    """Fine-tune ``base`` on ``data`` (an AFMDataset or a MemoryDataset); returns the saved model's path."""
+    """Fine-tune ``base`` on ``data`` (an AFMDataset or a MemoryDataset); returns the saved model's path.
+
+    The labels follow the base model's training: where ``config.label_depth`` is None and the base
+    was trained to find only the atoms near the top (``label_depth`` in its on-the-fly provenance, 2 Å
+    for the shipped models), the fine-tune does the same — teaching it every atom of the structure
+    instead makes it see atoms the scan cannot (docs/finetune.md). The stacks are normalised as the
+    base model's were.
+    """
     name = check_model_name(name)
     folder = Path(out_dir) if out_dir is not None else user_models_dir()
     out = folder / f"{name}.pt"
@@ -71,6 +78,7 @@ def finetune(
         raise FileNotFoundError(f"there is no stopped run named {name!r} to resume ({last})")
     base_path = model_path(base)
     _, base_info, _ = load_checkpoint(base_path)  # fails early, naming the file, on a bad base model
+    config = base_recipe(config, base_info)
     if abs(base_info.pixel_size - data.settings.pixel_size) > 1e-6 or abs(base_info.dz - data.settings.dz) > 1e-6:
         raise ValueError(f"the data's grid ({data.settings.pixel_size:.4f} Å/px, {data.settings.dz:g} Å steps) "
                          f"differs from the base model's ({base_info.pixel_size:.4f} Å/px, {base_info.dz:g} Å)")
@@ -94,6 +102,14 @@ def finetune(
     return out
 
 
+def base_recipe(config: TrainConfig, base_info) -> TrainConfig:
+    """``config`` with the base model's label depth (where ``config`` leaves it None) and normalisation."""
+    trained = base_info.provenance.get("on_the_fly") or {}
+    depth = config.label_depth if config.label_depth is not None else trained.get("label_depth")
+    return replace(config, label_depth=None if depth is None else float(depth),
+                   normalization=base_info.normalization or config.normalization)
+
+
 def _write_card(out: Path, base, data, config: TrainConfig, best: EpochStats | None, n_train: int,
                 n_val: int) -> None:
     """Put the summary and metrics into the checkpoint and write ``<name>.md`` beside it."""
@@ -102,11 +118,14 @@ def _write_card(out: Path, base, data, config: TrainConfig, best: EpochStats | N
     kind = data.manifest.get("kind", "data")
     summary = f"fine-tuned from {Path(str(base)).stem} on {n_train} samples ({kind})"
     info.provenance.update({"summary": summary, "metrics": scores, "base_model": str(base)})
+    if "tips" in data.manifest:  # structures simulated with experiment-like tips
+        info.provenance["tips"] = data.manifest["tips"]
     save_checkpoint(out, model, info)
     lines = [f"# Model card: {out.stem}", "", summary + ".", "",
              f"- Base model: `{base}`",
              f"- Data: {kind}, {n_train} training and {n_val} validation samples "
-             f"(validation held out from training, used to pick the best epoch)",
+             f"(validation held out from training, used to pick the best epoch)"
+             + ("; experiment-like tips (`TipRanges`)" if "tips" in data.manifest else ""),
              f"- Epochs trained (best): {info.provenance.get('epochs_trained')}; best validation loss "
              f"{info.provenance.get('best_val_loss')}",
              f"- Settings: `{json.dumps({k: v for k, v in asdict(config).items() if k != 'augment'})}`", ""]

@@ -34,7 +34,7 @@ from ..models.preprocess import normalize_stack_torch
 from ..models.unet import StructureUNet, UNetConfig
 from ..progress import Progress
 from ..simulate.engine import TipBatch, TorchSimulator
-from ..simulate.settings import SampledTip, SimulationSettings
+from ..simulate.settings import SimulationSettings, TipRanges, scan_settings
 from .augment import Degradations, degrade
 from .train import EpochStats, pick_device, structure_loss, train_step
 
@@ -42,29 +42,6 @@ __all__ = ["TipRanges", "Degradations", "OnTheFlyConfig", "StructureSource", "Ba
            "degrade", "ReplayBuffer"]
 
 N_LABELS = 6  # O, Na, K, H_up, H_flat, H_down (hydrafm.io.xyz.LABELS)
-
-
-@dataclass(frozen=True)
-class TipRanges:
-    """Per-stack tip and scan draws (uniform in each range)."""
-
-    distance: tuple[float, float] = (2.3, 3.8)  # closest probe height above the top atom (Å)
-    k_lateral: tuple[float, float] = (0.25, 0.8)  # N/m
-    charge: tuple[float, float] = (-0.2, 0.1)  # monopole (e)
-    quadrupole_fraction: float = 0.3  # share of stacks with a d_z² quadrupole as well
-    quadrupole: tuple[float, float] = (-0.1, 0.05)  # e·Å²
-    max_tilt_deg: float = 8.0
-    amplitudes: tuple[float, ...] = (0.6, 1.0, 1.4)  # Å peak-to-peak, one per batch
-    dz: tuple[float, ...] = (0.08, 0.1, 0.12)  # true height step (the model assumes its own), one per batch
-
-    def draw(self, rng: np.random.Generator, probe_length: float) -> SampledTip:
-        tilt = math.radians(float(rng.uniform(0.0, self.max_tilt_deg)))
-        phi = float(rng.uniform(0.0, 2 * math.pi))
-        r = probe_length * math.tan(tilt)
-        quad = float(rng.uniform(*self.quadrupole)) if rng.random() < self.quadrupole_fraction else 0.0
-        return SampledTip(float(rng.uniform(*self.distance)), (r * math.cos(phi), r * math.sin(phi)),
-                          k_lateral=float(rng.uniform(*self.k_lateral)), charge=float(rng.uniform(*self.charge)),
-                          quadrupole=quad)
 
 
 @dataclass(frozen=True)
@@ -181,11 +158,11 @@ class BatchMaker:
         self._sims: dict[tuple[int, float], TorchSimulator] = {}
 
     def simulator(self, amplitude: float, dz: float) -> TorchSimulator:
-        steps = max(2, int(round(amplitude / dz)))
-        key = (steps, round(dz, 4))
+        scan = scan_settings(self.cfg.settings, amplitude, dz)
+        key = (scan.df_steps, round(dz, 4))
         if key not in self._sims:
             # a 1 Å margin keeps the relaxed probe inside the (exactly sized) force-field box
-            s = replace(self.cfg.settings, n_pixels=self.cfg.crop, scan_size=self.window, dz=dz, df_steps=steps,
+            s = replace(scan, n_pixels=self.cfg.crop, scan_size=self.window,
                         lateral_pad=max(self.cfg.settings.lateral_pad, 1.0))
             sim = TorchSimulator(s, device=self.device, ppafm_grid=False)
             # on a GPU the relaxation's steps are compiled (2.8× faster on an H200, docs/structure-network.md;
@@ -230,7 +207,7 @@ class BatchMaker:
         if nominal:
             amp, dz = s.df_steps * s.dz, s.dz
         else:
-            amp, dz = float(rng.choice(cfg.tips.amplitudes)), float(rng.choice(cfg.tips.dz))
+            amp, dz = cfg.tips.draw_scan(rng)
         pos, num, lab = self.draw(rng, n)
         tips = [cfg.tips.draw(rng, s.probe_length) for _ in range(n)]
         return {"amp": amp, "dz": dz, "pos": pos, "num": num, "lab": lab, "tips": tips,

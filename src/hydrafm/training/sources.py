@@ -21,8 +21,9 @@ from typing import Generator, Iterator, Sequence
 import numpy as np
 
 from ..progress import Progress
-from ..simulate.dataset import Sample
+from ..simulate.dataset import Sample, ScanSimulators, draw_tip
 from ..simulate.labels import atom_labels, label_index, label_maps, within_top
+from ..simulate.settings import TipRanges
 from ..stack import AFMStack
 
 __all__ = ["MemoryDataset", "TrainingDataError", "simulate_structures", "stack_atom_samples",
@@ -119,16 +120,19 @@ def simulate_structures(
     settings=None,
     engine: str = "torch",
     device: str = "cpu",
+    tips: TipRanges | None = None,
 ) -> Generator[Progress, None, MemoryDataset]:
     """Simulate each structure ``per_structure`` times (random tip, rotation, position) → a MemoryDataset.
 
     Only H, O, Na and K are simulated and labelled; other atoms (a substrate) are left
     out, as in the training data. Each draw rotates the structure by a random angle about
     z, centres its water/ion part in the scan window with a random offset of up to 2 Å,
-    and keeps the atoms inside the window.
+    and keeps the atoms inside the window. ``tips`` (a
+    :class:`~hydrafm.simulate.settings.TipRanges`): draw each stack's tip stiffness, charge,
+    quadrupole, distance, amplitude and true height step like an experiment, as the shipped
+    models were trained; ``None``: the settings' tip, only its distance and tilt drawn.
     """
-    from ..simulate.settings import SampledTip, SimulationSettings
-    from ..simulate.simulators import make_simulator
+    from ..simulate.settings import SimulationSettings
 
     settings = settings or SimulationSettings()
     files = structure_files(source)
@@ -144,7 +148,7 @@ def simulate_structures(
         except ValueError as exc:
             raise TrainingDataError(f"{f}: {exc}") from None
         structures.append((f, pos - pos.mean(axis=0), numbers))
-    sim = make_simulator(settings, engine, device)
+    sims = ScanSimulators(settings, engine, device)
     rng = np.random.default_rng(seed)
     samples = []
     total = len(structures) * per_structure
@@ -160,15 +164,16 @@ def simulate_structures(
             p, z = _whole_molecules(p, numbers, inside)
             if len(p) == 0:
                 continue
-            tip = SampledTip.draw(settings, rng)
-            stack = sim.simulate(p, z, tip, name=str(f))
+            tip, scan = draw_tip(settings, tips, rng)
+            stack = sims.get(scan).simulate(p, z, tip, name=str(f))
             labels = label_index(atom_labels(p, z))
             samples.append(Sample(stack.data, None, p, labels))  # type: ignore[arg-type]
             yield Progress("simulating structures", len(samples), total)
     grid = GridSettings(settings.pixel_size, settings.dz, settings.n_heights)
     return MemoryDataset(samples, grid, f"structures:{Path(files[0]).parent}",
                          {"kind": "structures", "n": len(samples), "files": [str(f) for f in files],
-                          "per_structure": per_structure, "seed": seed, "settings": settings.to_dict()})
+                          "per_structure": per_structure, "seed": seed, "settings": settings.to_dict(),
+                          **({"tips": tips.to_dict()} if tips is not None else {})})
 
 
 def _whole_molecules(p: np.ndarray, numbers: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,17 +37,19 @@ SOURCES = ("Structures folder", "Stacks + atoms in the viewer", "Dataset folder"
 
 
 def _build_data(source: str, path: str, pairs: list[tuple[Any, Any]], names: list[str], base: Path,
-                per_structure: int, engine: str = "torch"):
+                per_structure: int, engine: str = "torch", random_tips: bool = False):
     """Worker body, part 1: the training data (simulation yields progress)."""
     from ..models.checkpoint import load_checkpoint
     from ..simulate.dataset import AFMDataset
+    from ..simulate.settings import TipRanges
     from ..training.sources import TrainingDataError, simulate_structures, stack_atom_samples
 
     if source == SOURCES[0]:
         if not path:
             raise TrainingDataError("Choose a folder of structure files (xyz, cif, POSCAR …).")
         # the torch engine runs in this worker thread; ppafm (OpenCL) runs in a child process
-        return (yield from simulate_structures(path, per_structure, engine=engine))
+        return (yield from simulate_structures(path, per_structure, engine=engine,
+                                               tips=TipRanges() if random_tips else None))
     if source == SOURCES[2]:
         if not path:
             raise TrainingDataError("Choose a dataset folder made by `hydrafm simulate`.")
@@ -59,7 +61,7 @@ def _build_data(source: str, path: str, pairs: list[tuple[Any, Any]], names: lis
 
 
 def _finetune_job(source, path, pairs, names, base, per_structure, name, config, val_fraction, resume, stop,
-                  engine="torch"):
+                  engine="torch", random_tips=False):
     """Worker body: data, then training; yields Progress / EpochStats; returns ``(model path, stopped)``.
 
     ``stop`` (a threading.Event) ends the run after the current batch: the training
@@ -68,7 +70,7 @@ def _finetune_job(source, path, pairs, names, base, per_structure, name, config,
     from ..models.registry import user_models_dir
     from ..training.finetune import finetune
 
-    data = yield from _build_data(source, path, pairs, names, base, per_structure, engine)
+    data = yield from _build_data(source, path, pairs, names, base, per_structure, engine, random_tips)
     gen = finetune(data, name, base, config, val_fraction, resume=resume)
     try:
         for rec in gen:
@@ -144,6 +146,11 @@ class FinetuneWidget(Container):
         self.engine = ComboBox(label="Simulator", choices=["torch", "ppafm"], value="torch", visible=False,
                                tooltip="torch: HydrAFM's probe-particle engine (any torch device); ppafm: the "
                                        "OpenCL reference, run in a separate process")
+        self.random_tips = CheckBox(text="Experiment-like tips", value=False, visible=False,
+                                    tooltip="Draw each stack's tip like an experiment, as the shipped "
+                                            "models were trained: closest probe 2.3–3.8 Å, stiffness "
+                                            "0.25–0.8 N/m, charge −0.2…+0.1 e, amplitude and true height "
+                                            "step varied")
         self.atoms_layers = Select(label="Atoms layers", choices=self._points_choices,
                                    tooltip="Points layers with corrected atoms; each is paired with the stack it was "
                                            "predicted from (or the Predict widget's stack)")
@@ -162,8 +169,8 @@ class FinetuneWidget(Container):
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1)
         self.info = Label(value="")
         self.plot = LossPlot()
-        self.extend([self.source, self.folder, self.per_structure, self.engine, self.atoms_layers, self.base, self.freeze,
-                     self.epochs, self.lr, self.batch_size, self.val_fraction, self.device, self.name,
+        self.extend([self.source, self.folder, self.per_structure, self.engine, self.random_tips, self.atoms_layers,
+                     self.base, self.freeze, self.epochs, self.lr, self.batch_size, self.val_fraction, self.device, self.name,
                      self.train_button, self.resume_button, self.progress, self.info])
         self.plot.canvas.setMinimumHeight(200)
         self.native.layout().addWidget(self.plot.canvas)
@@ -196,6 +203,7 @@ class FinetuneWidget(Container):
         self.folder.visible = value != SOURCES[1]
         self.per_structure.visible = value == SOURCES[0]
         self.engine.visible = value == SOURCES[0]
+        self.random_tips.visible = value == SOURCES[0]
         self.atoms_layers.visible = value == SOURCES[1]
 
     def _update_resume(self, *_: Any) -> None:
@@ -257,7 +265,8 @@ class FinetuneWidget(Container):
         self._busy(True, "Resuming…" if resume else "Preparing the training data…")
         self._worker = create_worker(_finetune_job, self.source.value, folder, pairs, names, entry.path,
                                      self.per_structure.value, name, config, self.val_fraction.value, resume,
-                                     self._stop, self.engine.value, _ignore_errors=True)
+                                     self._stop, self.engine.value, self.random_tips.value,
+                                     _ignore_errors=True)
         self._worker.yielded.connect(self._on_record)
         self._worker.returned.connect(self._on_done)
         self._worker.errored.connect(self._fail)
