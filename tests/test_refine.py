@@ -211,6 +211,15 @@ def test_frame_scale_offset_and_distance_are_fitted(stack):
     assert res.image_loss[1] < 0.1 * res.image_loss[0]
 
 
+def test_the_tip_charge_fitted_in_tenths_of_an_e_comes_back_to_the_truth():
+    """``charge_unit=0.1``: the optimiser sees the charge in 0.1 e, so its first steps are not all charge
+    (in 1 e units this case runs away to +0.64 e and 2.13 Å, loss 0.23)."""
+    charged = TorchSimulator(SETTINGS).simulate(POSITIONS, NUMBERS, SampledTip(2.6, charge=0.1))
+    res = refine_atoms(charged, _atoms(POSITIONS), replace(FAST, steps=30, distances=(2.6,), charge_unit=0.1))
+    assert res.tip.charge == pytest.approx(0.1, abs=0.04)
+    assert res.image_loss[1] < 0.15 * res.image_loss[0]
+
+
 def test_the_tip_distance_search_starts_from_predicts_closest_probe_estimate(stack):
     # the stack's probe is 2.6 Å above its highest atom (an H_up); Predict's estimate counts from the top O
     o_top = POSITIONS[NUMBERS == 8, 2].max()

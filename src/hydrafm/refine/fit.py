@@ -114,6 +114,9 @@ class RefineSettings:
     lr_rotation: float = 0.08  # Adam only: rad per step
     lr_tip: float = 0.03
     fit_tip: bool = True  # distance, lateral stiffness, charge
+    # e: the tip charge is fitted in these units (the optimiser's scale; 1 e made L-BFGS's first steps all charge
+    # on the water/Au(111) stack, docs/refine.md)
+    charge_unit: float = 1.0
     fit_tilt: bool = False  # the tip's rest tilt: off by default (it trades with a shift of every molecule)
     fit_drift: bool = True
     scale_tie: float | None = None  # None: 3 for stacks in Hz, 0 (every frame free) for arbitrary units
@@ -234,16 +237,22 @@ class _Tip(torch.nn.Module):
     """Tip parameters (distance, tilt, log stiffness, charge) and the lateral drift as tensors."""
 
     def __init__(self, settings: SimulationSettings, distance: float, device, dtype,
-                 estimate: tuple[float, float] | None = None) -> None:
+                 estimate: tuple[float, float] | None = None, charge_unit: float = 1.0) -> None:
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         self.base = settings
         self.estimate = estimate  # (distance, width) Å: an estimate of the distance the fit is pulled to
+        self.charge_unit = float(charge_unit)  # e per unit of the fitted variable (its scale for the optimiser)
         self.distance = torch.nn.Parameter(torch.tensor(float(distance), **kw))
         self.tilt = torch.nn.Parameter(torch.zeros(2, **kw))
         self.log_k = torch.nn.Parameter(torch.tensor(math.log(settings.k_lateral), **kw))
-        self.charge = torch.nn.Parameter(torch.tensor(float(settings.tip_charge), **kw))
+        self.charge_u = torch.nn.Parameter(torch.tensor(float(settings.tip_charge) / self.charge_unit, **kw))
         self.drift = torch.nn.Parameter(torch.zeros(2, **kw))
+
+    @property
+    def charge(self) -> torch.Tensor:
+        """The tip's monopole (e)."""
+        return self.charge_u * self.charge_unit
 
     def batch(self, distance: torch.Tensor) -> TipBatch:
         """A TipBatch for ``len(distance)`` structures (``distance`` = what the engine takes, ``(B,)``)."""
@@ -816,7 +825,7 @@ def _fit(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, steps: i
         groups = groups[1:]
     tip_params = []
     if cfg.fit_tip:
-        tip_params += [tip.distance, tip.log_k, tip.charge]
+        tip_params += [tip.distance, tip.log_k, tip.charge_u]
     if cfg.fit_tilt:
         tip_params.append(tip.tilt)
     if cfg.fit_drift and level.W.shape[0] > 1:
@@ -990,7 +999,7 @@ def iter_refine_atoms(
     yield Progress("refining", 0, total)
     best = None
     distances, estimate = _start_distances(atoms, structure, z_ref, cfg)
-    tip = _Tip(window.settings, distances[0], torch.device(device), dtype, estimate)
+    tip = _Tip(window.settings, distances[0], torch.device(device), dtype, estimate, cfg.charge_unit)
     numbers = structure.bodies.numbers.tolist()
     for scale in scales:
         level = _Level(stack, window, coarse_px, cfg.coarse_grid, scale, device, dtype, tie)
