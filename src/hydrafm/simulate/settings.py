@@ -12,7 +12,7 @@ stack). Both the torch engine
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -93,7 +93,7 @@ class TipRanges:
     """Experiment-like per-stack tip and scan draws (uniform in each range).
 
     What on-the-fly training draws, and ``hydrafm simulate --random-tips`` / fine-tuning from
-    structures with ``random_tips``: the closest probe anywhere from the attractive to the
+    structures with ``--random-tips`` (``make_dataset`` / ``simulate_structures`` with ``tips``): the closest probe anywhere from the attractive to the
     repulsive regime, a soft or stiff CO, a charged tip (sometimes with a quadrupole), and an
     amplitude and a true height step the model does not know (it assumes its own).
     """
@@ -131,6 +131,4 @@ class TipRanges:
 
 def scan_settings(settings: SimulationSettings, amplitude: float, dz: float) -> SimulationSettings:
     """``settings`` scanned with another amplitude (Å peak-to-peak) and true height step (Å)."""
-    from dataclasses import replace
-
     return replace(settings, dz=dz, df_steps=max(2, int(round(amplitude / dz))))
