@@ -279,8 +279,10 @@ def test_random_tips_are_drawn_in_their_ranges_recorded_and_simulated_as_drawn(t
 
 
 def _numbers(labels: np.ndarray) -> np.ndarray:
-    """Atomic numbers of label indices (O, Na, K, H_up, H_flat, H_down)."""
-    return np.array([8, 11, 19, 1, 1, 1])[labels]
+    """Atomic numbers of label indices (``LABELS``), by the element each label is."""
+    from hydrafm.io.xyz import ELEMENT
+
+    return Atoms([ELEMENT[LABELS[int(i)]] for i in labels]).numbers
 
 
 def test_cli_simulate_errors_are_one_line(tmp_path, capsys):
