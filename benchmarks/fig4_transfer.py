@@ -9,6 +9,9 @@ pool structures 0:2000). Every run gets the same compute: ``--steps`` optimizer
 steps (epochs = steps × batch / N). The best epoch is picked on the first
 ``--select`` samples of VAL_DATASET (hydrates from the disjoint structures
 2000:2400) and scored on the next ``--n-eval`` samples, which no run sees before.
+Both modes train with the pretrained model's label depth and normalisation
+(``training.finetune.base_recipe``), as ``hydrafm finetune`` does; scores count the
+atoms in the top 3 Å (``evaluate_dataset``'s default).
 Each finished run is kept as OUT/<mode>_<N>.json (and its checkpoint), so several
 processes can share the work and an interrupted benchmark resumes; OUT.json and
 OUT.png (F1 of Na, O, H vs N) are rewritten from every finished run.
@@ -24,11 +27,13 @@ import numpy as np
 
 
 def main() -> None:
+    from hydrafm.models.checkpoint import load_checkpoint
     from hydrafm.models.registry import model_path
     from hydrafm.models.unet import UNetConfig
     from hydrafm.predict.evaluate import evaluate_dataset
     from hydrafm.progress import drive
     from hydrafm.simulate.dataset import AFMDataset
+    from hydrafm.training.finetune import base_recipe
     from hydrafm.training.train import EpochStats, TrainConfig, pick_device, train
 
     ap = argparse.ArgumentParser()
@@ -58,6 +63,9 @@ def main() -> None:
     select = np.arange(args.select)
     held_out = np.arange(args.select, min(len(va), args.select + args.n_eval))
     args.out.mkdir(parents=True, exist_ok=True)
+    # both modes learn what the pretrained model learnt (its label depth and normalisation), so that the
+    # comparison is of the starting weights alone and the fine-tune is not taught atoms the scan cannot see
+    base_info = load_checkpoint(model_path(args.pretrained))[1]
     for n in args.sizes:
         if n > len(tr):
             raise SystemExit(f"{args.train_dataset} has {len(tr)} samples, fewer than {n}")
@@ -67,8 +75,9 @@ def main() -> None:
                 continue
             ckpt = args.out / f"{mode}_{n}.pt"
             epochs = max(1, int(np.ceil(args.steps * args.batch_size / n)))
-            cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, crop=args.crop or None,
-                              device=args.device, patience=max(6, epochs // 3))
+            cfg = base_recipe(TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr,
+                                          crop=args.crop or None, device=args.device,
+                                          patience=max(6, epochs // 3)), base_info)
             init = model_path(args.pretrained) if mode == "pretrained" else None
             gen = train(tr, ckpt, cfg, UNetConfig(base_channels=args.base_channels), init_from=init,
                         train_indices=np.arange(n), val_dataset=va, val_indices=select)
@@ -76,7 +85,8 @@ def main() -> None:
                 if isinstance(rec, EpochStats):
                     print(f"N={n} {mode} epoch {rec.epoch}/{epochs}: val {rec.val_loss:.5f}", flush=True)
             scores = drive(evaluate_dataset(va, ckpt, held_out, device=pick_device(args.device)))
-            result = {"n": n, "mode": mode, "steps": args.steps, "epochs": epochs, **scores.summary()}
+            result = {"n": n, "mode": mode, "steps": args.steps, "epochs": epochs,
+                      "label_depth": cfg.label_depth, **scores.summary()}
             done.write_text(json.dumps(result))
             print(json.dumps(result), flush=True)
     results = sorted((json.loads(p.read_text()) for p in args.out.glob("*_*.json")),

@@ -211,6 +211,15 @@ def test_frame_scale_offset_and_distance_are_fitted(stack):
     assert res.image_loss[1] < 0.1 * res.image_loss[0]
 
 
+def test_the_default_distance_search_reaches_far_tips():
+    """A stack measured 3.7 Å above its top atom (real closest frames reach 3.8 Å): the default search starts
+    the fit within 0.15 Å of it; the grid before (up to 3.2 Å) started 0.5 Å short."""
+    far = TorchSimulator(SETTINGS).simulate(POSITIONS, NUMBERS, SampledTip(3.7))
+    res = refine_atoms(far, _atoms(POSITIONS), replace(FAST, steps=0, distances=RefineSettings().distances))
+    assert res.tip.distance == pytest.approx(3.7, abs=0.15)
+    assert min(RefineSettings().distances) <= 2.3 and max(RefineSettings().distances) >= 3.8
+
+
 def test_the_tip_charge_fitted_in_tenths_of_an_e_comes_back_to_the_truth():
     """``charge_unit=0.1``: the optimiser sees the charge in 0.1 e, so its first steps are not all charge
     (in 1 e units this case runs away to +0.64 e and 2.13 Å, loss 0.23)."""

@@ -83,7 +83,9 @@ class RefineSettings:
     # same CPU time spent on more coarse steps ends lower on the fine grid's loss (docs/benchmarks.md)
     fine_share: float = 0.0
     fine_fit_grid: int | None = None  # force-field points per Å of the fine fit steps (None: fine_grid)
-    distances: tuple[float, ...] = (2.3, 2.6, 2.9, 3.2)  # Å, closest-probe distances to start from
+    # Å, closest-probe distances to start from: the range training draws (issue 14), since 2026-11-28; up to 3.2 Å
+    # before, which left the water/Au(111) fit at 2.6 Å (docs/refine.md)
+    distances: tuple[float, ...] = (2.3, 2.6, 2.9, 3.2, 3.5, 3.8)
     # Å: where the atoms carry Predict's closest-probe estimate (``atoms.info["closest_probe"]``, from the
     # depth network), the distances searched are the estimate −/0/+ this spacing instead of ``distances``,
     # and the fitted distance is pulled towards the estimate (:data:`PROBE_ESTIMATE_WIDTH`). None (the
