@@ -182,3 +182,26 @@ def test_a_model_that_reports_no_ions_gives_no_na_or_k():
     lab = pred.atoms(0.5, molecules=False).arrays["label"]
     assert "Na" not in lab and "O" in lab
     assert pred.maps[labels.index("Na")].max() > 0.9  # the maps themselves are untouched
+
+
+def test_a_models_label_margins_raise_its_ion_threshold_whichever_threshold_is_given():
+    from hydrafm.models.unet import UNetConfig
+    from hydrafm.predict.atoms import label_threshold
+    from hydrafm.predict.predictor import Prediction, label_margins
+
+    info = ModelInfo(config=UNetConfig(base_channels=4), pixel_size=0.2)
+    labels = list(info.labels)
+    maps = np.zeros((len(labels), 64, 64), np.float32)
+    yy, xx = np.mgrid[0:64, 0:64]
+    blob = lambda r, c: np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 4.0)  # noqa: E731
+    maps[labels.index("O")] = 0.6 * blob(12, 12)
+    maps[labels.index("Na")] = 0.6 * blob(32, 32) + 0.85 * blob(50, 50)  # a doubtful and a sure Na
+    pred = Prediction(maps, (0.2, 0.2), (0.0, 0.0), info)
+    count = lambda atoms, name: int((atoms.arrays["label"] == name).sum())  # noqa: E731
+    assert label_margins(info) == {} and count(pred.atoms(0.5), "Na") == 2
+    info.provenance["label_margins"] = {"Na": 0.2}
+    atoms = pred.atoms(0.5)
+    assert count(atoms, "Na") == 1 and count(atoms, "O") == 1  # the O (0.6) still passes 0.5
+    assert atoms.info["threshold"] == 0.5 and atoms.info["threshold_Na"] == pytest.approx(0.7)
+    assert count(pred.atoms(0.35), "Na") == 2  # a lower threshold lowers the Na threshold with it (0.55)
+    assert count(pred.atoms(0.9), "Na") == 0 and label_threshold(0.9, "Na", {"Na": 0.2}) == 0.99

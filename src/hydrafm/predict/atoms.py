@@ -1,6 +1,7 @@
 """From label maps to atoms: peaks, de-duplication, confidence, H → O assignment, z.
 
-Each label map (0–1) is searched for local maxima above ``threshold``; a peak's
+Each label map (0–1) is searched for local maxima above ``threshold`` (plus the label's
+margin, if the model records one); a peak's
 position is refined to sub-pixel by the weighted centroid of its 3 × 3 neighbourhood
 and its confidence is the map value. Peaks of competing labels at one place are
 merged, keeping the most confident: the three H classes within ``H_MERGE`` Å of each
@@ -13,13 +14,14 @@ z = 0 (the top layer).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 from ase import Atoms
 
 from ..io.xyz import ELEMENT, LABELS
 
-__all__ = ["maps_to_atoms", "OH_BOND", "MIN_DISTANCE"]
+__all__ = ["maps_to_atoms", "label_threshold", "OH_BOND", "MIN_DISTANCE"]
 
 OH_BOND = 0.96  # Å
 H_MERGE = 0.5  # Å
@@ -27,6 +29,11 @@ HEAVY_MERGE = 1.2  # Å
 #: minimum distance between two peaks of one label (Å)
 MIN_DISTANCE = {"O": 1.6, "Na": 2.0, "K": 2.0, "H_up": 0.7, "H_flat": 0.7, "H_down": 0.7}
 H_LABELS = ("H_up", "H_flat", "H_down")
+
+
+def label_threshold(threshold: float, label: str, margins: Mapping[str, float] | None = None) -> float:
+    """The confidence a peak of ``label`` needs: ``threshold`` plus the label's margin (at most 0.99)."""
+    return min(float(threshold) + float((margins or {}).get(label, 0.0)), 0.99)
 
 
 def _peaks(m: np.ndarray, min_px: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -66,11 +73,14 @@ def maps_to_atoms(
     origin: tuple[float, float] = (0.0, 0.0),
     threshold: float = 0.5,
     labels: tuple[str, ...] = LABELS,
+    margins: Mapping[str, float] | None = None,
 ) -> Atoms:
     """Atoms from label maps ``(n_labels, ny, nx)`` with values in 0–1.
 
     Pixel ``(row, col)`` is at ``(origin_y + row·dy, origin_x + col·dx)`` Å. Returns
-    ``ase.Atoms`` with per-atom arrays ``label`` and ``confidence``.
+    ``ase.Atoms`` with per-atom arrays ``label`` and ``confidence``. ``margins``: extra
+    confidence the peaks of some labels need above ``threshold`` (e.g. ``{"Na": 0.2}``; a
+    model records its own, :func:`~hydrafm.predict.predictor.label_margins`).
     """
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim != 3 or maps.shape[0] != len(labels):
@@ -78,7 +88,8 @@ def maps_to_atoms(
     dy, dx = (pixel_size, pixel_size) if np.isscalar(pixel_size) else pixel_size  # type: ignore[misc]
     xs, ys, labs, confs = [], [], [], []
     for ch, name in enumerate(labels):
-        rc, val = _peaks(maps[ch], int(round(MIN_DISTANCE.get(name, 1.0) / 2 / min(dy, dx))), threshold)
+        rc, val = _peaks(maps[ch], int(round(MIN_DISTANCE.get(name, 1.0) / 2 / min(dy, dx))),
+                         label_threshold(threshold, name, margins))
         xs.extend(origin[1] + rc[:, 1] * dx)
         ys.extend(origin[0] + rc[:, 0] * dy)
         labs.extend([name] * len(val))

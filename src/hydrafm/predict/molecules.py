@@ -63,6 +63,7 @@ the ions, then orphan H) with per-atom arrays ``label``, ``confidence``, ``mol``
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 from ase import Atoms
@@ -462,9 +463,10 @@ def maps_to_molecules(
     origin: tuple[float, float] = (0.0, 0.0),
     threshold: float = 0.5,
     labels: tuple[str, ...] = LABELS,
+    margins: Mapping[str, float] | None = None,
 ) -> Atoms:
     """Whole molecules from label maps: :func:`maps_to_atoms`, :func:`assemble_molecules`, :func:`drop_crowded`."""
-    loose = maps_to_atoms(maps, pixel_size, origin, threshold, labels)
+    loose = maps_to_atoms(maps, pixel_size, origin, threshold, labels, margins)
     return drop_crowded(assemble_molecules(loose, maps, pixel_size, origin, labels))
 
 

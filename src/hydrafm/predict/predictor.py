@@ -32,13 +32,13 @@ from ..models.unet import StructureUNet
 from ..progress import Progress, drive
 from ..stack import AFMStack
 from ..models.depth import DepthNet, depth_map
-from .atoms import maps_to_atoms
+from .atoms import label_threshold, maps_to_atoms
 from .depth import place_at_depth, resolve_depth
 from .molecules import maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
            "default_flips", "default_denoise", "resolve_denoiser", "reports_ions",
-           "select_heights", "SHIPPED_MODELS", "default_threshold"]
+           "select_heights", "SHIPPED_MODELS", "default_threshold", "label_margins"]
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
     """A model name (shipped), a checkpoint path, or an already loaded ``(model, info)``."""
@@ -99,7 +99,9 @@ class Prediction:
         ``molecules`` (default) makes every O an H2O with two H and gives ions their
         shell (arrays ``label``, ``confidence``, ``mol``, ``shell``); ``False`` returns
         the peaks as they are (``label``, ``confidence``). A model that does not report
-        ions (:func:`reports_ions`) gives none: its Na/K maps are left out. With a depth map
+        ions (:func:`reports_ions`) gives none: its Na/K maps are left out. Labels the model
+        records a margin for (:func:`label_margins`) need that much more confidence than
+        ``threshold``, whichever threshold is given. With a depth map
         (the depth network), every molecule sits at its depth below the shallowest O/ion (z = 0);
         without one, every O and ion at z = 0.
         """
@@ -110,9 +112,12 @@ class Prediction:
         if ions and not reports_ions(self.info):
             maps = maps.copy()
             maps[ions] = 0.0
-        atoms = to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels)
+        margins = label_margins(self.info)
+        atoms = to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
+        for name, margin in margins.items():
+            atoms.info[f"threshold_{name}"] = label_threshold(threshold, name, margins)
         if self.denoised is not None:
             atoms.info["denoised"] = round(float(self.denoised), 3)
         if self.depth is not None:
@@ -123,6 +128,12 @@ class Prediction:
 def default_threshold(info: ModelInfo) -> float:
     """The confidence threshold recorded with the model (best F1 on its validation data), else 0.5."""
     return float(info.provenance.get("threshold", 0.5))
+
+
+def label_margins(info: ModelInfo) -> dict[str, float]:
+    """Extra confidence the peaks of some labels need above the threshold (recorded with the model as
+    ``label_margins``, chosen on held-out data like the threshold; e.g. ``{"Na": 0.2}``); empty if none."""
+    return {str(k): float(v) for k, v in (info.provenance.get("label_margins") or {}).items()}
 
 
 def reports_ions(info: ModelInfo) -> bool:
