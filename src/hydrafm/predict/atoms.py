@@ -32,8 +32,9 @@ H_LABELS = ("H_up", "H_flat", "H_down")
 
 
 def label_threshold(threshold: float, label: str, margins: Mapping[str, float] | None = None) -> float:
-    """The confidence a peak of ``label`` needs: ``threshold`` plus the label's margin (at most 0.99)."""
-    return min(float(threshold) + float((margins or {}).get(label, 0.0)), 0.99)
+    """The confidence a peak of ``label`` needs: ``threshold`` plus the label's margin (which may be
+    negative), kept within 0.01–0.99."""
+    return min(max(float(threshold) + float((margins or {}).get(label, 0.0)), 0.01), 0.99)
 
 
 def _peaks(m: np.ndarray, min_px: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
