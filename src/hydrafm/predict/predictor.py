@@ -116,7 +116,7 @@ class Prediction:
         atoms = to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
-        for name, margin in margins.items():
+        for name in margins:
             atoms.info[f"threshold_{name}"] = label_threshold(threshold, name, margins)
         if self.denoised is not None:
             atoms.info["denoised"] = round(float(self.denoised), 3)
