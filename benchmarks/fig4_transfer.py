@@ -9,7 +9,7 @@ pool structures 0:2000). Every run gets the same compute: ``--steps`` optimizer
 steps (epochs = steps × batch / N). The best epoch is picked on the first
 ``--select`` samples of VAL_DATASET (hydrates from the disjoint structures
 2000:2400) and scored on the next ``--n-eval`` samples, which no run sees before.
-Both modes train with the pretrained model's label depth and normalisation
+Both modes train the pretrained model's architecture with its label depth and normalisation
 (``training.finetune.base_recipe``), as ``hydrafm finetune`` does; scores count the
 atoms in the top 3 Å (``evaluate_dataset``'s default).
 Each finished run is kept as OUT/<mode>_<N>.json (and its checkpoint), so several
@@ -29,7 +29,6 @@ import numpy as np
 def main() -> None:
     from hydrafm.models.checkpoint import load_checkpoint
     from hydrafm.models.registry import model_path
-    from hydrafm.models.unet import UNetConfig
     from hydrafm.predict.evaluate import evaluate_dataset
     from hydrafm.progress import drive
     from hydrafm.simulate.dataset import AFMDataset
@@ -48,7 +47,6 @@ def main() -> None:
     ap.add_argument("--select", type=int, default=128, help="validation samples used to pick the best epoch")
     ap.add_argument("--n-eval", type=int, default=256, help="held-out samples scored")
     ap.add_argument("--threads", type=int, help="CPU threads for torch")
-    ap.add_argument("--base-channels", type=int, default=16)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fig4"))
@@ -63,8 +61,9 @@ def main() -> None:
     select = np.arange(args.select)
     held_out = np.arange(args.select, min(len(va), args.select + args.n_eval))
     args.out.mkdir(parents=True, exist_ok=True)
-    # both modes learn what the pretrained model learnt (its label depth and normalisation), so that the
-    # comparison is of the starting weights alone and the fine-tune is not taught atoms the scan cannot see
+    # both modes learn what the pretrained model learnt (its label depth and normalisation) with its
+    # architecture, so that the comparison is of the starting weights alone and the fine-tune is not taught
+    # atoms the scan cannot see
     base_info = load_checkpoint(model_path(args.pretrained))[1]
     for n in args.sizes:
         if n > len(tr):
@@ -79,7 +78,7 @@ def main() -> None:
                                           crop=args.crop or None, device=args.device,
                                           patience=max(6, epochs // 3)), base_info)
             init = model_path(args.pretrained) if mode == "pretrained" else None
-            gen = train(tr, ckpt, cfg, UNetConfig(base_channels=args.base_channels), init_from=init,
+            gen = train(tr, ckpt, cfg, base_info.config, init_from=init,
                         train_indices=np.arange(n), val_dataset=va, val_indices=select)
             for rec in gen:
                 if isinstance(rec, EpochStats):
