@@ -5,7 +5,7 @@
     python scripts/ship_model.py CKPT NAME --compare compare.json [--summary "..."] [--overwrite]
 
 With ``--compare``, the threshold and the scores are those ``scripts/compare_heldout.py``
-measured for CKPT (threshold on the first halves of the held-out ice-like and MD-water sets,
+measured for CKPT (with the ``label_margins`` CKPT records, if any; they are kept) (threshold on the first halves of the held-out ice-like and MD-water sets,
 scores per set, family and distance regime on the second halves, clean and degraded).
 
 The held-out samples are split in two: the threshold with the best mean F1 is chosen
@@ -131,6 +131,8 @@ def ship_compared(args) -> None:
         sys.exit(f"{args.compare} was measured with ions={res.get('ions', True)}; ship with the same setting")
     info.provenance.update({"threshold": t, "flips": flips, "ions": not args.no_ions, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
                             "held_out": result["held_out"], "scored_top": top, "scored_visible": res.get("visible")})
+    if info.provenance.get("label_margins"):  # chosen by scripts/label_margins.py, put into CKPT before the comparison
+        result["label_margins"] = info.provenance["label_margins"]
     save_checkpoint(out, net, info)
     _write_card_numbers(args.name, result)
     print(json.dumps({"shipped": str(out), "threshold": t}))
