@@ -5,8 +5,9 @@
     python scripts/ship_model.py CKPT NAME --compare compare.json [--summary "..."] [--overwrite]
 
 With ``--compare``, the threshold and the scores are those ``scripts/compare_heldout.py``
-measured for CKPT (with the ``label_margins`` CKPT records, if any; they are kept) (threshold on the first halves of the held-out ice-like and MD-water sets,
-scores per set, family and distance regime on the second halves, clean and degraded).
+measured for CKPT (threshold on the first halves of the held-out ice-like and MD-water sets,
+scores per set, family and distance regime on the second halves, clean and degraded). Label
+margins CKPT records (``scripts/label_margins.py``; the comparison used them) are kept.
 
 The held-out samples are split in two: the threshold with the best mean F1 is chosen
 on the first half and the scores are measured on the second half, which neither
