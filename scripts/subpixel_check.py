@@ -1,4 +1,4 @@
-"""Sub-pixel peak refinement: Predict's 3 × 3 centroid against a log-parabola (tried 2026-11-27, not kept).
+"""Sub-pixel peak refinement: the 3 × 3 centroid against the log-parabola (Predict's since 2026-11-28).
 
     python scripts/subpixel_check.py MODEL [THRESHOLD] [--degrade] [--sets ice,water,hydrates]
 
@@ -15,26 +15,22 @@ from hydrafm.predict.evaluate import _predict_sample
 from hydrafm.predict.metrics import score_atoms, Scores, _match
 from hydrafm.predict.predictor import resolve_model, default_threshold
 from hydrafm.simulate.labels import LABELS, within_top
-centroid = A._peaks  # what Predict uses: the weighted centroid of the 3 × 3 neighbourhood
+parabola = A._peaks  # what Predict uses since 2026-11-28: the log-parabola vertex
 
 
-def parabola(m, min_px, threshold):
-    """The vertex of the parabola through the log of the map along rows and columns (tried 2026-11-27)."""
+def centroid(m, min_px, threshold):
+    """The weighted centroid of the 3 × 3 neighbourhood (what Predict used until 2026-11-28)."""
     from skimage.feature import peak_local_max
     idx = peak_local_max(m, min_distance=max(1, min_px), threshold_abs=threshold, exclude_border=False)
     if len(idx) == 0:
         return np.zeros((0, 2)), np.zeros(0)
-    lg = np.log(np.clip(np.pad(m, 1, mode="edge"), 1e-6, None))
+    pad = np.clip(np.pad(m, 1, mode="edge"), 0, None)
     r, c = idx[:, 0] + 1, idx[:, 1] + 1
-
-    def vertex(minus, centre, plus):
-        curv = minus - 2 * centre + plus
-        ok = curv < -1e-6
-        return np.where(ok, 0.5 * (minus - plus) / np.where(ok, curv, -1.0), 0.0).clip(-0.5, 0.5)
-
-    d_row = vertex(lg[r - 1, c], lg[r, c], lg[r + 1, c])
-    d_col = vertex(lg[r, c - 1], lg[r, c], lg[r, c + 1])
-    return np.column_stack([idx[:, 0] + d_row, idx[:, 1] + d_col]), m[idx[:, 0], idx[:, 1]]
+    offs = np.array([-1, 0, 1])
+    w = pad[r[:, None, None] + offs[None, :, None], c[:, None, None] + offs[None, None, :]]
+    tot = np.maximum(w.sum(axis=(1, 2)), 1e-12)
+    out = np.column_stack([idx[:, 0] + (w.sum(axis=2) @ offs) / tot, idx[:, 1] + (w.sum(axis=1) @ offs) / tot])
+    return out, m[idx[:, 0], idx[:, 1]]
 
 
 degrade = "--degrade" in sys.argv
@@ -62,7 +58,7 @@ for k in sets:
                 pi = np.isin(lab, mem); ti = np.isin(truth, mem) & keep
                 rows, cols = _match(atoms.positions[pi, :2], s.positions[ti, :2], 0.75)
                 err[name][g] += list(np.hypot(*(atoms.positions[pi][rows, :2] - s.positions[ti][cols, :2]).T))
-        A._peaks = centroid
+        A._peaks = parabola
     for name in tot:
         sm = tot[name].summary()
         res[f"{k}/{name}"] = {"O_f1": round(sm["O"]["f1"], 4), "H_f1": round(sm["H"]["f1"], 4),

@@ -38,6 +38,16 @@ def test_maps_to_atoms_recovers_atoms_labels_and_heights():
     assert np.all(atoms.arrays["confidence"] > 0.9)
 
 
+def test_peaks_land_on_the_atoms_to_a_hundredth_of_an_angstrom():
+    # blobs as the network is trained to draw them, at positions between pixel centres (0.2 Å pixels)
+    pos = np.array([[3.07, 4.13, 0.0], [7.55, 2.91, 0.0], [5.18, 8.64, 0.0]])
+    labels = np.array(["O", "O", "O"])
+    maps = label_maps(pos, labels, (60, 60), 0.2, sigma=0.35)
+    atoms = maps_to_atoms(maps, 0.2)
+    found = atoms.positions[np.argsort(atoms.positions[:, 0]), :2]
+    assert np.abs(found - pos[np.argsort(pos[:, 0]), :2]).max() < 0.01
+
+
 def test_competing_h_classes_merge_to_the_most_confident():
     maps = np.zeros((len(LABELS), 30, 30), np.float32)
     maps[LABELS.index("H_up"), 10, 10] = 0.9

@@ -1,14 +1,13 @@
 """From label maps to atoms: peaks, de-duplication, confidence, H → O assignment, z.
 
 Each label map (0–1) is searched for local maxima above ``threshold`` (plus the label's
-margin, if the model records one); a peak's
-position is refined to sub-pixel by the weighted centroid of its 3 × 3 neighbourhood
-and its confidence is the map value. Peaks of competing labels at one place are
-merged, keeping the most confident: the three H classes within ``H_MERGE`` Å of each
-other, and O / Na / K within ``HEAVY_MERGE`` Å. Every H is assigned to the nearest O
-(lateral distance ≤ 1.3 Å) and given a height from its class: H_up above its O,
-H_flat level with it, H_down below, with an O–H bond of 0.96 Å. O, Na and K sit at
-z = 0 (the top layer).
+margin, if the model records one); a peak's position is refined to sub-pixel by the vertex
+of a parabola through the log of the map (along its row and column) and its confidence is
+the map value. Peaks of competing labels at one place are merged, keeping the most
+confident: the three H classes within ``H_MERGE`` Å of each other, and O / Na / K within
+``HEAVY_MERGE`` Å. Every H is assigned to the nearest O (lateral distance ≤ 1.3 Å) and
+given a height from its class: H_up above its O, H_flat level with it, H_down below, with
+an O–H bond of 0.96 Å. O, Na and K sit at z = 0 (the top layer).
 """
 
 from __future__ import annotations
@@ -38,18 +37,27 @@ def label_threshold(threshold: float, label: str, margins: Mapping[str, float] |
 
 
 def _peaks(m: np.ndarray, min_px: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-pixel peak positions ``(row, col)`` and values of one map."""
+    """Sub-pixel peak positions ``(row, col)`` and values of one map.
+
+    Each local maximum is placed at the vertex of the parabola through the logarithm of the map
+    along its row and its column: exact for the Gaussian blobs the network is trained to draw (a
+    3 × 3 centroid pulls them towards the pixel's centre, by up to 0.1 Å at 0.2 Å pixels).
+    """
     from skimage.feature import peak_local_max
 
     idx = peak_local_max(m, min_distance=max(1, min_px), threshold_abs=threshold, exclude_border=False)
     if len(idx) == 0:
         return np.zeros((0, 2)), np.zeros(0)
-    pad = np.clip(np.pad(m, 1, mode="edge"), 0, None)
+    lg = np.log(np.clip(np.pad(m, 1, mode="edge"), 1e-6, None))
     r, c = idx[:, 0] + 1, idx[:, 1] + 1
-    offs = np.array([-1, 0, 1])
-    w = pad[r[:, None, None] + offs[None, :, None], c[:, None, None] + offs[None, None, :]]  # (n, 3, 3)
-    tot = np.maximum(w.sum(axis=(1, 2)), 1e-12)
-    out = np.column_stack([idx[:, 0] + (w.sum(axis=2) @ offs) / tot, idx[:, 1] + (w.sum(axis=1) @ offs) / tot])
+
+    def vertex(minus: np.ndarray, centre: np.ndarray, plus: np.ndarray) -> np.ndarray:
+        curv = minus - 2 * centre + plus
+        ok = curv < -1e-6
+        return np.where(ok, 0.5 * (minus - plus) / np.where(ok, curv, -1.0), 0.0).clip(-0.5, 0.5)
+
+    out = np.column_stack([idx[:, 0] + vertex(lg[r - 1, c], lg[r, c], lg[r + 1, c]),
+                           idx[:, 1] + vertex(lg[r, c - 1], lg[r, c], lg[r, c + 1])])
     return out, m[idx[:, 0], idx[:, 1]]
 
 
