@@ -192,12 +192,17 @@ def test_fig4_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch):
     out = tmp_path / "fig4"
     _run_benchmark("fig4_transfer.py", tmp_path, monkeypatch,
                    ["TR", "VA", "--pretrained", "PRE", "--sizes", "2", "4", "--steps", "1", "--batch-size", "2",
-                    "--select", "2", "--n-eval", "2", "--base-channels", "4", "--crop", "0", "--device", "cpu",
+                    "--select", "2", "--n-eval", "2", "--crop", "0", "--device", "cpu",
                     "--out", str(out)])
     results = json.loads(out.with_suffix(".json").read_text())
     assert sorted((r["n"], r["mode"]) for r in results) == [(2, "pretrained"), (2, "scratch"), (4, "pretrained"),
                                                              (4, "scratch")]
     assert all(r["stacks"] == 2 for r in results)  # scored on the 2 samples not used to pick the epoch
+    assert all(r["top"] == 1.5 and r["label_depth"] is None for r in results)  # the pretrained model's labels
+    from hydrafm.models.checkpoint import load_checkpoint
+
+    # both modes train the pretrained model's architecture (base 4 here), only the starting weights differ
+    assert {load_checkpoint(out / f"{m}_2.pt")[1].config.base_channels for m in ("scratch", "pretrained")} == {4}
     assert out.with_suffix(".png").exists()
 
 
