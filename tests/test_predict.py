@@ -216,3 +216,10 @@ def test_a_models_label_margins_raise_its_ion_threshold_whichever_threshold_is_g
     assert count(pred.atoms(0.35), "Na") == 2  # a lower threshold lowers the Na threshold with it (0.55)
     assert count(pred.atoms(0.9), "Na") == 0 and label_threshold(0.9, "Na", {"Na": 0.2}) == 0.99
     assert label_threshold(0.4, "O", {"O": -0.1}) == pytest.approx(0.3) and label_threshold(0.05, "O", {"O": -0.1}) == 0.01
+
+
+def test_a_models_summary_names_its_label_margins():
+    from hydrafm.models.registry import _summary
+
+    assert "recommended threshold 0.50; Na needs +0.20" in _summary({"threshold": 0.5, "label_margins": {"Na": 0.2}})
+    assert _summary({"threshold": 0.4}).endswith("recommended threshold 0.40")

@@ -92,7 +92,9 @@ def _summary(prov: dict) -> str:
     if prov.get("initialised_from"):
         lines.append(f"fine-tuned from {Path(str(prov['initialised_from'])).stem}")
     if "threshold" in prov:
-        lines.append(f"recommended threshold {float(prov['threshold']):.2f}")
+        margins = prov.get("label_margins") or {}
+        extra = "".join(f"; {name} needs {float(v):+.2f}" for name, v in margins.items())
+        lines.append(f"recommended threshold {float(prov['threshold']):.2f}{extra}")
     metrics = prov.get("metrics")
     if isinstance(metrics, dict):
         f1 = ", ".join(f"{g} F1 {v['f1']:.2f}" for g, v in metrics.items() if isinstance(v, dict) and "f1" in v)
