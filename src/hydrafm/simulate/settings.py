@@ -82,10 +82,15 @@ class SampledTip:
     def draw(cls, settings: SimulationSettings, rng: np.random.Generator) -> "SampledTip":
         lo, hi = settings.closest_distance
         distance = float(rng.uniform(lo, hi))
-        tilt = math.radians(float(rng.uniform(0.0, settings.max_tilt_deg)))
-        phi = float(rng.uniform(0.0, 2 * math.pi))
-        r = settings.probe_length * math.tan(tilt)
-        return cls(distance, (r * math.cos(phi), r * math.sin(phi)))
+        return cls(distance, _rest_offset(rng, settings.max_tilt_deg, settings.probe_length))
+
+
+def _rest_offset(rng: np.random.Generator, max_tilt_deg: float, probe_length: float) -> tuple[float, float]:
+    """A probe's rest offset (Å, x and y): tilted by up to ``max_tilt_deg`` in a random direction."""
+    tilt = math.radians(float(rng.uniform(0.0, max_tilt_deg)))
+    phi = float(rng.uniform(0.0, 2 * math.pi))
+    r = probe_length * math.tan(tilt)
+    return r * math.cos(phi), r * math.sin(phi)
 
 
 @dataclass(frozen=True)
@@ -109,11 +114,9 @@ class TipRanges:
 
     def draw(self, rng: np.random.Generator, probe_length: float) -> SampledTip:
         """One tip: distance, rest tilt, stiffness, charge and (on a share of draws) a quadrupole."""
-        tilt = math.radians(float(rng.uniform(0.0, self.max_tilt_deg)))
-        phi = float(rng.uniform(0.0, 2 * math.pi))
-        r = probe_length * math.tan(tilt)
+        offset = _rest_offset(rng, self.max_tilt_deg, probe_length)
         quad = float(rng.uniform(*self.quadrupole)) if rng.random() < self.quadrupole_fraction else 0.0
-        return SampledTip(float(rng.uniform(*self.distance)), (r * math.cos(phi), r * math.sin(phi)),
+        return SampledTip(float(rng.uniform(*self.distance)), offset,
                           k_lateral=float(rng.uniform(*self.k_lateral)),
                           charge=float(rng.uniform(*self.charge)), quadrupole=quad)
 
