@@ -177,3 +177,16 @@ def test_cli_train_from_a_model_keeps_its_label_depth(tmp_path, user_data):
     assert load_checkpoint(tmp_path / "b.pt")[1].provenance["train_config"]["label_depth"] == 1.5
     assert main(common + ["-o", str(tmp_path / "c.pt")]) == 0  # from scratch: every atom, as before
     assert load_checkpoint(tmp_path / "c.pt")[1].provenance["train_config"]["label_depth"] is None
+
+
+def test_cli_train_on_a_dataset_refuses_a_new_head_on_a_checkpoint(tmp_path, user_data, capsys):
+    from hydrafm.cli import main
+    from test_training import fake_dataset
+
+    fake_dataset(tmp_path / "ds", n=8, shard=4)
+    maps = save_checkpoint(tmp_path / "maps.pt", StructureUNet(TINY), ModelInfo(config=TINY, pixel_size=0.2))
+    out = tmp_path / "cells.pt"
+    assert main(["train", str(tmp_path / "ds"), "--epochs", "1", "--device", "cpu", "--val-runs", "shard",
+                 "-o", str(out), "--init-from", str(maps), "--head", "cells"]) == 2
+    err = capsys.readouterr().err
+    assert "--head cells" in err and "maps.pt" in err and "--on-the-fly" in err and not out.exists()

@@ -354,6 +354,8 @@ def test_cli_refines_and_refuses_to_overwrite(stack, tmp_path, capsys):
     assert line["output"] == str(out) and line["atoms"]["O"] == 3
     refined = read_xyz(out)
     assert len(refined) == 9 and "mol" in refined.arrays
+    fit = refined.arrays["fit"]  # the per-molecule fit score travels with the atoms
+    assert fit.shape == (9,) and np.isfinite(fit).all()
     assert cli.main(["refine", str(stack_path), str(atoms_path), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1

@@ -529,7 +529,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .models.checkpoint import load_checkpoint
         from .training.finetune import base_recipe
 
-        cfg = base_recipe(cfg, load_checkpoint(init)[1])
+        base_info = load_checkpoint(init)[1]
+        if args.head is not None and args.head != base_info.config.head:
+            raise ValueError(f"--head {args.head}: {init} has a {base_info.config.head} head; a new head on a "
+                             "checkpoint's encoder needs --on-the-fly")
+        cfg = base_recipe(cfg, base_info)
     split = _split_water_runs(ds, args.val_runs) if args.val_runs != "shard" else None
     train_idx, val_idx = split if split is not None else (None, None)
     if split is not None:

@@ -101,7 +101,7 @@ def atoms_to_points(atoms: Atoms) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 def write_xyz(atoms: Atoms, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write extended XYZ with ``label``, ``confidence`` (and ``mol``, ``shell``) columns (positions in Å)."""
+    """Write extended XYZ with ``label``, ``confidence`` (and ``mol``, ``shell``, Refine's ``fit``) columns (Å)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -111,7 +111,7 @@ def write_xyz(atoms: Atoms, path: str | Path, *, overwrite: bool = False) -> Pat
     try:
         from ase.io import write
 
-        columns = ["symbols", "positions"] + [c for c in ("label", "confidence", *GROUP_COLUMNS)
+        columns = ["symbols", "positions"] + [c for c in ("label", "confidence", *GROUP_COLUMNS, "fit")
                                               if c in atoms.arrays]
         write(tmp, atoms, format="extxyz", columns=columns)
         os.replace(tmp, path)
