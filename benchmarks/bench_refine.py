@@ -11,7 +11,8 @@ closest distance 2.3–2.9 Å (no tilt). The truth is perturbed: every molecule 
 rigidly by 0.3 Å RMS (3D) and 20 % of the waters turned so that their H classes change.
 Scores: the fraction of atoms back within 0.2 Å of the truth laterally, and in 3D after
 removing the common z offset (a scan fixes heights only up to the tip distance), and the
-fraction of H with the right class; over all atoms and over those in the top 2 Å.
+fraction of H with the right class; over all atoms and over those in the top 2 Å; per window also a
+``breakdown`` by depth and of the turned waters' O (where the atoms are lost).
 ``predict``: the shipped ``water`` model's molecules for the same kind of stacks, scored
 with ``hydrafm.predict.metrics.score_atoms`` (top 2 Å, as the model card) before and after.
 Diagnostics (what limits the refine): ``predict --start oracle-z`` moves each predicted
@@ -140,6 +141,22 @@ def recovery(pos, truth, labels, true_labels, top):
             "h_class": float(np.mean(labels[top & h] == true_labels[top & h]))}
 
 
+def breakdown(start, pos1, truth, numbers) -> dict:
+    """Where the atoms are lost (top 2 Å): O and H in the top 1 Å and 1–2 Å below the highest atom, and the O of
+    the waters the perturbation turned apart from the others; each [atoms, within 0.2 Å laterally before, after,
+    median lateral error after (Å)]."""
+    depth = truth[:, 2].max() - truth[:, 2]
+    lat0 = np.hypot(*(start - truth)[:, :2].T)
+    lat1 = np.nan_to_num(np.hypot(*(pos1 - truth)[:, :2].T), nan=99.0)
+    is_o = numbers == 8
+    turned = np.repeat((atom_labels(start, numbers) != atom_labels(truth, numbers)).reshape(-1, 3).any(1), 3)
+    parts = {"O_top1": is_o & (depth < 1), "O_1to2": is_o & (depth >= 1) & (depth < 2),
+             "H_top1": ~is_o & (depth < 1), "H_1to2": ~is_o & (depth >= 1) & (depth < 2),
+             "O_turned": is_o & turned & (depth < 2), "O_not_turned": is_o & ~turned & (depth < 2)}
+    return {name: [int(sel.sum()), round(float(np.mean(lat0[sel] <= 0.2)), 3), round(float(np.mean(lat1[sel] <= 0.2)), 3),
+                   round(float(np.median(lat1[sel])), 3)] for name, sel in parts.items() if sel.any()}
+
+
 def settings(args):
     cfg = RefineSettings(steps=args.steps, flips=args.h_flips, hbond_turns=args.hbond_turns, pull=args.pull)
     for item in args.set or []:  # e.g. --set fit_tip=False --set distances=2.6
@@ -154,7 +171,7 @@ def cmd_perturbed(args):
     rows = []
     for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool, args.split):
         stack, tip = simulate(pos, numbers, rng)
-        start = perturb(pos, numbers, rng)
+        start = perturb(pos, numbers, rng, *args.perturb)
         truth_lab = atom_labels(pos, numbers)
         top = pos[:, 2] >= pos[:, 2].max() - 2.0
         every = np.ones(len(pos), bool)
@@ -172,7 +189,8 @@ def cmd_perturbed(args):
                "before_all": recovery(start, pos, lab0, truth_lab, every),
                "after_all": recovery(pos1, pos, lab1, truth_lab, every),
                "before_top2": recovery(start, pos, lab0, truth_lab, top),
-               "after_top2": recovery(pos1, pos, lab1, truth_lab, top)}
+               "after_top2": recovery(pos1, pos, lab1, truth_lab, top),
+               "breakdown": breakdown(start, pos1, pos, numbers)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {k: {m: round(float(np.mean([r[k][m] for r in rows])), 4) for m in rows[0][k]}
@@ -347,6 +365,9 @@ def main() -> None:
                     help="predict --start oracle-*: then shift each molecule sideways by this RMS (Å)")
     ap.add_argument("--no-depth", dest="depth", action="store_const", const=False, default=None,
                     help="predict and experiment: start from every O at z = 0 (no depth network)")
+    ap.add_argument("--perturb", type=lambda v: tuple(float(x) for x in v.split(",")), default=(0.3, 0.2),
+                    metavar="RMS,TURNED", help="perturbed: Å RMS shift of every molecule, share of waters turned "
+                                               "(default 0.3,0.2; 0,0 starts from the truth itself)")
     ap.add_argument("--known-tip", action="store_true",
                     help="perturbed (diagnostics): give the refine the true tip and no drift (declash off)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -355,7 +376,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(json.dumps({"mode": args.mode, "pool": args.pool, "model": args.model, "threads": args.threads, "h_flips": args.h_flips,
                       "hbond_turns": args.hbond_turns, "set": args.set, "start": args.start,
-                      "oracle_error": args.oracle_error, "known_tip": args.known_tip,
+                      "oracle_error": args.oracle_error, "known_tip": args.known_tip, "perturb": list(args.perturb),
                       "pull": args.pull, "device": args.device,
                       "load_1min": round(os.getloadavg()[0], 2)}), flush=True)
     {"perturbed": cmd_perturbed, "predict": cmd_predict, "experiment": cmd_experiment}[args.mode](args)
