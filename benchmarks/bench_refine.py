@@ -141,7 +141,7 @@ def recovery(pos, truth, labels, true_labels, top):
             "h_class": float(np.mean(labels[top & h] == true_labels[top & h]))}
 
 
-def breakdown(start, pos1, truth, numbers) -> dict:
+def breakdown(start, pos1, truth, numbers, start_labels, true_labels) -> dict:
     """Where the atoms are lost (top 2 Å): O and H in the top 1 Å and 1–2 Å below the highest atom, and the O of
     the waters the perturbation turned apart from the others; each [atoms, within 0.2 Å laterally before, after,
     median lateral error after (Å)]."""
@@ -149,7 +149,7 @@ def breakdown(start, pos1, truth, numbers) -> dict:
     lat0 = np.hypot(*(start - truth)[:, :2].T)
     lat1 = np.nan_to_num(np.hypot(*(pos1 - truth)[:, :2].T), nan=99.0)
     is_o = numbers == 8
-    turned = np.repeat((atom_labels(start, numbers) != atom_labels(truth, numbers)).reshape(-1, 3).any(1), 3)
+    turned = np.repeat((start_labels != true_labels).reshape(-1, 3).any(1), 3)
     parts = {"O_top1": is_o & (depth < 1), "O_1to2": is_o & (depth >= 1) & (depth < 2),
              "H_top1": ~is_o & (depth < 1), "H_1to2": ~is_o & (depth >= 1) & (depth < 2),
              "O_turned": is_o & turned & (depth < 2), "O_not_turned": is_o & ~turned & (depth < 2)}
@@ -190,7 +190,7 @@ def cmd_perturbed(args):
                "after_all": recovery(pos1, pos, lab1, truth_lab, every),
                "before_top2": recovery(start, pos, lab0, truth_lab, top),
                "after_top2": recovery(pos1, pos, lab1, truth_lab, top),
-               "breakdown": breakdown(start, pos1, pos, numbers)}
+               "breakdown": breakdown(start, pos1, pos, numbers, lab0, truth_lab)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {k: {m: round(float(np.mean([r[k][m] for r in rows])), 4) for m in rows[0][k]}
