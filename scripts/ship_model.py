@@ -132,8 +132,9 @@ def ship_compared(args) -> None:
         sys.exit(f"{args.compare} was measured with ions={res.get('ions', True)}; ship with the same setting")
     info.provenance.update({"threshold": t, "flips": flips, "ions": not args.no_ions, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
                             "held_out": result["held_out"], "scored_top": top, "scored_visible": res.get("visible")})
-    if info.provenance.get("label_margins"):  # chosen by scripts/label_margins.py, put into CKPT before the comparison
-        result["label_margins"] = info.provenance["label_margins"]
+    for key in ("label_margins", "assembly_prior"):  # chosen on calibration data, put into CKPT before the comparison
+        if info.provenance.get(key):
+            result[key] = info.provenance[key]
     save_checkpoint(out, net, info)
     _write_card_numbers(args.name, result)
     print(json.dumps({"shipped": str(out), "threshold": t}))

@@ -222,4 +222,26 @@ def test_a_models_summary_names_its_label_margins():
     from hydrafm.models.registry import _summary
 
     assert "recommended threshold 0.50; Na needs +0.20" in _summary({"threshold": 0.5, "label_margins": {"Na": 0.2}})
+    assert "Na needs +0.20; inferred H favour H_down (+0.40)" in _summary(
+        {"threshold": 0.5, "label_margins": {"Na": 0.2}, "assembly_prior": {"H_down": 0.4}})
     assert _summary({"threshold": 0.4}).endswith("recommended threshold 0.40")
+
+
+def test_a_models_assembly_prior_classes_the_h_it_infers():
+    from hydrafm.models.unet import UNetConfig
+    from hydrafm.predict.predictor import Prediction, assembly_prior
+
+    info = ModelInfo(config=UNetConfig(base_channels=4), pixel_size=0.2)
+    labels = list(info.labels)
+    maps = np.zeros((len(labels), 64, 64), np.float32)
+    yy, xx = np.mgrid[0:64, 0:64]
+    maps[labels.index("O")] = np.exp(-((yy - 30) ** 2 + (xx - 30) ** 2) / 4.0)  # a lone O: both H inferred
+    pred = Prediction(maps, (0.2, 0.2), (0.0, 0.0), info)
+    assert assembly_prior(info) is None
+    default = list(pred.atoms(0.5).arrays["label"])
+    assert default.count("O") == 1 and "H_down" not in default  # the assembly's own tie-breakers: up, then level
+    info.provenance["assembly_prior"] = {"H_down": 0.4}
+    assert assembly_prior(info) == {"H_down": 0.4}
+    down = list(pred.atoms(0.5).arrays["label"])
+    assert down.count("O") == 1 and "H_down" in down and "H_up" not in down
+    assert list(pred.atoms(0.5, molecules=False).arrays["label"]) == ["O"]  # loose atoms: nothing inferred

@@ -94,6 +94,8 @@ def _summary(prov: dict) -> str:
     if "threshold" in prov:
         margins = prov.get("label_margins") or {}
         extra = "".join(f"; {name} needs {float(v):+.2f}" for name, v in margins.items())
+        extra += "".join(f"; inferred H favour {name} ({float(v):+.2f})"
+                         for name, v in (prov.get("assembly_prior") or {}).items())
         lines.append(f"recommended threshold {float(prov['threshold']):.2f}{extra}")
     metrics = prov.get("metrics")
     if isinstance(metrics, dict):

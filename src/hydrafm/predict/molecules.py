@@ -234,6 +234,7 @@ def assemble_molecules(
     origin: tuple[float, float] = (0.0, 0.0),
     labels: tuple[str, ...] = LABELS,
     keep_orphan_h: bool = True,
+    prior: Mapping[str, float] | None = None,
 ) -> Atoms:
     """Whole molecules from loose atoms (``label``, ``confidence``), oriented by the H maps and H-bonds.
 
@@ -251,6 +252,10 @@ def assemble_molecules(
     keep_orphan_h
         Keep H peaks with no O within 1.3 Å as single atoms (``mol`` −1): the network saw
         an H whose O it missed. ``False`` drops them.
+    prior
+        Scores of the H classes for an inferred H where the maps and the H-bonds give no
+        evidence (tie-breakers); the classes not given keep :data:`PRIOR`. A model may record
+        its own (``assembly_prior``, :func:`~hydrafm.predict.predictor.assembly_prior`).
 
     Returns
     -------
@@ -293,7 +298,7 @@ def assemble_molecules(
         taken = xy[h_idx[used]]
 
     # 2. the missing H: one per O in a first round (so every O can donate an H-bond), then the second
-    net = _Network(hxy, n_o, hmaps)
+    net = _Network(hxy, n_o, hmaps, prior)
     for k in range(n_o):
         for t in targets[k]:
             net.record(k, t[0])
@@ -321,7 +326,7 @@ def assemble_molecules(
 class _Network:
     """The O and ions around each O, and which O already donate H-bonds to which."""
 
-    def __init__(self, hxy: np.ndarray, n_o: int, hmaps: _HMaps) -> None:
+    def __init__(self, hxy: np.ndarray, n_o: int, hmaps: _HMaps, prior: Mapping[str, float] | None = None) -> None:
         from scipy.spatial import cKDTree
 
         self.hxy, self.n_o, self.hmaps = hxy, n_o, hmaps
@@ -340,7 +345,7 @@ class _Network:
         self.spots = np.zeros((2 * n_o, 2))  # lateral H positions already taken (the first n_spots)
         self.n_spots = 0
         self.settled = np.zeros(n_o, int)  # O–H directions chosen per O so far
-        self.prior = np.array([PRIOR[h] for h in H_LABELS])
+        self.prior = np.array([{**PRIOR, **(prior or {})}[h] for h in H_LABELS])
 
     def walk(self, priority: list[int]) -> list[int]:
         """The O in depth-first order through the H-bond network (≤ 3.2 Å), starting from and preferring
@@ -464,10 +469,12 @@ def maps_to_molecules(
     threshold: float = 0.5,
     labels: tuple[str, ...] = LABELS,
     margins: Mapping[str, float] | None = None,
+    prior: Mapping[str, float] | None = None,
 ) -> Atoms:
-    """Whole molecules from label maps: :func:`maps_to_atoms`, :func:`assemble_molecules`, :func:`drop_crowded`."""
+    """Whole molecules from label maps: :func:`maps_to_atoms`, :func:`assemble_molecules` (``prior``: its H-class
+    tie-breakers), :func:`drop_crowded`."""
     loose = maps_to_atoms(maps, pixel_size, origin, threshold, labels, margins)
-    return drop_crowded(assemble_molecules(loose, maps, pixel_size, origin, labels))
+    return drop_crowded(assemble_molecules(loose, maps, pixel_size, origin, labels, prior=prior))
 
 
 def drop_crowded(atoms: Atoms, radius: float = ACCEPTOR[1], max_neighbours: int = MAX_NEIGHBOURS) -> Atoms:

@@ -38,7 +38,8 @@ from .molecules import maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
            "default_flips", "default_denoise", "resolve_denoiser", "reports_ions",
-           "select_heights", "SHIPPED_MODELS", "default_threshold", "label_margins"]
+           "select_heights", "SHIPPED_MODELS", "default_threshold", "label_margins",
+           "assembly_prior"]
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
     """A model name (shipped), a checkpoint path, or an already loaded ``(model, info)``."""
@@ -101,19 +102,23 @@ class Prediction:
         the peaks as they are (``label``, ``confidence``). A model that does not report
         ions (:func:`reports_ions`) gives none: its Na/K maps are left out. Labels the model
         records a margin for (:func:`label_margins`) need that much more confidence than
-        ``threshold``, whichever threshold is given. With a depth map
+        ``threshold``, whichever threshold is given; the H-class tie-breakers it records
+        (:func:`assembly_prior`) go to the assembly. With a depth map
         (the depth network), every molecule sits at its depth below the shallowest O/ion (z = 0);
         without one, every O and ion at z = 0.
         """
         threshold = default_threshold(self.info) if threshold is None else threshold
-        to_atoms = maps_to_molecules if molecules else maps_to_atoms
         maps = self.maps
         ions = [i for i, name in enumerate(self.info.labels) if name in ("Na", "K")]
         if ions and not reports_ions(self.info):
             maps = maps.copy()
             maps[ions] = 0.0
         margins = label_margins(self.info)
-        atoms = to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
+        if molecules:
+            atoms = maps_to_molecules(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins,
+                                      prior=assembly_prior(self.info))
+        else:
+            atoms = maps_to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
         for name in margins:
@@ -134,6 +139,14 @@ def label_margins(info: ModelInfo) -> dict[str, float]:
     """Extra confidence the peaks of some labels need above the threshold (recorded with the model as
     ``label_margins``, chosen on held-out data like the threshold; e.g. ``{"Na": 0.2}``); empty if none."""
     return {str(k): float(v) for k, v in (info.provenance.get("label_margins") or {}).items()}
+
+
+def assembly_prior(info: ModelInfo) -> dict[str, float] | None:
+    """The model's own tie-breakers for the H classes the assembly infers without evidence (recorded with the
+    model as ``assembly_prior``, chosen on held-out data like the threshold; e.g. ``{"H_down": 0.4}``); None:
+    the assembly's default (:data:`hydrafm.predict.molecules.PRIOR`)."""
+    prior = info.provenance.get("assembly_prior")
+    return {str(k): float(v) for k, v in prior.items()} if prior else None
 
 
 def reports_ions(info: ModelInfo) -> bool:
