@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from hydrafm.models.checkpoint import load_checkpoint
+from hydrafm.models.checkpoint import load_checkpoint, save_checkpoint
 from hydrafm.models.unet import UNetConfig
 from hydrafm.progress import drive
 from hydrafm.training.onthefly import (BatchMaker, Degradations, OnTheFlyConfig, ReplayBuffer, default_split,
@@ -165,6 +165,9 @@ def test_training_from_a_checkpoint_needs_nothing_a_bare_gpu_node_lacks(tmp_path
     init = tmp_path / "init.pt"
     drive(train_on_the_fly(init, replace(TINY, epochs=1), UNetConfig(base_channels=4, encoder="2d"), device="cpu",
                            cache=tmp_path / "cache"), show=False)
+    model, init_info, _ = load_checkpoint(init)
+    init_info.provenance["assembly_prior"] = {"H_down": 0.4}
+    save_checkpoint(init, model, init_info)
     out = tmp_path / "cont.pt"
     blocked = ["ase", "napari", "pyopencl", "ppafm", "qtpy", "magicgui", "skimage", "matplotlib"]
     code = ("import sys, runpy\n"
@@ -179,6 +182,7 @@ def test_training_from_a_checkpoint_needs_nothing_a_bare_gpu_node_lacks(tmp_path
     assert res.returncode == 0, res.stderr[-3000:]
     _, info, _ = load_checkpoint(out)
     assert info.provenance["initialised_from"] == str(init)
+    assert info.provenance["assembly_prior"] == {"H_down": 0.4}  # the initial model's prediction settings
 
 
 def test_a_different_run_in_the_same_place_is_refused(tmp_path):

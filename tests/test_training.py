@@ -130,10 +130,14 @@ def test_training_learns_resumes_and_fine_tunes(tmp_path):
     more = [r for r in train(ds, tmp_path / "m.pt", TrainConfig(**{**cfg.__dict__, "epochs": 4}), TINY)
             if isinstance(r, EpochStats)]
     assert [s.epoch for s in more] == [4]
-    # fine-tuning starts from the weights of another model
+    # fine-tuning starts from the weights of another model and keeps its prediction settings
+    info.provenance.update(label_margins={"Na": 0.2}, assembly_prior={"H_down": 0.4})
+    save_checkpoint(tmp_path / "m.pt", model, info)
     ft = [r for r in train(ds, tmp_path / "ft.pt", TrainConfig(**{**cfg.__dict__, "epochs": 1}),
                            init_from=tmp_path / "m.pt") if isinstance(r, EpochStats)]
-    assert ft and load_checkpoint(tmp_path / "ft.pt")[1].provenance["initialised_from"].endswith("m.pt")
+    prov = load_checkpoint(tmp_path / "ft.pt")[1].provenance
+    assert ft and prov["initialised_from"].endswith("m.pt")
+    assert prov["label_margins"] == {"Na": 0.2} and prov["assembly_prior"] == {"H_down": 0.4}
 
 
 def test_weight_average_is_the_mean_and_refuses_other_architectures(tmp_path):

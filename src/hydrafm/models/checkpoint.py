@@ -20,7 +20,7 @@ from ..io.xyz import LABELS
 from .unet import StructureUNet, UNetConfig
 
 __all__ = ["ModelInfo", "save_checkpoint", "load_checkpoint", "average_checkpoints", "CheckpointError", "write_payload",
-           "read_payload"]
+           "read_payload", "inherit_settings", "INHERITED"]
 
 FORMAT = "hydrafm-structure-net/1"
 
@@ -112,6 +112,18 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from exc
     model.eval()
     return model, info, payload.get("training_state")
+
+
+#: prediction settings a model records beside its weights that a model trained on from it keeps: the extra
+#: confidence some labels need (``label_margins``) and the assembly's H-class tie-breakers (``assembly_prior``)
+INHERITED = ("label_margins", "assembly_prior")
+
+
+def inherit_settings(info: ModelInfo, base: ModelInfo) -> None:
+    """Give ``info`` the prediction settings (:data:`INHERITED`) of the model it is trained on from."""
+    for key in INHERITED:
+        if base.provenance.get(key):
+            info.provenance[key] = base.provenance[key]
 
 
 def average_checkpoints(paths: list[str | os.PathLike]) -> tuple[StructureUNet, ModelInfo]:

@@ -29,7 +29,7 @@ from typing import Generator, Sequence
 import numpy as np
 import torch
 
-from ..models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from ..models.checkpoint import ModelInfo, inherit_settings, load_checkpoint, save_checkpoint
 from ..models.preprocess import normalize_stack_torch
 from ..models.unet import StructureUNet, UNetConfig
 from ..progress import Progress
@@ -407,6 +407,7 @@ def train_on_the_fly(
             model = StructureUNet(model_config)
             transfer_weights(base, model)
         info.provenance["initialised_from"] = str(init_from)
+        inherit_settings(info, base_info)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, best, stale, spent = 0, math.inf, 0, 0.0

@@ -21,7 +21,7 @@ import torch
 from ..progress import Progress, drive
 from ..simulate.dataset import AFMDataset
 from ..models.cells import cell_loss
-from ..models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from ..models.checkpoint import ModelInfo, inherit_settings, load_checkpoint, save_checkpoint
 from ..models.preprocess import normalize_stack
 from ..models.unet import StructureUNet, UNetConfig
 from .augment import Degradations, degrade, random_crop
@@ -197,6 +197,7 @@ def train(
             info.config = model_config
         model.load_state_dict(base.state_dict())
         info.provenance["initialised_from"] = str(init_from)
+        inherit_settings(info, base_info)
     model.to(device)
     if config.freeze_encoder:
         for part in (model.enc, model.pools, model.bottom):
