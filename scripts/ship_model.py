@@ -102,7 +102,7 @@ def _write_card_numbers(name: str, result: dict) -> None:
 
 def ship_compared(args) -> None:
     """Ship CKPT with the threshold and held-out scores compare_heldout.py measured for it."""
-    from hydrafm.models.checkpoint import load_checkpoint, save_checkpoint
+    from hydrafm.models.checkpoint import INHERITED, load_checkpoint, save_checkpoint
 
     table = json.loads(args.compare.read_text())
     key = next((k for k in table if Path(k).resolve() == args.checkpoint.resolve()), None)
@@ -132,7 +132,7 @@ def ship_compared(args) -> None:
         sys.exit(f"{args.compare} was measured with ions={res.get('ions', True)}; ship with the same setting")
     info.provenance.update({"threshold": t, "flips": flips, "ions": not args.no_ions, "metrics": flat, "held_out_scores": sets, "summary": args.summary,
                             "held_out": result["held_out"], "scored_top": top, "scored_visible": res.get("visible")})
-    for key in ("label_margins", "assembly_prior"):  # chosen on calibration data, put into CKPT before the comparison
+    for key in INHERITED:  # prediction settings chosen on calibration data, put into CKPT before the comparison
         if info.provenance.get(key):
             result[key] = info.provenance[key]
     save_checkpoint(out, net, info)
