@@ -8,6 +8,7 @@ from ase import Atoms
 from scipy.spatial import cKDTree
 
 from hydrafm.io.xyz import LABELS, atoms_to_points, points_to_atoms, read_xyz, write_xyz
+from hydrafm.predict import molecules
 from hydrafm.predict.atoms import maps_to_atoms
 from hydrafm.predict.metrics import score_atoms
 from hydrafm.predict.molecules import (ACCEPTOR, HOH_ANGLE, MAX_NEIGHBOURS, OH_LENGTH, assemble_molecules,
@@ -232,6 +233,38 @@ def test_ions_carry_their_hydration_shell():
     assert set(molecule_members(ids, shell, [ion])) == {ion, *np.flatnonzero(ids == ids[w])}
     assert set(molecule_members(ids, shell, [w])) == set(np.flatnonzero(ids == ids[w]))
     assert list(molecule_members(np.array([-1, -1, 0, 0]), None, [0])) == [0]  # hand-placed atoms stand alone
+
+
+def _ion_site(shell_distance: float, na: float, k: float) -> np.ndarray:
+    """Maps of an ion at (10, 10) Å with three O ``shell_distance`` Å away, its Na / K maps ``na`` / ``k`` high."""
+    angles = np.radians([0.0, 120.0, 240.0])
+    xy = np.vstack([[10.0, 10.0], 10.0 + shell_distance * np.column_stack([np.cos(angles), np.sin(angles)])])
+    maps = label_maps(np.column_stack([xy, np.zeros(4)]), ["Na", "O", "O", "O"], (100, 100), PX)
+    blob = maps[LABELS.index("Na")].copy()
+    maps[LABELS.index("Na")] = na * blob
+    maps[LABELS.index("K")] = k * blob
+    return maps
+
+
+def _ion(maps: np.ndarray) -> str:
+    lab = maps_to_molecules(maps, PX).arrays["label"]
+    ions = lab[np.isin(lab, ("Na", "K"))]
+    assert len(ions) == 1
+    return str(ions[0])
+
+
+def test_a_contested_ion_is_named_by_its_hydration_shell(monkeypatch):
+    # both maps show an ion, Na a little more: a K-sized shell (2.8 Å) makes it K, a Na-sized one (2.35 Å) Na
+    assert _ion(_ion_site(2.8, na=0.8, k=0.75)) == "K"
+    assert _ion(_ion_site(2.35, na=0.8, k=0.75)) == "Na"
+    assert _ion(_ion_site(2.35, na=0.75, k=0.8)) == "Na"
+    # a clear map wins over a shell between the two sizes; a site only one map shows keeps its name
+    assert _ion(_ion_site(2.55, na=0.95, k=0.55)) == "Na"
+    assert _ion(_ion_site(2.55, na=0.7, k=0.65)) == "K"
+    assert _ion(_ion_site(2.35, na=0.3, k=0.8)) == "K"
+    # without the shell rule the larger map decides
+    monkeypatch.setattr(molecules, "ION_SHELL_WEIGHT", 0.0)
+    assert _ion(_ion_site(2.8, na=0.8, k=0.75)) == "Na"
 
 
 def test_mol_and_shell_survive_xyz_and_points(tmp_path):
