@@ -14,7 +14,9 @@ removing the common z offset (a scan fixes heights only up to the tip distance),
 fraction of H with the right class; over all atoms and over those in the top 2 Å; per window also a
 ``breakdown`` by depth and of the turned waters' O (where the atoms are lost).
 ``predict``: the shipped ``water`` model's molecules for the same kind of stacks, scored
-with ``hydrafm.predict.metrics.score_atoms`` (top 2 Å, as the model card) before and after.
+with ``hydrafm.predict.metrics.score_atoms`` (top 2 Å, as the model card) before and after;
+``--pool hydrates --model na-hydrate``: windows of 1–3 held-out Na⁺/K⁺ hydrates (clusters
+2000–2399, composed as training composes them) and the hydrate model.
 Diagnostics (what limits the refine): ``predict --start oracle-z`` moves each predicted
 molecule rigidly in z to the height of the true O nearest it (laterally); ``--start oracle-o``
 moves it rigidly onto that true O (the O exact, Predict's H orientation kept; both drop
@@ -63,6 +65,17 @@ def held_out_structures(n: int, seed: int, pool_name: str = "water", split: str 
     from hydrafm.paths import pool_path
     from hydrafm.structures.pool import StructurePool
 
+    if pool_name == "hydrates":  # 1–3 clusters per window, composed as training does, from the pool's split
+        from hydrafm.structures.hydrates import compose_hydrate_window
+        from hydrafm.training.onthefly import default_split
+
+        source = default_split("hydrates")[0 if split == "train" else 1]
+        clusters = source.pool.subset(source.indices)
+        rng = np.random.default_rng(seed)
+        for _ in range(n):
+            pos, numbers, picked = compose_hydrate_window(clusters, rng, (25.0, 25.0))
+            yield int(source.indices[picked[0]]), pos, numbers
+        return
     pool = StructurePool.load(pool_path(pool_name))
     if pool_name == "ice":
         from hydrafm.structures.ice import held_out_mask
@@ -167,6 +180,8 @@ def settings(args):
 
 
 def cmd_perturbed(args):
+    if args.pool == "hydrates":
+        raise SystemExit("perturbed needs water-only windows (three atoms per molecule): --pool water or ice")
     rng = np.random.default_rng(args.seed)
     rows = []
     for i, pos, numbers in held_out_structures(args.n, args.seed, args.pool, args.split):
@@ -343,9 +358,10 @@ def main() -> None:
     ap.add_argument("mode", choices=["perturbed", "predict", "experiment"])
     ap.add_argument("-n", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pool", choices=["water", "ice"], default="water",
-                    help="held-out windows: MD water runs 4, 13 (3 Å deep films) or the ice pool's held-out "
-                         "Pt(111) bilayers and 4-8-ring networks (the layers microscopists scan)")
+    ap.add_argument("--pool", choices=["water", "ice", "hydrates"], default="water",
+                    help="held-out windows: MD water runs 4, 13 (3 Å deep films), the ice pool's held-out "
+                         "Pt(111) bilayers and 4-8-ring networks (the layers microscopists scan), or (predict "
+                         "only; with --model na-hydrate) 1-3 held-out Na+/K+ hydrate clusters 2000-2399")
     ap.add_argument("--split", choices=["held-out", "train"], default="held-out",
                     help="windows never trained on (the benchmark), or training ones (to choose settings on)")
     ap.add_argument("--steps", type=int, default=60)
