@@ -34,7 +34,7 @@ from ..stack import AFMStack
 from ..models.depth import DepthNet, depth_map
 from .atoms import label_threshold, maps_to_atoms
 from .depth import place_at_depth, resolve_depth
-from .molecules import maps_to_molecules
+from .molecules import ion_identity, maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
            "default_flips", "default_denoise", "resolve_denoiser", "reports_ions",
@@ -103,7 +103,9 @@ class Prediction:
         ions (:func:`reports_ions`) gives none: its Na/K maps are left out. Labels the model
         records a margin for (:func:`label_margins`) need that much more confidence than
         ``threshold``, whichever threshold is given; the H-class tie-breakers it records
-        (:func:`assembly_prior`) go to the assembly. With a depth map
+        (:func:`assembly_prior`) go to the assembly. An ion both ion maps show is named Na or K by
+        its hydration shell as well (:func:`~hydrafm.predict.molecules.ion_identity`), in both
+        outputs. With a depth map
         (the depth network), every molecule sits at its depth below the shallowest O/ion (z = 0);
         without one, every O and ion at z = 0.
         """
@@ -118,7 +120,8 @@ class Prediction:
             atoms = maps_to_molecules(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins,
                                       prior=assembly_prior(self.info))
         else:
-            atoms = maps_to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
+            atoms = ion_identity(maps_to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins),
+                                 maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
         for name in margins:
