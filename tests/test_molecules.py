@@ -254,6 +254,11 @@ def _ion(maps: np.ndarray) -> str:
 
 
 def test_a_contested_ion_is_named_by_its_hydration_shell(monkeypatch):
+    # off by default: the larger map decides
+    assert molecules.ION_SHELL_WEIGHT == 0
+    assert _ion(_ion_site(2.8, na=0.8, k=0.75)) == "Na"
+    monkeypatch.setattr(molecules, "ION_SHELL_WEIGHT", 2.0)
+    monkeypatch.setattr(molecules, "ION_SHELL_SPLIT", 2.45)
     # both maps show an ion, Na a little more: a K-sized shell (2.8 Å) makes it K, a Na-sized one (2.35 Å) Na
     assert _ion(_ion_site(2.8, na=0.8, k=0.75)) == "K"
     assert _ion(_ion_site(2.35, na=0.8, k=0.75)) == "Na"
@@ -262,9 +267,6 @@ def test_a_contested_ion_is_named_by_its_hydration_shell(monkeypatch):
     assert _ion(_ion_site(2.55, na=0.95, k=0.55)) == "Na"
     assert _ion(_ion_site(2.55, na=0.7, k=0.65)) == "K"
     assert _ion(_ion_site(2.35, na=0.3, k=0.8)) == "K"
-    # without the shell rule the larger map decides
-    monkeypatch.setattr(molecules, "ION_SHELL_WEIGHT", 0.0)
-    assert _ion(_ion_site(2.8, na=0.8, k=0.75)) == "Na"
 
 
 def test_mol_and_shell_survive_xyz_and_points(tmp_path):

@@ -99,7 +99,7 @@ _REACH = max(ACCEPTOR[1], *SHELL_RADIUS.values())
 #: K when (K map − Na map) + ION_SHELL_WEIGHT × (shell distance − ION_SHELL_SPLIT) > 0. The shell distance is the
 #: mean lateral distance of the ion's nearest O (up to ION_SHELL_COUNT, ION_SHELL_REACH[0]–[1] Å away):
 #: Na–O ≈ 2.4 Å, K–O ≈ 2.8 Å. 0: the larger map decides
-ION_SHELL_WEIGHT = 2.0  # chosen on hydrates4 + hydrates5 (docs/predict.md, "Na or K")
+ION_SHELL_WEIGHT = 0.0  # off: 2.0 (with SPLIT 2.45) helped fixed tips, not random ones (docs/predict.md, "Na or K")
 ION_SHELL_SPLIT = 2.45  # Å
 ION_SHELL_REACH = (1.8, 3.2)  # Å
 ION_SHELL_COUNT = 3
