@@ -6,6 +6,7 @@ held-out stack, then every assembly variant rescoring the same maps takes second
     python scripts/assembly_variants.py MODEL --sets ice4,water4 --part all          # and on fresh sets
     python scripts/assembly_variants.py water --sets ice,water --part cal --variants default,grid
     python scripts/assembly_variants.py water --part rep --constants '{"W_HBOND": 0.1}'
+    python scripts/assembly_variants.py na-hydrate --sets hydrates-rt2 --part all --without label_margins
 
 Sets are folders ``$HYDRAFM_EVAL/<set>-heldout`` (made as ``scripts/compare_heldout.py`` says);
 ``--part`` cal / rep / all: their first half, second half, or all of it; ``--degraded``: the
@@ -80,10 +81,18 @@ def main() -> None:
                     help="the stacks after the robustness protocol (as hydrafm evaluate --degrade)")
     ap.add_argument("--threshold", type=float, help="instead of the model's")
     ap.add_argument("--constants", help="JSON: molecules constants changed in every variant")
+    ap.add_argument("--without", default="", help="settings the model records to leave out, comma-separated: "
+                    "label_margins, assembly_prior (to measure what each does)")
     ap.add_argument("--figure", metavar="PNG", help="the stack of the first set where the first two variants'"
                     " matched H differ most: its closest frame with each variant's molecules and the true H")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    import hydrafm.predict.predictor as predictor
+
+    for name in filter(None, a.without.split(",")):
+        if name not in ("label_margins", "assembly_prior"):
+            ap.error(f"--without takes label_margins or assembly_prior, not {name!r}")
+        setattr(predictor, name, (lambda info: {}) if name == "label_margins" else (lambda info: None))
     net = resolve_model(a.model, "cpu")
     info = net[1]
     t = default_threshold(info) if a.threshold is None else a.threshold
@@ -128,7 +137,7 @@ def main() -> None:
         finally:
             for k, v in original.items():
                 setattr(molecules, k, v)
-        head = {"variant": name, "constants": a.constants, "part": a.part, "top": a.top,
+        head = {"variant": name, "constants": a.constants, "without": a.without, "part": a.part, "top": a.top,
                 "degraded": a.degraded, "threshold": t}
         print(json.dumps({**head, **row}), flush=True)
     if a.figure:
