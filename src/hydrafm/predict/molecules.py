@@ -503,7 +503,9 @@ def ion_identity(
     (a deep K⁺ looks like a Na⁺); the distance to the ion's water O tells them apart (Na–O ≈ 2.4 Å,
     K–O ≈ 2.8 Å): the ion is K when ``(K − Na) + ION_SHELL_WEIGHT · (d − ION_SHELL_SPLIT) > 0``, with
     ``d`` the mean lateral distance of its nearest O (see the constants). Without O in reach, or with
-    ``ION_SHELL_WEIGHT`` 0, the larger map value decides, as in :func:`~hydrafm.predict.atoms.maps_to_atoms`.
+    ``ION_SHELL_WEIGHT`` 0 (the default: with 2 it helped on the benchmark's fixed tip and not over
+    random tips, docs/predict.md), the larger map value decides, as in
+    :func:`~hydrafm.predict.atoms.maps_to_atoms`, and ``loose`` is returned unchanged.
     """
     from .atoms import label_threshold
 

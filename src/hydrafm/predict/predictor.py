@@ -103,9 +103,9 @@ class Prediction:
         ions (:func:`reports_ions`) gives none: its Na/K maps are left out. Labels the model
         records a margin for (:func:`label_margins`) need that much more confidence than
         ``threshold``, whichever threshold is given; the H-class tie-breakers it records
-        (:func:`assembly_prior`) go to the assembly. An ion both ion maps show is named Na or K by
-        its hydration shell as well (:func:`~hydrafm.predict.molecules.ion_identity`), in both
-        outputs. With a depth map
+        (:func:`assembly_prior`) go to the assembly. Both outputs pass through
+        :func:`~hydrafm.predict.molecules.ion_identity` (naming an ion both ion maps show by its
+        hydration shell; off by default). With a depth map
         (the depth network), every molecule sits at its depth below the shallowest O/ion (z = 0);
         without one, every O and ion at z = 0.
         """
