@@ -95,11 +95,12 @@ PRIOR = {"H_up": 0.03, "H_flat": 0.02, "H_down": 0.0}  # tie-breakers without ev
 PEAK_LATERAL = {"H_up": 0.3, "H_flat": 0.93, "H_down": 0.3}
 PEAK_MISFIT = 0.3  # cost per Å of a peak's lateral distance from its O differing from PEAK_LATERAL
 _REACH = max(ACCEPTOR[1], *SHELL_RADIUS.values())
-#: Na⁺ or K⁺ by the hydration shell (:func:`ion_identity`): where both ion maps show a peak at a site, the ion is
-#: K when (K map − Na map) + ION_SHELL_WEIGHT × (shell distance − ION_SHELL_SPLIT) > 0. The shell distance is the
-#: mean lateral distance of the ion's nearest O (up to ION_SHELL_COUNT, ION_SHELL_REACH[0]–[1] Å away):
-#: Na–O ≈ 2.4 Å, K–O ≈ 2.8 Å. 0: the larger map decides
-ION_SHELL_WEIGHT = 0.0  # off: 2.0 (with SPLIT 2.45) helped fixed tips, not random ones (docs/predict.md, "Na or K")
+#: Na⁺ or K⁺ by the hydration shell (:func:`ion_identity`): where both ion maps show a peak at a site,
+#: the ion is K when (K map − Na map) + ION_SHELL_WEIGHT × (shell distance − ION_SHELL_SPLIT) > 0. The
+#: shell distance is the mean lateral distance of the ion's nearest O (up to ION_SHELL_COUNT,
+#: ION_SHELL_REACH[0]–[1] Å away): Na–O ≈ 2.4 Å, K–O ≈ 2.8 Å. 0: the larger map decides.
+#: Off: 2.0 (with SPLIT 2.45) helped fixed tips, not random ones (docs/predict.md, "Na or K")
+ION_SHELL_WEIGHT = 0.0
 ION_SHELL_SPLIT = 2.45  # Å
 ION_SHELL_REACH = (1.8, 3.2)  # Å
 ION_SHELL_COUNT = 3
@@ -501,8 +502,8 @@ def ion_identity(
     A site is contested when both the Na and the K map pass their thresholds (``threshold`` plus the
     label's margin) within a pixel of the ion's peak. There the network often hesitates between the two
     (a deep K⁺ looks like a Na⁺); the distance to the ion's water O tells them apart (Na–O ≈ 2.4 Å,
-    K–O ≈ 2.8 Å): the ion is K when ``(K − Na) + ION_SHELL_WEIGHT · (d − ION_SHELL_SPLIT) > 0``, with
-    ``d`` the mean lateral distance of its nearest O (see the constants). Without O in reach, or with
+    K–O ≈ 2.8 Å): the ion is K when ``(K − Na) + ION_SHELL_WEIGHT · (d − ION_SHELL_SPLIT) > 0``,
+    with ``d`` the mean lateral distance of its nearest O (see the constants). Without O in reach, or with
     ``ION_SHELL_WEIGHT`` 0 (the default: with 2 it helped on the benchmark's fixed tip and not over
     random tips, docs/predict.md), the larger map value decides, as in
     :func:`~hydrafm.predict.atoms.maps_to_atoms`, and ``loose`` is returned unchanged.

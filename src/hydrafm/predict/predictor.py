@@ -120,8 +120,8 @@ class Prediction:
             atoms = maps_to_molecules(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins,
                                       prior=assembly_prior(self.info))
         else:
-            atoms = ion_identity(maps_to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins),
-                                 maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
+            atoms = maps_to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
+            atoms = ion_identity(atoms, maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
         atoms.info["model"] = self.model
         atoms.info["threshold"] = float(threshold)
         for name in margins:
