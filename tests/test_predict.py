@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -150,6 +152,20 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert main(["predict", str(sample_path()), str(sample_path()), "-o", str(out), "--model", str(ckpt)]) == 2
     assert "folder" in capsys.readouterr().err
+    # a bad scan among several is named with its reason; the others are still predicted and written
+    from hydrafm.io import load_stack
+    from hydrafm.io.npz import save_npz
+
+    one = load_stack(sample_path())
+    flat = save_npz(type(one)(one.data[:1], one.pixel_size, None, one.origin, dict(one.metadata)),
+                    tmp_path / "flat.npz")
+    folder = tmp_path / "batch"
+    assert main(["predict", str(flat), str(sample_path()), "-o", str(folder), "--model", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flat}: prediction needs a multi-height stack" in err and "1 of 2 stacks failed" in err
+    assert (folder / f"{Path(sample_path()).stem}.xyz").exists() and not (folder / "flat.xyz").exists()
+    assert main(["predict", str(flat), "-o", str(tmp_path / "one.xyz"), "--model", str(ckpt)]) == 2
+    assert str(flat) in capsys.readouterr().err
 
 
 def test_mirror_averaging_is_equivariant():

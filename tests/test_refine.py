@@ -371,6 +371,10 @@ def test_cli_refines_and_refuses_to_overwrite(stack, tmp_path, capsys):
     assert cli.main(["refine", str(stack_path), str(atoms_path), "-o", str(tmp_path / "y.xyz"),
                      "--steps", "-1"]) == 2
     assert "--steps" in capsys.readouterr().err
+    far = write_xyz(_atoms(POSITIONS + [50.0, 0.0, 0.0]), tmp_path / "far.xyz")
+    assert cli.main(["refine", str(stack_path), str(far), "-o", str(tmp_path / "w.xyz")]) == 2
+    err = capsys.readouterr().err  # the files are named with the reason
+    assert str(stack_path) in err and "far.xyz" in err and "inside the scan" in err
     guessed = _atoms(POSITIONS)
     guessed.info["closest_probe"] = 2.6 + POSITIONS[:, 2].max() - POSITIONS[NUMBERS == 8, 2].max()
     guessed_path = write_xyz(guessed, tmp_path / "guessed.xyz")  # as `hydrafm predict` writes it

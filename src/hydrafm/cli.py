@@ -338,8 +338,10 @@ def cmd_refine(args: argparse.Namespace) -> int:
     atoms = read_xyz(args.atoms)
     cfg = RefineSettings(steps=args.steps, flips=args.h_flips, hbond_turns=args.hbond_turns,
                          probe_estimate=PROBE_ESTIMATE_STEP if args.probe_estimate else None)
-    res = drive(iter_refine_atoms(stack, atoms, cfg, pick_device(args.device)),
-                show=sys.stderr.isatty())
+    try:
+        res = drive(iter_refine_atoms(stack, atoms, cfg, pick_device(args.device)), show=sys.stderr.isatty())
+    except ValueError as exc:  # e.g. a one-frame stack, or molecules outside the scan
+        raise ValueError(f"{args.stack} with {args.atoms}: {exc}") from exc
     write_xyz(res.atoms, args.out, overwrite=args.overwrite)
     scores = list(res.fit_score.values())
     print(json.dumps({"output": str(args.out), "atoms": _label_counts(res.atoms), "moves": res.moves,
@@ -668,19 +670,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     several = len(args.paths) > 1
     if several and args.out.suffix.lower() == ".xyz":
         raise ValueError(f"{args.out}: with several PATHs, -o must be a folder")
+    failed = 0
     for path in args.paths:
-        stack = load_stack(path, _channel_arg(args.channel), direction=args.direction, scan_size=args.scan_size,
-                           heights=args.heights, z_order=args.z_order)
-        atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips,
-                              molecules=not args.loose_atoms, denoise=args.denoise, depth=args.depth)
-        atoms.info["model"] = str(args.model)
         target = args.out / f"{Path(path).stem}.xyz" if several else args.out
-        write_xyz(atoms, target, overwrite=args.overwrite)
+        try:
+            stack = load_stack(path, _channel_arg(args.channel), direction=args.direction,
+                               scan_size=args.scan_size, heights=args.heights, z_order=args.z_order)
+            atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips,
+                                  molecules=not args.loose_atoms, denoise=args.denoise, depth=args.depth)
+            atoms.info["model"] = str(args.model)
+            write_xyz(atoms, target, overwrite=args.overwrite)
+        except (AFMFileError, ValueError, FileExistsError, FileNotFoundError) as exc:
+            message = _naming(path, exc)
+            if not several:
+                raise ValueError(message) from exc
+            # one bad scan in a folder of them: say which and why, and go on with the others
+            print(f"hydrafm: error: {_one_line(message)}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
         line = {"input": str(path), "output": str(target), "atoms": _label_counts(atoms)}
         if "closest_probe" in atoms.info:  # the depth network's estimate, Å above the shallowest O (ion)
             line["closest_probe"] = atoms.info["closest_probe"]
         print(json.dumps(line), flush=True)
+    if failed:
+        print(f"hydrafm: {failed} of {len(args.paths)} stacks failed (above); the others were written",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
+
+
+def _naming(path: str | Path, exc: Exception) -> str:
+    """The error's message, starting with the file it is about."""
+    message = str(exc)
+    return message if str(path) in message else f"{path}: {message}"
 
 
 def _label_counts(atoms) -> dict[str, int]:
