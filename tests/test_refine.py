@@ -332,6 +332,20 @@ def test_a_non_finite_drift_trial_does_not_crash_the_backward_pass():
         assert torch.isfinite(out).all() and torch.isfinite(frames.grad).all()
 
 
+def test_a_lone_h_keeps_its_class(stack):
+    """An H peak with no O (``mol`` −1, Predict saw the H but not its O) has no bond to re-class it by: it
+    keeps Predict's label (it once came back H_flat whatever it was, which cost hydrates 0.16 of H class)."""
+    atoms = _atoms(POSITIONS)
+    lone = Atoms(numbers=[1, 1], positions=[[6.5, 6.5, 0.6], [1.0, 6.8, -0.5]])
+    lone.new_array("label", np.array(["H_up", "H_down"]))
+    lone.new_array("confidence", np.full(2, 0.6))
+    lone.new_array("mol", np.full(2, -1))
+    res = refine_atoms(stack, atoms + lone, replace(FAST, steps=2))
+    labels = res.atoms.arrays["label"]
+    assert list(labels[-2:]) == ["H_up", "H_down"]
+    assert list(labels[:9]) == list(atom_labels(res.atoms.positions[:9], NUMBERS))  # waters: from the geometry
+
+
 def test_bad_input_is_refused(stack):
     with pytest.raises(ValueError, match="no atoms"):
         refine_atoms(stack, Atoms(), FAST)

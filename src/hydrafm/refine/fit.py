@@ -1115,7 +1115,7 @@ def _start_distances(atoms: Atoms, structure: _Structure, z_ref: float,
 def _result_atoms(structure: _Structure, scores: np.ndarray, outside: _Structure,
                   corner: np.ndarray) -> tuple[Atoms, dict[int, float]]:
     """ase.Atoms in the scan's frame: H re-classed from the geometry, fit score per atom and per molecule."""
-    labels = h_class_of_bodies(structure.bodies, structure.positions)
+    labels = h_class_of_bodies(structure.bodies, structure.positions, structure.label)
     heavy = structure.bodies.numbers != 1
     labels[heavy] = structure.label[heavy]
     fit = scores[structure.bodies.body]
