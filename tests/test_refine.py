@@ -344,6 +344,9 @@ def test_a_lone_h_keeps_its_class(stack):
     labels = res.atoms.arrays["label"]
     assert list(labels[-2:]) == ["H_up", "H_down"]
     assert list(labels[:9]) == list(atom_labels(res.atoms.positions[:9], NUMBERS))  # waters: from the geometry
+    bare = atoms + lone
+    bare.arrays["label"] = np.array(bare.get_chemical_symbols(), dtype="<U6")  # no classes given: "H"
+    assert set(refine_atoms(stack, bare, replace(FAST, steps=0)).atoms.arrays["label"][-2:]) == {"H_flat"}
 
 
 def test_bad_input_is_refused(stack):

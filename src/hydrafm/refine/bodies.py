@@ -134,13 +134,13 @@ def h_class_of_bodies(bodies: Bodies, positions: np.ndarray, labels: np.ndarray 
     """Label of every atom from the geometry: H by its O–H bond in its body (labels.py rule), others by element.
 
     An H whose body has no O (a lone H peak: Predict saw the H but not its O) has no bond to be classed
-    by: it keeps its entry of ``labels`` where given (else ``H_flat``).
+    by: it keeps its class from ``labels`` where one is given (else ``H_flat``).
     """
     names = {8: "O", 11: "Na", 19: "K", 1: "H_flat"}
     out = np.array([names.get(int(z), "O") for z in bodies.numbers], dtype="<U6")
-    if labels is not None:
-        is_h = bodies.numbers == 1
-        out[is_h] = np.asarray(labels)[is_h]  # replaced below wherever the body has an O
+    if labels is not None:  # an H class given (not a bare "H"); replaced below wherever the body has an O
+        keep = (bodies.numbers == 1) & np.char.startswith(np.asarray(labels).astype(str), "H_")
+        out[keep] = np.asarray(labels).astype(str)[keep]
     for b in range(bodies.n_bodies):
         members = bodies.members(b)
         o = members[bodies.numbers[members] == 8]
