@@ -4,11 +4,12 @@
 # side on the one GPU, and Refine timed on it. From a checkout carrying .gpu-wheels/ (git-ignored; make it
 # here with `pip download ase==3.29.0 --no-deps -d .gpu-wheels/` and name it in the device tool's `carry`):
 #
-#   bash scripts/gpu_session.sh OUT_DIR [MINUTES]
+#   bash scripts/gpu_session.sh OUT_DIR [MINUTES]        (device tool: carry .gpu-wheels, timeout_s 600)
 #
 # 1. `water` (from src/hydrafm/models/weights/water.pt; pools water,ice,hydrates; noise 0.08) and
 #    `na-hydrate` (from its weights; pools hydrates,ice,water drawn 2:1:1; noise 0.25), each by
-#    scripts/gpu_onthefly.sh for MINUTES (default 7.5) in its own process; the probe relaxation compiled
+#    scripts/gpu_onthefly.sh for MINUTES (default 6.5: with start-up, compiling and the validation set
+#    the command then fits the tool's 10 minutes) in its own process; the probe relaxation compiled
 #    (HYDRAFM_FUSED=1). Two processes share the GPU: each is bound by Python and kernel launches, not by
 #    the GPU (docs/benchmarks.md), so together they train nearly twice the samples of one.
 # 2. meanwhile, Refine on three held-out ice layers (issue 15: <= 2 s per stack on a GPU), default schedule.
@@ -19,7 +20,7 @@
 # DEVICE=cpu SMALL=1 N=1 runs the same at tiny scale to check the script before spending GPU time.
 set -uo pipefail
 out=${1:?give an output folder}
-minutes=${2:-7.5}
+minutes=${2:-6.5}
 device=${DEVICE:-cuda}
 here=$(cd "$(dirname "$0")/.." && pwd)
 weights="$here/src/hydrafm/models/weights"
