@@ -12,7 +12,7 @@ A level H lies 0.97 Å from the O that donates it and ~1.8 Å from the one that 
              std, against moving the H 0.3 Å sideways and removing it. Says whether the physics tells the ends apart.
 
     python scripts/h_bond_ends.py maps water --sets ice4,water4
-    python scripts/h_bond_ends.py response water -n 4 --seed 1
+    python scripts/h_bond_ends.py response water -n 30 --seed 3 [--figure docs/images/h_bond_ends.png]
     python scripts/h_bond_ends.py image -n 4 --seed 1
 """
 
@@ -122,17 +122,55 @@ def cmd_response(a) -> dict:
     model = resolve_model(a.model, "cpu")
     sim, tip = TorchSimulator(SimulationSettings()), SampledTip(2.6)
     rows = []
-    for _, pos, numbers, _, d, acc, moved in _windows(a):
-        ends = []
+    for _, pos, numbers, h, d, acc, moved in _windows(a):
+        ends, shown = [], []
         for p in (pos, moved):
-            maps, px, origin, *_ = predict_maps(sim.simulate(p, numbers, tip), model)
+            stack = sim.simulate(p, numbers, tip)
+            maps, px, origin, *_ = predict_maps(stack, model)
             ends += _end_values(_HMaps(maps, px, origin, tuple(model[1].labels)), pos[d, :2], pos[acc, :2])
+            shown.append((stack, maps[list(model[1].labels).index("H_flat")], p[h]))
         rows.append(ends)
+        if a.figure and len(rows) == 1:
+            _figure(a.figure, shown, pos[[d, acc]])
     r = np.array(rows)
     return {"mode": "response", "model": a.model, "bonds": len(r),
             "truth_donor_acceptor": r[:, :2].mean(0).round(3).tolist(),
             "moved_donor_acceptor": r[:, 2:].mean(0).round(3).tolist(),
             "share_following_the_h": round(float(np.mean((r[:, 2] < r[:, 0]) & (r[:, 3] > r[:, 1]))), 3)}
+
+
+def _figure(path: str, shown, o_xy: np.ndarray, half: float = 3.0) -> None:
+    """Closest frame and H_flat map around one bond, with the H at its true end and at the mirror end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = o_xy[:, :2].mean(axis=0)
+    fig, ax = plt.subplots(2, 3, figsize=(9, 6))
+    frames = [st.data[0] for st, _, _ in shown]
+    px = shown[0][0].pixel_size[0]
+    r0, c0, n = int(c[1] / px), int(c[0] / px), int(half / px)
+    cut = lambda img: img[r0 - n:r0 + n, c0 - n:c0 + n]  # noqa: E731
+    ext = [c[0] - half, c[0] + half, c[1] + half, c[1] - half]
+    diff = cut(frames[1]) - cut(frames[0])
+    for row, ((_, hmap, hxy), frame) in enumerate(zip(shown, frames)):
+        ax[row, 0].imshow(cut(frame), cmap="gray", extent=ext)
+        ax[row, 1].imshow(cut(hmap), cmap="viridis", vmin=0, vmax=1, extent=ext)
+        for k in (0, 1):
+            ax[row, k].plot(o_xy[:, 0], o_xy[:, 1], "o", mfc="none", mec="red", ms=12)
+            ax[row, k].plot(*hxy[:2], "+", color="cyan", ms=12, mew=2)
+        ax[row, 0].set_title(("H at the donor end" if row == 0 else "H moved to the mirror end") + ": closest frame",
+                             fontsize=9)
+        ax[row, 1].set_title("network's H_flat map", fontsize=9)
+    ax[0, 2].imshow(diff, cmap="RdBu", extent=ext)
+    ax[0, 2].set_title("image change (moved − true)", fontsize=9)
+    ax[1, 2].imshow(cut(shown[1][1]) - cut(shown[0][1]), cmap="RdBu", vmin=-0.3, vmax=0.3, extent=ext)
+    ax[1, 2].set_title("map change (moved − true)", fontsize=9)
+    for x in ax.ravel():
+        x.set_xticks([]), x.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def cmd_image(a) -> dict:
@@ -176,6 +214,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-window", type=int, default=4, help="H moved per window")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--figure", metavar="PNG", help="response: the first bond's closest frame and H_flat map, "
+                    "with the H at either end, and their changes")
     a = ap.parse_args()
     import torch
 
