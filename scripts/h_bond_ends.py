@@ -6,7 +6,7 @@ A level H lies 0.97 Å from the O that donates it and ~1.8 Å from the one that 
              1.5 Å that lies along an O–O bond whose two O the model found, the H_flat map near the true end
              (0.8–1.06 Å from the donor) against the mirror end (the same distance from the acceptor).
              Prints P(true end higher) and the margin's quantiles: 0.5 is a coin flip.
-``response`` simulated held-out ice layers (the torch engine, closest probe 2.6 Å): one H_flat moved to the mirror end
+``response`` simulated held-out ice layers (the torch engine, closest probe ``--distance``, 2.6 Å): one H_flat moved to the mirror end
              of its bond; the map at both ends before and after. A model that sees the H follows it.
 ``image``    the same moves: the change of the stack in a 4 × 4 Å crop around the bond, relative to the crop's
              std, against moving the H 0.3 Å sideways and removing it. Says whether the physics tells the ends apart.
@@ -120,7 +120,7 @@ def cmd_response(a) -> dict:
     from hydrafm.simulate.settings import SimulationSettings
 
     model = resolve_model(a.model, "cpu")
-    sim, tip = TorchSimulator(SimulationSettings()), SampledTip(2.6)
+    sim, tip = TorchSimulator(SimulationSettings()), SampledTip(a.distance)
     rows = []
     for _, pos, numbers, h, d, acc, moved in _windows(a):
         ends, shown = [], []
@@ -178,7 +178,7 @@ def cmd_image(a) -> dict:
     from hydrafm.simulate.settings import SimulationSettings
 
     s = SimulationSettings()
-    sim, tip = TorchSimulator(s), SampledTip(2.6)
+    sim, tip = TorchSimulator(s), SampledTip(a.distance)
     px = s.scan_size / s.n_pixels
     half = int(2.0 / px)
     change: dict[str, list[float]] = {"mirror end": [], "0.3 A sideways": [], "removed": []}
@@ -214,6 +214,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-window", type=int, default=4, help="H moved per window")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--distance", type=float, default=2.6, help="response, image: closest probe distance, Å")
     ap.add_argument("--figure", metavar="PNG", help="response: the first bond's closest frame and H_flat map, "
                     "with the H at either end, and their changes")
     a = ap.parse_args()
