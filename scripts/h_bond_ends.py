@@ -5,7 +5,9 @@ A level H lies 0.97 Å from the O that donates it and ~1.8 Å from the one that 
 ``maps``     on held-out sets (cached maps, as ``scripts/assembly_variants.py``): for every true H_flat in the top
              1.5 Å that lies along an O–O bond whose two O the model found, the H_flat map near the true end
              (0.8–1.06 Å from the donor) against the mirror end (the same distance from the acceptor).
-             Prints P(true end higher) and the margin's quantiles: 0.5 is a coin flip.
+             Prints P(true end higher) and the margin's quantiles: 0.5 is a coin flip. ``ceiling``: H F1 and
+             whole waters before and after putting every predicted level H that sits at the mirror end of a
+             true H-bond on that bond's true H (an oracle: what knowing the end is worth).
 ``response`` simulated held-out ice layers (the torch engine, closest probe ``--distance``, 2.6 Å): one H_flat moved to the mirror end
              of its bond; the map at both ends before and after. A model that sees the H follows it.
 ``image``    the same moves: the change of the stack in a 4 × 4 Å crop around the bond, relative to the crop's
@@ -56,7 +58,7 @@ def cmd_maps(a) -> dict:
     from assembly_variants import _maps
 
     from hydrafm.paths import cache_dir
-    from hydrafm.predict.metrics import GROUPS, _match, h_owners, within_top
+    from hydrafm.predict.metrics import GROUPS, Scores, _match, h_owners, score_atoms, within_top
     from hydrafm.predict.molecules import _HMaps
     from hydrafm.predict.predictor import Prediction, default_threshold, resolve_model
 
@@ -66,7 +68,8 @@ def cmd_maps(a) -> dict:
     out = {"mode": "maps", "model": a.model}
     for key in a.sets.split(","):
         maps, px, origin, truth = _maps(a.model, key, net, root, str(cache_dir("assembly_maps")))
-        margins = []
+        margins, moved = [], 0
+        before, after = Scores(), Scores()
         for i in range(len(maps)):
             atoms = Prediction(maps[i], px, origin, info, a.model).atoms(t, True)
             hm = _HMaps(maps[i], px, origin, tuple(info.labels))
@@ -86,9 +89,27 @@ def cmd_maps(a) -> dict:
                 p, q = atoms.positions[found[bond[0]], :2], atoms.positions[found[bond[1]], :2]
                 true_end, mirror = _end_values(hm, p, q)
                 margins.append(true_end - mirror)
+            # the ceiling: every predicted level H at the mirror end of a true H-bond put on that bond's true H
+            xy = atoms.positions[:, :2].copy()
+            before.add(score_atoms(xy, lab, tx, tl, top=1.5))
+            mol = atoms.arrays["mol"]
+            for j in np.flatnonzero((lab == "H_flat") & (mol >= 0)):
+                o = np.flatnonzero((mol == mol[j]) & (lab == "O"))[0]
+                d_o = np.hypot(*(tx[to, :2] - xy[o]).T)
+                d_h = np.where(is_h, np.hypot(*(tx[:, :2] - xy[j]).T), np.inf)
+                k = int(np.argmin(d_h))
+                if d_o.min() > 0.75 or not 0.75 <= d_h[k] < 1.0 or owner[k] in (-1, to[np.argmin(d_o)]):
+                    continue
+                if 2.2 < np.hypot(*(tx[owner[k], :2] - tx[to[np.argmin(d_o)], :2])) < 3.4:
+                    xy[j] = tx[k, :2]
+                    moved += 1
+            after.add(score_atoms(xy, lab, tx, tl, top=1.5))
         m = np.array(margins)
+        b, f = before.summary(), after.summary()
         out[key] = {"bonds": len(m), "p_true_end_higher": round(float(np.mean(m > 0)), 3),
-                    "margin_quantiles_10_25_50_75_90": np.round(np.percentile(m, [10, 25, 50, 75, 90]), 3).tolist()}
+                    "margin_quantiles_10_25_50_75_90": np.round(np.percentile(m, [10, 25, 50, 75, 90]), 3).tolist(),
+                    "ceiling": {"h_moved": moved, "H_f1": [b["H"]["f1"], f["H"]["f1"]],
+                                "whole": [round(b["whole_molecules"], 4), round(f["whole_molecules"], 4)]}}
     return out
 
 
