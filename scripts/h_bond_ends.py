@@ -33,9 +33,10 @@ ENDS = (0.8, 0.93, 1.06)  # Å from an O along the bond: where a level H of that
 def _end_values(hmaps, p: np.ndarray, q: np.ndarray) -> tuple[float, float]:
     """Largest H_flat map value near the ``p`` end and near the ``q`` end of the bond p–q."""
     v = (q - p) / np.linalg.norm(q - p)
-    near = lambda base, u: np.stack([base + u * r for r in ENDS])  # noqa: E731
     flat = np.full(len(ENDS), 1)  # index of H_flat in H_LABELS
-    return float(hmaps.sample(flat, near(p, v)).max()), float(hmaps.sample(flat, near(q, -v)).max())
+    near_p = np.stack([p + v * r for r in ENDS])
+    near_q = np.stack([q - v * r for r in ENDS])
+    return float(hmaps.sample(flat, near_p).max()), float(hmaps.sample(flat, near_q).max())
 
 
 def _bond_of(pos: np.ndarray, o_idx: np.ndarray, h: int, min_cos: float = 0.8):
@@ -172,7 +173,11 @@ def _figure(path: str, shown, o_xy: np.ndarray, half: float = 3.0) -> None:
     frames = [st.data[0] for st, _, _ in shown]
     px = shown[0][0].pixel_size[0]
     r0, c0, n = int(c[1] / px), int(c[0] / px), int(half / px)
-    cut = lambda img: img[r0 - n:r0 + n, c0 - n:c0 + n]  # noqa: E731
+    rows, cols = slice(r0 - n, r0 + n), slice(c0 - n, c0 + n)
+
+    def cut(img: np.ndarray) -> np.ndarray:
+        return img[rows, cols]
+
     ext = [c[0] - half, c[0] + half, c[1] + half, c[1] - half]
     diff = cut(frames[1]) - cut(frames[0])
     for row, ((_, hmap, hxy), frame) in enumerate(zip(shown, frames)):
@@ -209,10 +214,10 @@ def cmd_image(a) -> dict:
         r0, c0 = int(c[1] / px), int(c[0] / px)
         if min(r0, c0) < half or max(r0, c0) > s.n_pixels - half:
             continue
-        crop = lambda f: f[:, r0 - half:r0 + half, c0 - half:c0 + half]  # noqa: E731
+        window = (slice(None), slice(r0 - half, r0 + half), slice(c0 - half, c0 + half))
         if i not in cache:
             cache = {i: sim.simulate(pos, numbers, tip).data}
-        ref = crop(cache[i])
+        ref = cache[i][window]
         u = pos[h, :2] - pos[d, :2]
         u /= np.linalg.norm(u)
         side = pos.copy()
@@ -220,7 +225,7 @@ def cmd_image(a) -> dict:
         keep = np.arange(len(pos)) != h
         for name, (p, z) in {"mirror end": (moved, numbers), "0.3 A sideways": (side, numbers),
                              "removed": (pos[keep], numbers[keep])}.items():
-            img = crop(sim.simulate(p, z, tip).data)
+            img = sim.simulate(p, z, tip).data[window]
             change[name].append(float(np.sqrt(np.mean((img - ref) ** 2)) / ref.std()))
     return {"mode": "image", "bonds": len(change["removed"]),
             **{f"{k}: median relative change": round(float(np.median(v)), 3) for k, v in change.items() if v}}
