@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +158,7 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     from hydrafm.io.npz import save_npz
 
     one = load_stack(sample_path())
-    flat = save_npz(type(one)(one.data[:1], one.pixel_size, None, one.origin, dict(one.metadata)),
-                    tmp_path / "flat.npz")
+    flat = save_npz(replace(one, data=one.data[:1], heights=None), tmp_path / "flat.npz")
     folder = tmp_path / "batch"
     assert main(["predict", str(flat), str(sample_path()), "-o", str(folder), "--model", str(ckpt)]) == 2
     err = capsys.readouterr().err

@@ -139,8 +139,9 @@ def h_class_of_bodies(bodies: Bodies, positions: np.ndarray, labels: np.ndarray 
     names = {8: "O", 11: "Na", 19: "K", 1: "H_flat"}
     out = np.array([names.get(int(z), "O") for z in bodies.numbers], dtype="<U6")
     if labels is not None:  # an H class given (not a bare "H"); replaced below wherever the body has an O
-        keep = (bodies.numbers == 1) & np.char.startswith(np.asarray(labels).astype(str), "H_")
-        out[keep] = np.asarray(labels).astype(str)[keep]
+        given = np.asarray(labels).astype(str)
+        keep = (bodies.numbers == 1) & np.char.startswith(given, "H_")
+        out[keep] = given[keep]
     for b in range(bodies.n_bodies):
         members = bodies.members(b)
         o = members[bodies.numbers[members] == 8]
