@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="average over the four mirror images (more accurate, ~4× the network time; "
                          "default: as the model recommends)")
     _add_denoise_options(pr)
+    pr.add_argument("--bond-ends", nargs="?", const=True, default=None, metavar="FILE",
+                    help="put each level H on the donor end of its H-bond as the shipped bond-end classifier (or "
+                         "FILE) reads the stack; default: as the model's card says")
+    pr.add_argument("--no-bond-ends", dest="bond_ends", action="store_const", const=False,
+                    help="never check the bond ends, whatever the model's card says")
     pr.add_argument("--depth", nargs="?", const=True, default=None, metavar="FILE",
                     help="place each molecule at its depth with the shipped depth network (or FILE); "
                          "default: on when this installation ships one and the model's card does not say otherwise")
@@ -677,7 +682,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             stack = load_stack(path, _channel_arg(args.channel), direction=args.direction,
                                scan_size=args.scan_size, heights=args.heights, z_order=args.z_order)
             atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips,
-                                  molecules=not args.loose_atoms, denoise=args.denoise, depth=args.depth)
+                                  molecules=not args.loose_atoms, denoise=args.denoise, depth=args.depth,
+                                  bond_ends=args.bond_ends)
             atoms.info["model"] = str(args.model)
             write_xyz(atoms, target, overwrite=args.overwrite)
         except (AFMFileError, ValueError, FileExistsError, FileNotFoundError) as exc:

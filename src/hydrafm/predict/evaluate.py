@@ -8,11 +8,11 @@ from typing import Generator, Sequence
 import numpy as np
 
 from ..io.xyz import LABELS
-from ..progress import Progress
+from ..progress import Progress, drive
 from ..simulate.dataset import AFMDataset
 from ..stack import AFMStack
 from .metrics import Scores, score_atoms
-from .predictor import Prediction, default_threshold, predict_maps, resolve_model
+from .predictor import Prediction, default_threshold, iter_predict_maps, resolve_model
 
 __all__ = ["evaluate_dataset", "evaluate_thresholds", "best_threshold", "evaluate_groups", "DISTANCE_REGIMES",
            "GroupedScores"]
@@ -66,7 +66,7 @@ def _predict_sample(ds: AFMDataset, i: int, net_info, device, flips: bool | None
         data = prefilter(data)
     stack = AFMStack(data, (st.pixel_size, st.pixel_size), np.arange(st.n_heights) * st.dz,
                      (st.pixel_size / 2, st.pixel_size / 2))
-    return s, Prediction(*predict_maps(stack, net_info, device, flips=flips))
+    return s, drive(iter_predict_maps(stack, net_info, device, flips=flips, depth=False), show=False)
 
 
 def evaluate_dataset(

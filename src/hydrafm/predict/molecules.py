@@ -63,7 +63,7 @@ the ions, then orphan H) with per-atom arrays ``label``, ``confidence``, ``mol``
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from ase import Atoms
@@ -480,11 +480,15 @@ def maps_to_molecules(
     labels: tuple[str, ...] = LABELS,
     margins: Mapping[str, float] | None = None,
     prior: Mapping[str, float] | None = None,
+    peaks: Callable[[Atoms], Atoms] | None = None,
 ) -> Atoms:
     """Whole molecules from label maps: :func:`maps_to_atoms`, :func:`assemble_molecules` (``prior``: its H-class
-    tie-breakers), :func:`drop_crowded`."""
+    tie-breakers), :func:`drop_crowded`. ``peaks``, if given, corrects the loose peaks before the assembly
+    (e.g. :func:`~hydrafm.predict.bond_ends.put_level_h_on_donor_ends`)."""
     loose = maps_to_atoms(maps, pixel_size, origin, threshold, labels, margins)
     loose = ion_identity(loose, maps, pixel_size, origin, threshold, labels, margins)
+    if peaks is not None:
+        loose = peaks(loose)
     return drop_crowded(assemble_molecules(loose, maps, pixel_size, origin, labels, prior=prior))
 
 

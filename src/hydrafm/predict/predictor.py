@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from ..models.bond_ends import BondEndNet, load_bond_ends, shipped_bond_ends_path
 from ..models.checkpoint import ModelInfo, load_checkpoint
 from ..models.denoise import Denoiser, denoise_normalized, load_denoiser, shipped_denoiser_path
 from ..models.registry import SHIPPED_MODELS, model_path
@@ -33,13 +34,14 @@ from ..progress import Progress, drive
 from ..stack import AFMStack
 from ..models.depth import DepthNet, depth_map
 from .atoms import label_threshold, maps_to_atoms
+from .bond_ends import put_level_h_on_donor_ends
 from .depth import place_at_depth, resolve_depth
 from .molecules import ion_identity, maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
            "default_flips", "default_denoise", "resolve_denoiser", "reports_ions",
            "select_heights", "SHIPPED_MODELS", "default_threshold", "label_margins",
-           "assembly_prior"]
+           "assembly_prior", "default_bond_ends", "resolve_bond_ends"]
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
     """A model name (shipped), a checkpoint path, or an already loaded ``(model, info)``."""
@@ -92,8 +94,11 @@ class Prediction:
     model: str = "in-memory"
     denoised: float | None = None  # the denoiser's strength (0: left alone … 1: in full); None: not run
     depth: np.ndarray | None = None  # (ny, nx) Å below the closest probe (the depth network); None: not run
+    # (Z, ny, nx) the stack on the maps' grid before normalisation (for the bond-end check); None: not kept
+    frames: np.ndarray | None = None
 
-    def atoms(self, threshold: float | None = None, molecules: bool = True) -> Atoms:
+    def atoms(self, threshold: float | None = None, molecules: bool = True,
+              bond_ends: bool | str | Path | BondEndNet | None = None) -> Atoms:
         """Peaks above ``threshold`` as whole molecules (or loose atoms), Å in the stack's frame.
 
         ``None`` uses the model's recommended threshold (:func:`default_threshold`).
@@ -107,7 +112,10 @@ class Prediction:
         :func:`~hydrafm.predict.molecules.ion_identity` (naming an ion both ion maps show by its
         hydration shell; off by default). With a depth map
         (the depth network), every molecule sits at its depth below the shallowest O/ion (z = 0);
-        without one, every O and ion at z = 0.
+        without one, every O and ion at z = 0. ``bond_ends`` puts level H peaks on the donor end of
+        their H-bond before the assembly (:func:`~hydrafm.predict.bond_ends.put_level_h_on_donor_ends`):
+        ``None`` as the model's card says (:func:`default_bond_ends`), ``True`` the shipped classifier,
+        a path another, ``False`` none; it needs :attr:`frames` (kept by :func:`iter_predict_maps`).
         """
         threshold = default_threshold(self.info) if threshold is None else threshold
         maps = self.maps
@@ -116,9 +124,17 @@ class Prediction:
             maps = maps.copy()
             maps[ions] = 0.0
         margins = label_margins(self.info)
+        ends = resolve_bond_ends(bond_ends, self.info) if molecules and self.frames is not None else None
+        counts: dict[str, int] = {}
+
+        def check(loose: Atoms) -> Atoms:
+            out, found = put_level_h_on_donor_ends(loose, self.frames, self.pixel_size, self.origin, ends)
+            counts.update(found)
+            return out
+
         if molecules:
             atoms = maps_to_molecules(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins,
-                                      prior=assembly_prior(self.info))
+                                      prior=assembly_prior(self.info), peaks=check if ends is not None else None)
         else:
             atoms = maps_to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
             atoms = ion_identity(atoms, maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
@@ -128,6 +144,8 @@ class Prediction:
             atoms.info[f"threshold_{name}"] = label_threshold(threshold, name, margins)
         if self.denoised is not None:
             atoms.info["denoised"] = round(float(self.denoised), 3)
+        if counts:
+            atoms.info["bond_ends"] = f"{counts['moved']} moved, {counts['dropped']} dropped of {counts['checked']}"
         if self.depth is not None:
             place_at_depth(atoms, self.depth, self.pixel_size, self.origin)
         return atoms
@@ -163,6 +181,36 @@ def default_flips(info: ModelInfo) -> bool:
     """Whether the model's held-out scores were measured averaging the four mirror images (then
     Predict does the same by default), as recorded with the model."""
     return bool(info.provenance.get("flips", False))
+
+
+def default_bond_ends(info: ModelInfo) -> bool | str:
+    """Whether the model's card recommends the bond-end check (recorded as ``bond_ends``: ``True`` for the
+    shipped classifier, or the path of another)."""
+    value = info.provenance.get("bond_ends", False)
+    return value if isinstance(value, str) else bool(value)
+
+
+_BOND_ENDS: dict[str, BondEndNet] = {}
+
+
+def resolve_bond_ends(bond_ends: bool | str | Path | BondEndNet | None, info: ModelInfo) -> BondEndNet | None:
+    """The bond-end classifier to use: ``None`` → as the model's card says; ``False`` → none; ``True`` → the
+    shipped one; a path → that file; or a loaded :class:`~hydrafm.models.bond_ends.BondEndNet`."""
+    if bond_ends is None:
+        bond_ends = default_bond_ends(info)
+    if bond_ends is False:
+        return None
+    if isinstance(bond_ends, BondEndNet):
+        return bond_ends.eval()
+    path = shipped_bond_ends_path() if bond_ends is True else Path(bond_ends)
+    key = str(path.resolve())
+    if key not in _BOND_ENDS:
+        _BOND_ENDS[key] = load_bond_ends(path)
+    net = _BOND_ENDS[key]
+    if net.info.n_heights != info.config.n_heights:
+        raise ValueError(f"{path}: the bond-end classifier takes {net.info.n_heights} heights, the model "
+                         f"{info.config.n_heights}")
+    return net
 
 
 def default_denoise(info: ModelInfo) -> bool | str:
@@ -276,7 +324,7 @@ def iter_predict_maps(
     if dnet is not None:
         yield Progress("depth", 0, 1)
         depth_m = depth_map(x, dnet)
-    return Prediction(maps, px, (y0, x0), info, name, strength, depth_m)
+    return Prediction(maps, px, (y0, x0), info, name, strength, depth_m, frames)
 
 
 def predict_atoms(
@@ -288,11 +336,12 @@ def predict_atoms(
     molecules: bool = True,
     denoise: bool | str | Path | Denoiser | None = None,
     depth: bool | str | Path | DepthNet | None = None,
+    bond_ends: bool | str | Path | BondEndNet | None = None,
 ) -> Atoms:
     """Whole molecules of a stack (``label``, ``confidence``, ``mol``, ``shell``), Å in the stack's frame.
 
     ``molecules=False`` returns the loose atoms (``label``, ``confidence``) instead. ``depth``: see
-    :func:`iter_predict_maps`.
+    :func:`iter_predict_maps`; ``bond_ends``: see :meth:`Prediction.atoms`.
     """
     return drive(iter_predict_maps(stack, model, device, flips=flips, denoise=denoise, depth=depth),
-                 show=False).atoms(threshold, molecules)
+                 show=False).atoms(threshold, molecules, bond_ends)
