@@ -111,8 +111,10 @@ def test_predict_checks_the_bond_ends_only_when_asked_and_says_what_it_did():
     mol = checked.arrays["mol"]
     hs = np.flatnonzero((mol == mol[o_right]) & (checked.arrays["label"] == "H_flat"))
     assert len(hs) >= 1 and np.min(np.abs(checked.positions[hs, 0] - 11.85)) < 0.2
-    assert "bond_ends" not in Prediction(maps, (0.2, 0.2), (0.1, 0.1), info, "water").atoms(
-        0.5, bond_ends=_Says(-3.0)).info  # no frames kept: nothing to check against
+    bare = Prediction(maps, (0.2, 0.2), (0.1, 0.1), info, "water")  # no frames kept: nothing to check against
+    assert "bond_ends" not in bare.atoms(0.5).info
+    with pytest.raises(ValueError, match="frames"):
+        bare.atoms(0.5, bond_ends=_Says(-3.0))
 
 
 @pytest.mark.skipif(not shipped_bond_ends_path().is_file(), reason="no shipped bond-end classifier")

@@ -115,7 +115,7 @@ class Prediction:
         without one, every O and ion at z = 0. ``bond_ends`` puts level H peaks on the donor end of
         their H-bond before the assembly (:func:`~hydrafm.predict.bond_ends.put_level_h_on_donor_ends`):
         ``None`` as the model's card says (:func:`default_bond_ends`), ``True`` the shipped classifier,
-        a path another, ``False`` none; it needs :attr:`frames` (kept by :func:`iter_predict_maps`).
+        a path another, ``False`` none; asked for, it needs :attr:`frames` (kept by :func:`iter_predict_maps`).
         """
         threshold = default_threshold(self.info) if threshold is None else threshold
         maps = self.maps
@@ -124,6 +124,9 @@ class Prediction:
             maps = maps.copy()
             maps[ions] = 0.0
         margins = label_margins(self.info)
+        if bond_ends not in (None, False) and molecules and self.frames is None:
+            raise ValueError("the bond-end check needs the stack's frames, which this prediction did not keep "
+                             "(make it with iter_predict_maps or predict_atoms)")
         ends = resolve_bond_ends(bond_ends, self.info) if molecules and self.frames is not None else None
         counts: dict[str, int] = {}
 
