@@ -41,17 +41,11 @@ def _end_values(hmaps, p: np.ndarray, q: np.ndarray) -> tuple[float, float]:
 
 def _bond_of(pos: np.ndarray, o_idx: np.ndarray, h: int, min_cos: float = 0.8):
     """(donor, acceptor) O indices of the H-bond H ``h`` lies along (lateral), or None."""
-    d = o_idx[np.argmin(np.linalg.norm(pos[o_idx] - pos[h], axis=1))]
-    u = pos[h, :2] - pos[d, :2]
-    u /= max(np.linalg.norm(u), 1e-9)
-    w = pos[o_idx, :2] - pos[d, :2]
-    dw = np.linalg.norm(w, axis=1)
-    sel = (dw > 2.2) & (dw < 3.4)
-    if not sel.any():
-        return None
-    cos = (w[sel] / dw[sel, None]) @ u
-    k = int(np.argmax(cos))
-    return (int(d), int(o_idx[sel][k])) if cos[k] >= min_cos else None
+    from hydrafm.models.bond_ends import bond_partner
+
+    k = int(np.argmin(np.linalg.norm(pos[o_idx] - pos[h], axis=1)))
+    j = bond_partner(pos[o_idx], k, pos[h], min_cos)
+    return (int(o_idx[k]), int(o_idx[j])) if j is not None else None
 
 
 def cmd_maps(a) -> dict:

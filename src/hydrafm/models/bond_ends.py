@@ -25,7 +25,8 @@ from scipy.ndimage import map_coordinates
 from .checkpoint import write_payload
 from .stacknet import load_stack_net, weights_file
 
-__all__ = ["ALONG", "ACROSS", "BOND_ENDS_FORMAT", "SHIPPED_BOND_ENDS", "BondEndInfo", "BondEndNet", "bond_crops",
+__all__ = ["ALONG", "ACROSS", "BOND_COS", "BOND_ENDS_FORMAT", "BOND_OO", "SHIPPED_BOND_ENDS", "BondEndInfo",
+           "BondEndNet", "bond_crops", "bond_partner",
            "donor_probability", "level_h_bonds", "load_bond_ends", "save_bond_ends", "shipped_bond_ends_path"]
 
 BOND_ENDS_FORMAT = "hydrafm-bond-ends/1"
@@ -108,11 +109,35 @@ def donor_probability(net: BondEndNet, frames: np.ndarray, pixel_size: tuple[flo
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+#: Å, the lateral O–O distances of an H-bond; the least cosine between an O–H and the bond it lies along
+BOND_OO = (2.2, 3.4)
+BOND_COS = 0.8
+
+
+def bond_partner(o_xy: np.ndarray, own: int, h_xy: np.ndarray, min_cos: float = BOND_COS) -> int | None:
+    """Index into ``o_xy`` (lateral O positions, Å) of the O the H at ``h_xy`` of O ``own`` points at.
+
+    Among the O :data:`BOND_OO` from ``o_xy[own]`` (laterally), the one nearest the O–H's direction, if
+    the cosine of that angle is at least ``min_cos``; else None.
+    """
+    o_xy = np.asarray(o_xy, dtype=np.float64)[:, :2]
+    u = np.asarray(h_xy, dtype=np.float64)[:2] - o_xy[own]
+    u = u / max(float(np.linalg.norm(u)), 1e-9)
+    w = o_xy - o_xy[own]
+    dw = np.linalg.norm(w, axis=1)
+    sel = np.flatnonzero((dw > BOND_OO[0]) & (dw < BOND_OO[1]))
+    if not len(sel):
+        return None
+    cos = (w[sel] / dw[sel, None]) @ u
+    k = int(np.argmax(cos))
+    return int(sel[k]) if cos[k] >= min_cos else None
+
+
 def level_h_bonds(positions: np.ndarray, labels: np.ndarray, top: float = 1.5) -> list[tuple[int, int]]:
     """``(donor O, acceptor O)`` indices of a structure's H-bonds that carry a level H in its top ``top`` Å.
 
-    The donor is the O nearest the ``H_flat`` atom (within 1.2 Å); the acceptor the O 2.2–3.4 Å from it
-    (laterally) that the O–H points at, within ~37° (what the classifier is trained and scored on).
+    The donor is the O nearest the ``H_flat`` atom (within 1.2 Å); the acceptor its :func:`bond_partner`
+    (what the classifier is trained and scored on).
     """
     positions = np.asarray(positions, dtype=np.float64)
     labels = np.asarray(labels).astype(str)
@@ -126,16 +151,9 @@ def level_h_bonds(positions: np.ndarray, labels: np.ndarray, top: float = 1.5) -
         k = int(np.argmin(d))
         if d[k] > 1.2:
             continue
-        u = positions[h, :2] - positions[o[k], :2]
-        u = u / max(float(np.linalg.norm(u)), 1e-9)
-        w = positions[o, :2] - positions[o[k], :2]
-        dw = np.linalg.norm(w, axis=1)
-        sel = np.flatnonzero((dw > 2.2) & (dw < 3.4))
-        if not len(sel):
-            continue
-        cos = (w[sel] / dw[sel, None]) @ u
-        if cos.max() >= 0.8:
-            out.append((int(o[k]), int(o[sel[int(np.argmax(cos))]])))
+        j = bond_partner(positions[o], k, positions[h])
+        if j is not None:
+            out.append((int(o[k]), int(o[j])))
     return out
 
 

@@ -15,16 +15,12 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
-from ..models.bond_ends import BondEndNet, donor_probability
+from ..models.bond_ends import BondEndNet, bond_partner, donor_probability
 
 __all__ = ["put_level_h_on_donor_ends"]
 
 #: Å: a level H peak this near an O belongs to its bonds (the assembly's reach)
 PEAK_REACH = 1.3
-#: Å: the lateral O–O distances of an H-bond the check considers
-BOND_OO = (2.2, 3.4)
-#: least cosine between the peak's direction from its O and the bond
-BOND_COS = 0.8
 #: Å: a level H peak already this near the other end makes the checked one a duplicate
 DUPLICATE = 0.5
 
@@ -53,20 +49,12 @@ def put_level_h_on_donor_ends(loose: Atoms, frames: np.ndarray, pixel_size: tupl
         k = int(np.argmin(d))
         if d[k] > PEAK_REACH:
             continue
-        a = o_idx[k]
-        u = xy[h] - xy[a]
-        u = u / max(float(np.hypot(*u)), 1e-9)
-        w = xy[o_idx] - xy[a]
-        dw = np.hypot(*w.T)
-        near = np.flatnonzero((dw > BOND_OO[0]) & (dw < BOND_OO[1]))
-        if not len(near):
-            continue
-        cos = (w[near] / dw[near, None]) @ u
-        if cos.max() < BOND_COS:
+        j = bond_partner(xy[o_idx], k, xy[h])
+        if j is None:
             continue
         peaks.append(h)
-        own.append(a)
-        other.append(o_idx[near[int(np.argmax(cos))]])
+        own.append(o_idx[k])
+        other.append(o_idx[j])
     counts["checked"] = len(peaks)
     if not peaks:
         return loose, counts
