@@ -10,7 +10,8 @@
 (``hydrafm simulate``), the crop around its H-bond (donor O, and the O 2.2–3.4 Å away it points at
 within ~37°), the ends in random order, the O moved ``--jitter`` Å RMS sideways as Predict's O would
 be; label 1 when the first O donates. ``train``: AdamW on the crops (mirrored across the bond at
-random), a tenth held back, for ``--minutes`` of CPU; the checkpoint is written after every epoch.
+random), a tenth held back, for ``--minutes`` of CPU; ``-o`` keeps the epoch best on that tenth, ``-o``.last the
+latest. ``--degraded`` (crops): that share of stacks degraded first as training degrades them.
 ``accuracy``: the share of crops it gets right, and of the confident ones (|p − 0.5| > 0.3).
 ``score``: Predict's molecules on held-out sets (``HYDRAFM_EVAL``, as ``scripts/compare_heldout.py``
 makes them; cached maps) without and with the bond-end check, atoms in the top 1.5 Å, at each
@@ -34,8 +35,11 @@ def cmd_crops(a) -> None:
     from hydrafm.models.bond_ends import bond_crops, level_h_bonds
     from hydrafm.simulate.dataset import AFMDataset
 
+    from hydrafm.training.augment import Degradations, degrade
+
     rng = np.random.default_rng(a.seed)
     xs, ys = [], []
+    n_degraded = 0
     for path in a.datasets:
         ds = AFMDataset(path)
         px = ds.settings.pixel_size
@@ -45,16 +49,22 @@ def cmd_crops(a) -> None:
             bonds = level_h_bonds(s.positions, labels)
             if not bonds:
                 continue
+            stack = s.stack
+            if a.degraded > 0 and rng.random() < a.degraded:  # training's degradations, the atoms kept in place
+                x = torch.as_tensor(np.asarray(stack, np.float32))[None]
+                stack = degrade(x, torch.zeros(1, 1, *x.shape[-2:]), rng, Degradations(), turn=False)[0][0].numpy()
+                n_degraded += 1
             xy = s.positions[:, :2] + rng.normal(0, a.jitter / np.sqrt(2), (len(s.positions), 2))
             donor, acceptor = (np.array(v) for v in zip(*bonds))
             swap = rng.random(len(bonds)) < 0.5
             first = np.where(swap, acceptor, donor)
             second = np.where(swap, donor, acceptor)
-            xs.append(bond_crops(s.stack, (px, px), (px / 2, px / 2), xy[first], xy[second]))
+            xs.append(bond_crops(stack, (px, px), (px / 2, px / 2), xy[first], xy[second]))
             ys.append((~swap).astype(np.float32))
     x, y = np.concatenate(xs), np.concatenate(ys)
-    np.savez_compressed(a.out, x=x, y=y, datasets=np.array(a.datasets), jitter=a.jitter)
-    print(json.dumps({"crops": len(y), "first_donates": round(float(y.mean()), 3), "out": a.out}))
+    np.savez_compressed(a.out, x=x, y=y, datasets=np.array(a.datasets), jitter=a.jitter, degraded=a.degraded)
+    print(json.dumps({"crops": len(y), "first_donates": round(float(y.mean()), 3), "degraded_stacks": n_degraded,
+                      "out": a.out}))
 
 
 def _noisy(x: torch.Tensor, level: float) -> torch.Tensor:
@@ -95,10 +105,15 @@ def cmd_train(a) -> None:
         info.provenance["init"] = {"from": str(a.init), **start.info.provenance}
     opt = torch.optim.AdamW(net.parameters(), a.lr, weight_decay=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    t0, c0, epoch = time.time(), time.process_time(), 0
-    while time.process_time() - c0 < a.minutes * 60 * a.threads:
+    t0, c0, epoch, best = time.time(), time.process_time(), 0, -1.0
+    budget = a.minutes * 60 * a.threads
+    while time.process_time() - c0 < budget:
         net.train()
         for b in train[torch.randperm(len(train))].split(a.batch):
+            if a.cosine:  # the learning rate falls to a tenth over the CPU budget
+                done = min((time.process_time() - c0) / budget, 1.0)
+                for g in opt.param_groups:
+                    g["lr"] = a.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * done)))
             xb = x[b]
             mirror = torch.rand(len(b)) < 0.5  # across the bond: the same ends
             xb = torch.where(mirror[:, None, None, None], xb.flip(-1), xb)
@@ -114,9 +129,12 @@ def cmd_train(a) -> None:
             acc = float(((net(x[val]) > 0).float() == y[val]).float().mean())
         net.info.provenance.update(epochs=epoch, samples=epoch * len(train), val_accuracy=round(acc, 4),
                                    cpu_minutes=round((time.process_time() - c0) / 60, 1))
-        save_bond_ends(a.out, net)
+        save_bond_ends(f"{a.out}.last", net)
+        if acc > best:  # -o keeps the epoch best on the held-back tenth
+            best = acc
+            save_bond_ends(a.out, net)
         print(json.dumps({"epoch": epoch, "minutes": round((time.time() - t0) / 60, 2), "loss": round(loss.item(), 4),
-                          "val_accuracy": round(acc, 4)}), flush=True)
+                          "val_accuracy": round(acc, 4), "best": round(best, 4)}), flush=True)
 
 
 def cmd_accuracy(a) -> None:
@@ -186,6 +204,8 @@ def main() -> None:
     c.add_argument("-o", "--out", required=True)
     c.add_argument("--jitter", type=float, default=0.15)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--degraded", type=float, default=0.0,
+                   help="share of stacks degraded as training degrades them (hydrafm.training.augment) first")
     t = sub.add_parser("train")
     t.add_argument("crops", nargs="+")
     t.add_argument("-o", "--out", required=True)
@@ -196,6 +216,7 @@ def main() -> None:
     t.add_argument("--tau", type=float, default=0.3, help="recorded as the classifier's Predict threshold")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", help="start from this classifier's weights")
+    t.add_argument("--cosine", action="store_true", help="lr falls along a cosine to a tenth over the budget")
     t.add_argument("--noise", type=float, default=0.0,
                    help="experiment-like noise on the crops, each part up to this × the crop's std (0: none)")
     e = sub.add_parser("accuracy")

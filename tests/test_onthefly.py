@@ -61,6 +61,9 @@ def test_rotations_move_stack_and_maps_together_and_noise_touches_only_the_stack
                     assert torch.allclose(a, xd)
                     found = True
         assert found
+    for seed in range(6):  # turn=False (data whose atoms must stay put): never turned or flipped
+        xd, md = degrade(x, maps, np.random.default_rng(seed), off, turn=False)
+        assert torch.equal(md, maps) and torch.allclose(xd, x)
     x0, maps0 = x.clone(), maps.clone()
     xd, md = degrade(x, maps, np.random.default_rng(1), Degradations())
     assert not torch.allclose(xd, x) and xd.shape == x.shape

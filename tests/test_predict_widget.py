@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -352,3 +354,20 @@ def test_denoise_first_runs_the_shipped_denoiser(widget, tiny_model, qtbot, tmp_
     widget.predict()
     _wait(qtbot, widget)
     assert "missing.pt" in widget.info.value and widget.predict_button.text == "Predict"
+
+
+def test_check_h_bond_ends_when_ticked(widget, qtbot):
+    widget.model.value = "water"  # the shipped model's card leaves the check off
+    widget.predict()
+    _wait(qtbot, widget)
+    first = widget._last_result
+    assert not widget.bond_ends.value and first.metadata["hydrafm_atoms"].get("bond_ends") is None
+    widget.bond_ends.value = True
+    widget.predict()
+    _wait(qtbot, widget)
+    layer = widget._last_result
+    ends = layer.metadata["hydrafm_atoms"]["bond_ends"]
+    assert re.fullmatch(r"\d+ moved, \d+ dropped of \d+", ends) and "H-bond ends" in widget.info.value
+    widget.bond_ends.value = False  # the threshold re-applies the check the result was made with
+    widget.threshold.value = round(widget.threshold.value + 0.05, 2)
+    assert layer.metadata["hydrafm_atoms"]["bond_ends"]

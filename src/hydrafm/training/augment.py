@@ -92,14 +92,17 @@ def one_over_k(white: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.
     return out / out.std(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
 
 
-def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: Degradations):
-    """Random rotation/flip (stack and maps) and experiment-like degradations (stack only)."""
+def degrade(x: torch.Tensor, maps: torch.Tensor, rng: np.random.Generator, d: Degradations,
+            turn: bool = True):
+    """Random rotation/flip (stack and maps; not when ``turn`` is False, for data whose atom
+    positions must stay put) and experiment-like degradations (stack only)."""
     B, Z, H, W = x.shape
     dev = x.device
-    k = int(rng.integers(4))
-    x, maps = torch.rot90(x, k, (-2, -1)), torch.rot90(maps, k, (-2, -1))
-    if rng.random() < 0.5:
-        x, maps = x.flip(-1), maps.flip(-1)
+    if turn:
+        k = int(rng.integers(4))
+        x, maps = torch.rot90(x, k, (-2, -1)), torch.rot90(maps, k, (-2, -1))
+        if rng.random() < 0.5:
+            x, maps = x.flip(-1), maps.flip(-1)
     # drawn on the batch's own device: on a GPU, drawing two (B, Z, H, W) noise fields on the CPU and
     # copying them over was most of a training step (H200, batches of 64 at 128 px)
     g = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
