@@ -288,12 +288,11 @@ class PredictWidget(Container):
             return
         device = self._usable_device()
         self._busy(True, "Predicting…", "Cancel")
+        choice = True if self.bond_ends.value else None  # unticked: as the model's card says
         self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value, layer.name,
                                      _units_of(layer), True if self.denoise.value else None,
-                                     None if self.depth.value else False, True if self.bond_ends.value else None,
-                                     _ignore_errors=True)
+                                     None if self.depth.value else False, choice, _ignore_errors=True)
         self._worker.yielded.connect(self._on_progress)
-        choice = True if self.bond_ends.value else None
         self._worker.returned.connect(lambda res, layer=layer: self._on_prediction(*res, layer, choice))
         self._worker.errored.connect(self._fail)
         self._worker.aborted.connect(lambda: self._set_info("Prediction cancelled."))
