@@ -1,4 +1,5 @@
-"""What the opt-in bond-end check costs Predict: the maps → molecules step with and without it.
+"""What the opt-in checks cost Predict: the maps → molecules step without them, with the bond-end check,
+with the O check, and with both.
 
     python benchmarks/bench_bond_ends.py [DATASET] [-n 8] [--threads 2]
 
@@ -32,18 +33,21 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     ds = AFMDataset(a.dataset)
     st = ds.settings
-    times: dict[bool, list[float]] = {False: [], True: []}
+    ways = {"without": {}, "with_bond_ends": {"bond_ends": True}, "with_o_check": {"o_check": True},
+            "with_both": {"bond_ends": True, "o_check": True}}
+    times: dict[str, list[float]] = {k: [] for k in ways}
     for i in range(min(a.n, len(ds))):
         s = ds[i]
         stack = AFMStack(s.stack, (st.pixel_size,) * 2, np.arange(st.n_heights) * st.dz, (st.pixel_size / 2,) * 2)
         p = drive(iter_predict_maps(stack, a.model, depth=False), show=False)
-        for check in (False, True, False, True):
-            t = time.perf_counter()
-            p.atoms(None, bond_ends=check)
-            times[check].append(time.perf_counter() - t)
+        for _ in range(2):
+            for way, checks in ways.items():
+                t = time.perf_counter()
+                p.atoms(None, bond_ends=checks.get("bond_ends", False), o_check=checks.get("o_check", False))
+                times[way].append(time.perf_counter() - t)
     print(json.dumps({"dataset": a.dataset, "stacks": min(a.n, len(ds)), "threads": a.threads,
-                      "maps_to_molecules_ms_median": {"without": round(1000 * float(np.median(times[False])), 1),
-                                                      "with_bond_ends": round(1000 * float(np.median(times[True])), 1)}}))
+                      "maps_to_molecules_ms_median": {k: round(1000 * float(np.median(v)), 1)
+                                                      for k, v in times.items()}}))
 
 
 if __name__ == "__main__":

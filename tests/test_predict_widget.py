@@ -356,18 +356,27 @@ def test_denoise_first_runs_the_shipped_denoiser(widget, tiny_model, qtbot, tmp_
     assert "missing.pt" in widget.info.value and widget.predict_button.text == "Predict"
 
 
-def test_check_h_bond_ends_when_ticked(widget, qtbot):
-    widget.model.value = "water"  # the shipped model's card leaves the check off
+def test_checks_run_when_ticked_and_the_threshold_keeps_them(widget, qtbot, tmp_path, monkeypatch):
+    import hydrafm.predict.predictor as predictor
+    from hydrafm.models.o_check import OCheckInfo, OCheckNet, save_o_check
+
+    # a stand-in for the shipped O check, so that the test runs whether or not weights ship
+    monkeypatch.setattr(predictor, "shipped_o_check_path", lambda: save_o_check(tmp_path / "o.pt",
+                                                                                OCheckNet(OCheckInfo(width=4))))
+    predictor._CHECKS.clear()
+    widget.model.value = "water"  # the shipped model's card leaves both checks off
     widget.predict()
     _wait(qtbot, widget)
-    first = widget._last_result
-    assert not widget.bond_ends.value and first.metadata["hydrafm_atoms"].get("bond_ends") is None
+    first = widget._last_result.metadata["hydrafm_atoms"]
+    assert first.get("bond_ends") is None and first.get("o_check") is None
     widget.bond_ends.value = True
+    widget.o_check.value = True
     widget.predict()
     _wait(qtbot, widget)
     layer = widget._last_result
-    ends = layer.metadata["hydrafm_atoms"]["bond_ends"]
-    assert re.fullmatch(r"\d+ moved, \d+ dropped of \d+", ends) and "H-bond ends" in widget.info.value
-    widget.bond_ends.value = False  # the threshold re-applies the check the result was made with
+    said = layer.metadata["hydrafm_atoms"]
+    for key, name in (("bond_ends", "H-bond ends"), ("o_check", "O check")):
+        assert re.fullmatch(r"\d+ moved, \d+ dropped of \d+", said[key]) and name in widget.info.value
+    widget.bond_ends.value = widget.o_check.value = False  # the slider re-applies the checks the result was made with
     widget.threshold.value = round(widget.threshold.value + 0.05, 2)
-    assert layer.metadata["hydrafm_atoms"]["bond_ends"]
+    assert layer.metadata["hydrafm_atoms"]["bond_ends"] and layer.metadata["hydrafm_atoms"]["o_check"]

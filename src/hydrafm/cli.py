@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "FILE) reads the stack; default: as the model's card says")
     pr.add_argument("--no-bond-ends", dest="bond_ends", action="store_const", const=False,
                     help="never check the bond ends, whatever the model's card says")
+    pr.add_argument("--o-check", nargs="?", const=True, default=None, metavar="FILE",
+                    help="check every O peak with the shipped O check (or FILE): unlikely O dropped, the others "
+                         "moved where the stack puts them; default: as the model's card says")
+    pr.add_argument("--no-o-check", dest="o_check", action="store_const", const=False,
+                    help="never check the O peaks, whatever the model's card says")
     pr.add_argument("--depth", nargs="?", const=True, default=None, metavar="FILE",
                     help="place each molecule at its depth with the shipped depth network (or FILE); "
                          "default: on when this installation ships one and the model's card does not say otherwise")
@@ -683,7 +688,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                scan_size=args.scan_size, heights=args.heights, z_order=args.z_order)
             atoms = predict_atoms(stack, model, device, args.threshold, flips=args.flips,
                                   molecules=not args.loose_atoms, denoise=args.denoise, depth=args.depth,
-                                  bond_ends=args.bond_ends)
+                                  bond_ends=args.bond_ends, o_check=args.o_check)
             atoms.info["model"] = str(args.model)
             write_xyz(atoms, target, overwrite=args.overwrite)
         except (AFMFileError, ValueError, FileExistsError, FileNotFoundError) as exc:

@@ -25,6 +25,7 @@ import torch
 from ase import Atoms
 
 from ..models.bond_ends import BondEndNet, load_bond_ends, shipped_bond_ends_path
+from ..models.o_check import OCheckNet, load_o_check, shipped_o_check_path
 from ..models.checkpoint import ModelInfo, load_checkpoint
 from ..models.denoise import Denoiser, denoise_normalized, load_denoiser, shipped_denoiser_path
 from ..models.registry import SHIPPED_MODELS, model_path
@@ -35,13 +36,14 @@ from ..stack import AFMStack
 from ..models.depth import DepthNet, depth_map
 from .atoms import label_threshold, maps_to_atoms
 from .bond_ends import put_level_h_on_donor_ends
+from .o_check import check_o_peaks
 from .depth import place_at_depth, resolve_depth
 from .molecules import ion_identity, maps_to_molecules
 
 __all__ = ["predict_atoms", "predict_maps", "iter_predict_maps", "Prediction", "model_path", "resolve_model",
            "default_flips", "default_denoise", "resolve_denoiser", "reports_ions",
            "select_heights", "SHIPPED_MODELS", "default_threshold", "label_margins",
-           "assembly_prior", "default_bond_ends", "resolve_bond_ends"]
+           "assembly_prior", "default_bond_ends", "resolve_bond_ends", "default_o_check", "resolve_o_check"]
 
 def resolve_model(model: str | Path | tuple[StructureUNet, ModelInfo], device: str | torch.device = "cpu"):
     """A model name (shipped), a checkpoint path, or an already loaded ``(model, info)``."""
@@ -94,11 +96,12 @@ class Prediction:
     model: str = "in-memory"
     denoised: float | None = None  # the denoiser's strength (0: left alone … 1: in full); None: not run
     depth: np.ndarray | None = None  # (ny, nx) Å below the closest probe (the depth network); None: not run
-    # (Z, ny, nx) the stack on the maps' grid before normalisation (for the bond-end check); None: not kept
+    # (Z, ny, nx) the stack on the maps' grid before normalisation (for the O and bond-end checks); None: not kept
     frames: np.ndarray | None = None
 
     def atoms(self, threshold: float | None = None, molecules: bool = True,
-              bond_ends: bool | str | Path | BondEndNet | None = None) -> Atoms:
+              bond_ends: bool | str | Path | BondEndNet | None = None,
+              o_check: bool | str | Path | OCheckNet | None = None) -> Atoms:
         """Peaks above ``threshold`` as whole molecules (or loose atoms), Å in the stack's frame.
 
         ``None`` uses the model's recommended threshold (:func:`default_threshold`).
@@ -116,6 +119,8 @@ class Prediction:
         their H-bond before the assembly (:func:`~hydrafm.predict.bond_ends.put_level_h_on_donor_ends`):
         ``None`` as the model's card says (:func:`default_bond_ends`), ``True`` the shipped classifier,
         a path another, ``False`` none; asked for, it needs :attr:`frames` (kept by :func:`iter_predict_maps`).
+        ``o_check`` first checks every O peak (:func:`~hydrafm.predict.o_check.check_o_peaks`: unlikely
+        O dropped, the others moved where the check reads them), with the same choices and needs.
         """
         threshold = default_threshold(self.info) if threshold is None else threshold
         maps = self.maps
@@ -124,20 +129,30 @@ class Prediction:
             maps = maps.copy()
             maps[ions] = 0.0
         margins = label_margins(self.info)
-        if bond_ends not in (None, False) and molecules and self.frames is None:
-            raise ValueError("the bond-end check needs the stack's frames, which this prediction did not keep "
-                             "(make it with iter_predict_maps or predict_atoms)")
-        ends = resolve_bond_ends(bond_ends, self.info) if molecules and self.frames is not None else None
+        for name, asked in (("bond-end", bond_ends), ("O", o_check)):
+            if asked not in (None, False) and molecules and self.frames is None:
+                raise ValueError(f"the {name} check needs the stack's frames, which this prediction did not keep "
+                                 "(make it with iter_predict_maps or predict_atoms)")
+        kept = molecules and self.frames is not None
+        ends = resolve_bond_ends(bond_ends, self.info) if kept else None
+        o_net = resolve_o_check(o_check, self.info) if kept else None
         counts: dict[str, int] = {}
+        o_counts: dict[str, int] = {}
 
         def check(loose: Atoms) -> Atoms:
-            out, found = put_level_h_on_donor_ends(loose, self.frames, self.pixel_size, self.origin, ends)
-            counts.update(found)
-            return out
+            if o_net is not None:
+                loose, found = check_o_peaks(loose, self.frames, maps, list(self.info.labels), self.pixel_size,
+                                             self.origin, o_net)
+                o_counts.update(found)
+            if ends is not None:
+                loose, found = put_level_h_on_donor_ends(loose, self.frames, self.pixel_size, self.origin, ends)
+                counts.update(found)
+            return loose
 
         if molecules:
             atoms = maps_to_molecules(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins,
-                                      prior=assembly_prior(self.info), peaks=check if ends is not None else None)
+                                      prior=assembly_prior(self.info),
+                                      peaks=check if ends is not None or o_net is not None else None)
         else:
             atoms = maps_to_atoms(maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
             atoms = ion_identity(atoms, maps, self.pixel_size, self.origin, threshold, self.info.labels, margins)
@@ -149,6 +164,8 @@ class Prediction:
             atoms.info["denoised"] = round(float(self.denoised), 3)
         if counts:
             atoms.info["bond_ends"] = f"{counts['moved']} moved, {counts['dropped']} dropped of {counts['checked']}"
+        if o_counts:
+            atoms.info["o_check"] = f"{o_counts['moved']} moved, {o_counts['dropped']} dropped of {o_counts['checked']}"
         if self.depth is not None:
             place_at_depth(atoms, self.depth, self.pixel_size, self.origin)
         return atoms
@@ -193,27 +210,47 @@ def default_bond_ends(info: ModelInfo) -> bool | str:
     return value if isinstance(value, str) else bool(value)
 
 
-_BOND_ENDS: dict[str, BondEndNet] = {}
+def default_o_check(info: ModelInfo) -> bool | str:
+    """Whether the model's card recommends the O check (recorded as ``o_check``: ``True`` for the shipped
+    check, or the path of another)."""
+    value = info.provenance.get("o_check", False)
+    return value if isinstance(value, str) else bool(value)
+
+
+_CHECKS: dict[str, torch.nn.Module] = {}
+
+
+def _resolve_check(value, default, cls, shipped, load, what: str, info: ModelInfo):
+    """A stack check to use: ``None`` → ``default`` (the card's word); ``False`` → none; ``True`` → the shipped
+    one; a path → that file (loaded once); or a loaded ``cls``. Its heights must be the model's."""
+    if value is None:
+        value = default
+    if value is False:
+        return None
+    if isinstance(value, cls):
+        return value.eval()
+    path = shipped() if value is True else Path(value)
+    key = f"{what}:{path.resolve()}"
+    if key not in _CHECKS:
+        _CHECKS[key] = load(path)
+    net = _CHECKS[key]
+    if net.info.n_heights != info.config.n_heights:
+        raise ValueError(f"{path}: the {what} takes {net.info.n_heights} heights, the model {info.config.n_heights}")
+    return net
 
 
 def resolve_bond_ends(bond_ends: bool | str | Path | BondEndNet | None, info: ModelInfo) -> BondEndNet | None:
     """The bond-end classifier to use: ``None`` → as the model's card says; ``False`` → none; ``True`` → the
     shipped one; a path → that file; or a loaded :class:`~hydrafm.models.bond_ends.BondEndNet`."""
-    if bond_ends is None:
-        bond_ends = default_bond_ends(info)
-    if bond_ends is False:
-        return None
-    if isinstance(bond_ends, BondEndNet):
-        return bond_ends.eval()
-    path = shipped_bond_ends_path() if bond_ends is True else Path(bond_ends)
-    key = str(path.resolve())
-    if key not in _BOND_ENDS:
-        _BOND_ENDS[key] = load_bond_ends(path)
-    net = _BOND_ENDS[key]
-    if net.info.n_heights != info.config.n_heights:
-        raise ValueError(f"{path}: the bond-end classifier takes {net.info.n_heights} heights, the model "
-                         f"{info.config.n_heights}")
-    return net
+    return _resolve_check(bond_ends, default_bond_ends(info), BondEndNet,
+                          shipped_bond_ends_path, load_bond_ends, "bond-end classifier", info)
+
+
+def resolve_o_check(o_check: bool | str | Path | OCheckNet | None, info: ModelInfo) -> OCheckNet | None:
+    """The O check to use: ``None`` → as the model's card says; ``False`` → none; ``True`` → the shipped
+    one; a path → that file; or a loaded :class:`~hydrafm.models.o_check.OCheckNet`."""
+    return _resolve_check(o_check, default_o_check(info), OCheckNet,
+                          shipped_o_check_path, load_o_check, "O check", info)
 
 
 def default_denoise(info: ModelInfo) -> bool | str:
@@ -340,11 +377,12 @@ def predict_atoms(
     denoise: bool | str | Path | Denoiser | None = None,
     depth: bool | str | Path | DepthNet | None = None,
     bond_ends: bool | str | Path | BondEndNet | None = None,
+    o_check: bool | str | Path | OCheckNet | None = None,
 ) -> Atoms:
     """Whole molecules of a stack (``label``, ``confidence``, ``mol``, ``shell``), Å in the stack's frame.
 
     ``molecules=False`` returns the loose atoms (``label``, ``confidence``) instead. ``depth``: see
-    :func:`iter_predict_maps`; ``bond_ends``: see :meth:`Prediction.atoms`.
+    :func:`iter_predict_maps`; ``bond_ends``, ``o_check``: see :meth:`Prediction.atoms`.
     """
     return drive(iter_predict_maps(stack, model, device, flips=flips, denoise=denoise, depth=depth),
-                 show=False).atoms(threshold, molecules, bond_ends)
+                 show=False).atoms(threshold, molecules, bond_ends, o_check)

@@ -45,19 +45,20 @@ NO_MODEL = "(no model: choose a file)"
 
 
 def _predict_job(stack: Any, model: Any, device: Any, threshold: float, stack_name: str, units: tuple | None,
-                 denoise: bool | None = None, depth: bool | None = None, bond_ends: bool | None = None):
+                 denoise: bool | None = None, depth: bool | None = None, bond_ends: bool | None = None,
+                 o_check: bool | None = None):
     """Worker body: the maps tile by tile (progress, cancel), the atoms and their (hidden) Points layer.
 
     Everything but inserting the layer into the viewer happens here, off the main thread.
     ``denoise``: True runs the shipped denoiser first; None does what the model's card says. ``depth``:
     False leaves every O and ion at z = 0; None places the molecules at their depths as the card says.
     ``bond_ends``: True checks which end of each H-bond its level H sits on with the shipped bond-end
-    classifier; None does what the card says.
+    classifier; ``o_check``: True checks every O peak with the shipped O check; None: as the card says.
     """
     from ..predict.predictor import iter_predict_maps
 
     pred = yield from iter_predict_maps(stack, model, device, denoise=denoise, depth=depth)
-    atoms = pred.atoms(threshold, bond_ends=bond_ends)
+    atoms = pred.atoms(threshold, bond_ends=bond_ends, o_check=o_check)
     return pred, atoms, _result_layer(pred, atoms, threshold, stack_name, units)
 
 
@@ -66,7 +67,8 @@ def _result_layer(pred: Prediction, atoms: Any, threshold: float, stack_name: st
     from napari.layers import Points
 
     meta = {"model": pred.model, "threshold": float(threshold), "stack": stack_name,
-            "closest_probe": atoms.info.get("closest_probe"), "bond_ends": atoms.info.get("bond_ends")}
+            "closest_probe": atoms.info.get("closest_probe"), "bond_ends": atoms.info.get("bond_ends"),
+            "o_check": atoms.info.get("o_check")}
     data, kwargs, _ = atoms_layer_data(atoms, f"atoms ({stack_name})", meta)
     if units is not None:
         kwargs["units"] = units[-2:]  # same lateral axes as the stack's layer
@@ -107,8 +109,8 @@ class PredictWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._worker: Any = None
-        # id(points layer) → (maps, edited?, the bond-end choice it was predicted with)
-        self._results: dict[int, tuple[Prediction, bool, bool | None]] = {}
+        # id(points layer) → (maps, edited?, the checks it was predicted with: {"bond_ends", "o_check"})
+        self._results: dict[int, tuple[Prediction, bool, dict]] = {}
         self._last_result: Any = None
         self._settling = False  # a result was added; its maps and summary follow in a later turn
         self._selecting = False  # growing a selection to whole molecules
@@ -136,6 +138,11 @@ class PredictWidget(Container):
             tooltip="Put each level H on the donor end of its H bond as the bond-end classifier reads it "
                     "from the stack (helps on ice-like layers; docs/predict.md); unticked, as the model's "
                     "card says")
+        self.o_check = CheckBox(
+            text="Check O peaks", value=False,
+            tooltip="Show every O peak to the O check, which reads the stack around it: unlikely O are "
+                    "dropped, the others moved where it puts them (finds misplaced O of a bilayer's lower "
+                    "half; docs/predict.md); unticked, as the model's card says")
         self.predict_button = PushButton(text="Predict")
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self.new_label = ComboBox(label="Atom label", choices=list(LABELS), value="O",
@@ -162,7 +169,7 @@ class PredictWidget(Container):
         self.export_button = PushButton(text="Export .xyz")
         self.info = Label(value="")
         self.extend([self.stack, self.model, self.model_file, self.device, self.threshold, self.show_maps,
-                     self.denoise, self.depth, self.bond_ends, self.predict_button, self.progress, self.new_label,
+                     self.denoise, self.depth, self.o_check, self.bond_ends, self.predict_button, self.progress, self.new_label,
                      self.relabel_button, self.select_molecules,
                      self.engine, self.verify_button, self.refine_button, self.hbond_turns, self.undo_refine_button,
                      self.export_path, self.export_button, self.info])
@@ -288,12 +295,13 @@ class PredictWidget(Container):
             return
         device = self._usable_device()
         self._busy(True, "Predicting…", "Cancel")
-        choice = True if self.bond_ends.value else None  # unticked: as the model's card says
+        checks = {"bond_ends": True if self.bond_ends.value else None,  # unticked: as the model's card says
+                  "o_check": True if self.o_check.value else None}
         self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value, layer.name,
                                      _units_of(layer), True if self.denoise.value else None,
-                                     None if self.depth.value else False, choice, _ignore_errors=True)
+                                     None if self.depth.value else False, **checks, _ignore_errors=True)
         self._worker.yielded.connect(self._on_progress)
-        self._worker.returned.connect(lambda res, layer=layer: self._on_prediction(*res, layer, choice))
+        self._worker.returned.connect(lambda res, layer=layer: self._on_prediction(*res, layer, checks))
         self._worker.errored.connect(self._fail)
         self._worker.aborted.connect(lambda: self._set_info("Prediction cancelled."))
         self._worker.finished.connect(self._on_finished)
@@ -309,17 +317,18 @@ class PredictWidget(Container):
         show_progress(self.progress, rec)
 
     def _on_prediction(self, pred: Prediction, atoms: Any, layer: Any, stack_layer: Any,
-                       bond_ends: bool | None = None) -> None:
+                       checks: dict | None = None) -> None:
         from qtpy.QtCore import QTimer
 
+        checks = checks or {}
         if layer is None or atoms is None or atoms.info.get("threshold") != self.threshold.value:
-            atoms = pred.atoms(self.threshold.value, bond_ends=bond_ends)  # (the slider moved while predicting)
+            atoms = pred.atoms(self.threshold.value, **checks)  # (the slider moved while predicting)
             layer = _result_layer(pred, atoms, self.threshold.value, stack_layer.name, _units_of(stack_layer))
         # The worker built the layer; napari inserts it (~50 ms) and draws it in separate event-loop turns,
         # and the widget's own updates come after, so that no main-thread stall adds them up.
         self._viewer.add_layer(layer)
         QTimer.singleShot(30, lambda layer=layer: setattr(layer, "visible", True))
-        self._results[id(layer)] = (pred, False, bond_ends)
+        self._results[id(layer)] = (pred, False, checks)
         self._last_result = layer
         layer.events.data.connect(lambda *_, layer=layer: self._on_edited(layer))
         layer.selected_data.events.items_changed.connect(
@@ -333,9 +342,10 @@ class PredictWidget(Container):
             if self.show_maps.value:
                 self._add_maps(pred, stack_name)
             self._on_new_label(self.new_label.value)
-            ends = layer.metadata.get(ATOMS_KEY, {}).get("bond_ends")
-            self._set_info(self._summary(layer) + f"\nmodel {Path(pred.model).stem}"
-                           + (f"; H-bond ends: {ends}" if ends else ""))
+            meta = layer.metadata.get(ATOMS_KEY, {})
+            said = "".join(f"; {name}: {meta[key]}" for key, name in (("o_check", "O check"),
+                                                                     ("bond_ends", "H-bond ends")) if meta.get(key))
+            self._set_info(self._summary(layer) + f"\nmodel {Path(pred.model).stem}" + said)
         except RuntimeError:  # the widget was closed in the meantime
             pass
 
@@ -357,18 +367,18 @@ class PredictWidget(Container):
 
     def _on_edited(self, layer: Any) -> None:
         if id(layer) in self._results:
-            pred, _, bond_ends = self._results[id(layer)]
-            self._results[id(layer)] = (pred, True, bond_ends)
+            pred, _, checks = self._results[id(layer)]
+            self._results[id(layer)] = (pred, True, checks)
 
     def _on_threshold(self, value: float) -> None:
         layer = self._last_result
         if layer is None or layer not in self._viewer.layers or id(layer) not in self._results:
             return
-        pred, edited, bond_ends = self._results[id(layer)]
+        pred, edited, checks = self._results[id(layer)]
         if edited:
             self._set_info("The atoms were edited, so the threshold is not re-applied; predict again to use it.")
             return
-        atoms = pred.atoms(value, bond_ends=bond_ends)
+        atoms = pred.atoms(value, **checks)
         data, kwargs, _ = atoms_layer_data(atoms)
         with layer.events.data.blocker():
             layer.data = data
@@ -377,7 +387,8 @@ class PredictWidget(Container):
             layer.refresh_colors()
         layer.metadata[ATOMS_KEY]["threshold"] = float(value)
         layer.metadata[ATOMS_KEY]["closest_probe"] = atoms.info.get("closest_probe")
-        layer.metadata[ATOMS_KEY]["bond_ends"] = atoms.info.get("bond_ends")
+        for key in ("bond_ends", "o_check"):
+            layer.metadata[ATOMS_KEY][key] = atoms.info.get(key)
         self._set_info(self._summary(layer))
 
     # ------------------------------------------------------------- editing

@@ -1,0 +1,232 @@
+"""Train and score the O check (``hydrafm.models.o_check``; issue 14: the O of a bilayer's lower half).
+
+    python scripts/o_check.py data DATASET [DATASET...] -o PEAKS.npz [--degraded 0.3] [--seed 0]
+    python scripts/o_check.py train PEAKS.npz [PEAKS.npz...] -o o_check.pt [--minutes 20] [--threads 1]
+                                    [--init o_check.pt] [--tau 0.5]
+    python scripts/o_check.py score [MODEL.pt] --sets ice,water [--part cal|held|all] [--tau 0.2,0.3,0.5]
+                                    [--degraded] [--bond-ends]
+
+``data``: the structure network (``--model``, default ``water``, with its mirror images) predicts
+every stack of simulated datasets (``hydrafm simulate``), a ``--degraded`` share of them first
+degraded as training degrades stacks; each O peak at the model's threshold becomes a crop
+(:func:`~hydrafm.models.o_check.o_crops`) labelled 1 when a true O of the top 1.5 Å is matched
+to it within 1.5 Å (one to one), with the offset to that O; peaks on deeper visible O are left
+out. ``train``: AdamW on the crops (turned and mirrored at random, offsets with them), log-loss
+plus a smooth-L1 loss on the offsets of real O, the learning rate falling along a cosine to a
+tenth over ``--minutes`` of CPU; a tenth held back; ``-o`` keeps the epoch best on it.
+``score``: Predict's molecules on held-out sets (``HYDRAFM_EVAL``, cached maps as
+``scripts/compare_heldout.py`` makes them) without and with the check at each ``--tau``, atoms
+in the top 1.5 Å: O / H F1, H class, whole waters (``--bond-ends``: both with the shipped bond-end check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def cmd_data(a) -> None:
+    from hydrafm.io.xyz import LABELS
+    from hydrafm.models.o_check import o_crops
+    from hydrafm.predict.evaluate import _predict_sample
+    from hydrafm.predict.metrics import _match, within_top
+    from hydrafm.predict.predictor import default_threshold, resolve_model
+    from hydrafm.simulate.dataset import AFMDataset
+    from hydrafm.training.augment import Degradations, degrade
+
+    model = resolve_model(a.model, "cpu")
+    t = default_threshold(model[1])
+    rng = np.random.default_rng(a.seed)
+    xs, ys, offs, n, t0 = [], [], [], 0, time.time()
+    for path in a.datasets:
+        ds = AFMDataset(path)
+        for i in range(len(ds)):
+            prefilter = None
+            if a.degraded > 0 and rng.random() < a.degraded:  # training's degradations, the atoms kept in place
+                seed = int(rng.integers(2**31))
+
+                def prefilter(frames, seed=seed):
+                    x = torch.as_tensor(np.asarray(frames, np.float32))[None]
+                    return degrade(x, torch.zeros(1, 1, *x.shape[-2:]), np.random.default_rng(seed), Degradations(),
+                                   turn=False)[0][0].numpy()
+            s, pred = _predict_sample(ds, i, model, "cpu", True, prefilter=prefilter)
+            n += 1
+            peaks = pred.atoms(t, False)
+            po = np.flatnonzero(peaks.arrays["label"].astype(str) == "O")
+            if not len(po):
+                continue
+            xy = peaks.positions[po, :2]
+            tl = np.asarray(LABELS)[s.labels]
+            top = within_top(s.positions, 1.5)
+            deeper = ~top & within_top(s.positions, 3.0)
+            to = np.flatnonzero(top & (tl == "O"))
+            rows, cols = _match(xy, s.positions[to, :2], 1.5)
+            rest = np.setdiff1d(np.arange(len(po)), rows)
+            on_deeper = rest[_match(xy[rest], s.positions[np.flatnonzero(deeper & (tl == "O")), :2], 0.75)[0]]
+            y = np.zeros(len(po), np.float32)
+            y[rows] = 1
+            off = np.zeros((len(po), 2), np.float32)
+            off[rows] = s.positions[to[cols], :2] - xy[rows]
+            keep = np.ones(len(po), bool)
+            keep[on_deeper] = False  # a deeper visible O: not scored, so not taught either way
+            xs.append(o_crops(pred.frames, pred.maps, pred.info.labels, pred.pixel_size, pred.origin,
+                              xy[keep]).astype(np.float16))
+            ys.append(y[keep])
+            offs.append(off[keep])
+            if n % 100 == 0:
+                print(json.dumps({"stacks": n, "peaks": sum(map(len, ys)), "seconds": round(time.time() - t0)}),
+                      flush=True)
+    y = np.concatenate(ys)
+    np.savez(a.out, x=np.concatenate(xs), y=y, off=np.concatenate(offs), datasets=np.array(a.datasets),
+             degraded=a.degraded, model=a.model)
+    print(json.dumps({"peaks": len(y), "real": round(float(y.mean()), 3), "out": a.out}))
+
+
+def _turned(xb: torch.Tensor, off: torch.Tensor, k: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops turned ``k`` quarter turns (rows y, columns x) and mirrored in x, their offsets (x, y) with them."""
+    xb = torch.rot90(xb, k, (-2, -1))
+    dx, dy = off[:, 0], off[:, 1]
+    for _ in range(k):  # a quarter turn takes (dy, dx) to (-dx, dy)
+        dy, dx = -dx, dy
+    if flip:
+        xb, dx = xb.flip(-1), -dx
+    return xb, torch.stack([dx, dy], 1)
+
+
+def cmd_train(a) -> None:
+    from hydrafm.models.o_check import OCheckInfo, OCheckNet, load_o_check, save_o_check
+
+    torch.manual_seed(a.seed)
+    parts = [np.load(p) for p in a.peaks]
+    x = torch.as_tensor(np.concatenate([p["x"] for p in parts]))
+    y = torch.as_tensor(np.concatenate([p["y"] for p in parts]))
+    off = torch.as_tensor(np.concatenate([p["off"] for p in parts]))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(a.seed))
+    val, train = perm[: len(x) // 10], perm[len(x) // 10:]
+    info = OCheckInfo(n_heights=x.shape[1] - 2, tau=a.tau, provenance={
+        "peaks": [str(p) for p in a.peaks], "datasets": sorted({str(d) for p in parts for d in p["datasets"]}),
+        "command": " ".join(sys.argv), "threads": a.threads})
+    net = OCheckNet(info)
+    if a.init:  # go on from a checkpoint (its weights; the optimiser starts afresh)
+        start = load_o_check(a.init)
+        net.load_state_dict(start.state_dict())
+        info.provenance["init"] = {"from": str(a.init), **start.info.provenance}
+    opt = torch.optim.AdamW(net.parameters(), a.lr, weight_decay=1e-4)
+    bce, smooth = torch.nn.BCEWithLogitsLoss(), torch.nn.functional.smooth_l1_loss
+    t0, c0, epoch, best = time.time(), time.process_time(), 0, float("inf")
+    budget = a.minutes * 60 * a.threads
+    while time.process_time() - c0 < budget:
+        net.train()
+        for b in train[torch.randperm(len(train))].split(a.batch):
+            done = min((time.process_time() - c0) / budget, 1.0)
+            for g in opt.param_groups:  # a cosine to a tenth over the budget
+                g["lr"] = a.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * done)))
+            xb, ob = _turned(x[b].float(), off[b], int(torch.randint(4, (1,))), bool(torch.rand(1) < 0.5))
+            out = net(xb)
+            real = y[b] == 1
+            loss = bce(out[:, 0], y[b])
+            if real.any():
+                loss = loss + smooth(out[real, 1:], ob[real], beta=0.2) * 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        epoch += 1
+        net.eval()
+        with torch.no_grad():
+            ov = torch.cat([net(x[v].float()) for v in val.split(512)])
+        val_loss = float(bce(ov[:, 0], y[val]))
+        acc = float(((ov[:, 0] > 0).float() == y[val]).float().mean())
+        real = y[val] == 1
+        err = torch.hypot(*(ov[real, 1:] - off[val][real]).T)
+        net.info.provenance.update(epochs=epoch, samples=epoch * len(train), val_accuracy=round(acc, 4),
+                                   val_loss=round(val_loss, 4), cpu_minutes=round((time.process_time() - c0) / 60, 1))
+        if val_loss < best:  # -o keeps the epoch best on the held-back tenth
+            best = val_loss
+            save_o_check(a.out, net)
+        print(json.dumps({"epoch": epoch, "minutes": round((time.time() - t0) / 60, 2), "val_loss": round(val_loss, 4),
+                          "val_accuracy": round(acc, 4), "real_share": round(float(real.float().mean()), 3),
+                          "offset_error_median": round(float(err.median()), 3)}), flush=True)
+
+
+def cmd_score(a) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from assembly_variants import _maps
+
+    from hydrafm.models.o_check import load_o_check, shipped_o_check_path
+    from hydrafm.paths import cache_dir
+    from hydrafm.predict.evaluate import degrade_like_experiment
+    from hydrafm.predict.metrics import Scores, score_atoms
+    from hydrafm.predict.predictor import Prediction, default_threshold, resolve_model
+    from hydrafm.simulate.dataset import AFMDataset
+
+    net = load_o_check(a.model_file or shipped_o_check_path())
+    model = resolve_model(a.model, "cpu")
+    info, t = model[1], default_threshold(model[1])
+    root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
+    taus = [float(v) for v in a.tau.split(",")]
+    for key in a.sets.split(","):
+        maps, px, origin, truth = _maps(a.model, key, model, root, str(cache_dir("assembly_maps")), a.degraded)
+        ds = AFMDataset(f"{root}/{key}-heldout")
+        n = len(maps)
+        idx = {"cal": range(n // 2), "held": range(n // 2, n), "all": range(n)}[a.part]
+        scores = {"without": Scores(), **{f"tau {v:g}": Scores() for v in taus}}
+        for i in idx:
+            frames = ds[i].stack
+            if a.degraded:  # the same draws as the cached degraded maps (predict.evaluate._predict_sample)
+                frames = degrade_like_experiment(frames, np.random.default_rng([i, 2026]), ds.settings.pixel_size)
+            tx, tl = truth[i]
+            p = Prediction(maps[i], px, origin, info, a.model, frames=frames)
+            for k in scores:
+                if k != "without":
+                    net.info.tau = float(k.split()[1])
+                atoms = p.atoms(t, True, bond_ends=a.bond_ends, o_check=net if k != "without" else False)
+                scores[k].add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], tx, tl, top=1.5))
+        out = {"set": key, "part": a.part, "degraded": a.degraded, "bond_ends": a.bond_ends}
+        for k, s in scores.items():
+            m = s.summary()
+            out[k] = {"O": m["O"]["f1"], "H": m["H"]["f1"], "class": m["H_orientation"],
+                      "whole": m["whole_molecules"]}
+        print(json.dumps(out), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data")
+    d.add_argument("datasets", nargs="+")
+    d.add_argument("-o", "--out", required=True)
+    d.add_argument("--model", default="water")
+    d.add_argument("--degraded", type=float, default=0.3,
+                   help="share of stacks degraded as training degrades them (hydrafm.training.augment) first")
+    d.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("train")
+    t.add_argument("peaks", nargs="+")
+    t.add_argument("-o", "--out", required=True)
+    t.add_argument("--minutes", type=float, default=20.0, help="CPU minutes (per thread)")
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--batch", type=int, default=128)
+    t.add_argument("--tau", type=float, default=0.5, help="recorded as the check's Predict threshold")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", help="start from this check's weights")
+    s = sub.add_parser("score")
+    s.add_argument("model_file", nargs="?")
+    s.add_argument("--sets", default="ice,water")
+    s.add_argument("--part", choices=["cal", "held", "all"], default="cal")
+    s.add_argument("--tau", default="0.2,0.3,0.5")
+    s.add_argument("--model", default="water")
+    s.add_argument("--degraded", action="store_true")
+    s.add_argument("--bond-ends", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(getattr(a, "threads", 2))
+    {"data": cmd_data, "train": cmd_train, "score": cmd_score}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The O check and Predict's check of O peaks against it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from hydrafm.models.checkpoint import CheckpointError
+from hydrafm.models.o_check import (
+    GRID,
+    OCheckInfo,
+    OCheckNet,
+    load_o_check,
+    o_crops,
+    o_verdicts,
+    save_o_check,
+    shipped_o_check_path,
+)
+from hydrafm.predict.o_check import check_o_peaks
+from hydrafm.predict.predictor import Prediction, resolve_model
+
+LABELS = ["O", "Na", "K", "H_up", "H_flat", "H_down"]
+
+
+def _blob(x, y, size=100, px=0.2, width=0.05):
+    yy, xx = np.mgrid[0:size, 0:size] * px + px / 2
+    return np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / width).astype(np.float32)
+
+
+def test_crops_are_centred_on_the_peak_with_the_maps_as_the_last_channels():
+    frames = np.stack([_blob(7.1, 5.1) * (1 + 0.1 * k) for k in range(10)])  # on a pixel centre
+    maps = np.zeros((6, 100, 100), np.float32)
+    maps[0] = _blob(7.1, 5.1)
+    maps[4] = _blob(8.1, 5.1)  # a level H 1 Å in +x
+    c = o_crops(frames, maps, LABELS, (0.2, 0.2), (0.1, 0.1), np.array([[7.1, 5.1]]))[0]
+    assert c.shape == (12, len(GRID), len(GRID))
+    mid = len(GRID) // 2
+    assert np.unravel_index(np.argmax(c[0]), c[0].shape) == (mid, mid)
+    assert c[-2, mid, mid] == pytest.approx(1.0, abs=1e-3)
+    r, k = np.unravel_index(np.argmax(c[-1]), c[-1].shape)  # rows are y, columns x
+    assert r == mid and GRID[k] == pytest.approx(1.0, abs=1e-6)
+    assert abs(float(c[:-2].mean())) < 1e-4  # the frames z-scored over the crop
+
+
+def test_the_check_round_trips_and_names_a_bad_file(tmp_path):
+    torch.manual_seed(0)
+    net = OCheckNet(OCheckInfo(width=4)).eval()
+    x = torch.randn(2, 12, len(GRID), len(GRID))
+    again = load_o_check(save_o_check(tmp_path / "o.pt", net))
+    with torch.no_grad():
+        assert torch.allclose(again(x), net(x))
+    with pytest.raises(CheckpointError, match="not-a-model.pt"):
+        (tmp_path / "not-a-model.pt").write_bytes(b"nonsense")
+        load_o_check(tmp_path / "not-a-model.pt")
+    with pytest.raises(ValueError, match="heights"):
+        o_verdicts(net, np.zeros((4, 8, 8), np.float32), np.zeros((6, 8, 8), np.float32), LABELS, (0.2, 0.2),
+                   (0.1, 0.1), [[1, 1]])
+
+
+class _Says(OCheckNet):
+    """A check whose verdict depends only on where the peak is: left of x = 9 Å no O; the others move by ``shift``."""
+
+    def __init__(self, shift=(0.0, 0.0)) -> None:
+        super().__init__(OCheckInfo(width=2, tau=0.5))
+        self.shift = shift
+
+    def forward(self, x):
+        # the frames are a ramp in x (_ramp): their z-scored crop is negative at the centre left of 9 Å
+        centre = x[:, 0, len(GRID) // 2, len(GRID) // 2]
+        out = torch.zeros(len(x), 3)
+        out[:, 0] = torch.where(centre < 0, -5.0, 5.0)
+        out[:, 1], out[:, 2] = self.shift
+        return out
+
+
+def _peaks(*extra):
+    rows = [("O", 6.0, 10.0), ("O", 12.0, 10.0), ("H_flat", 12.95, 10.0), *extra]
+    atoms = Atoms(["O" if r[0] == "O" else "H" for r in rows], positions=[(x, y, 0.0) for _, x, y in rows])
+    atoms.new_array("label", np.array([r[0] for r in rows], dtype="<U6"))
+    atoms.new_array("confidence", np.ones(len(rows)))
+    return atoms
+
+
+def _ramp():
+    """Frames whose crops are negative at the centre left of x = 9 Å and positive right of it."""
+    xx = np.mgrid[0:100, 0:100][1] * 0.2 + 0.1
+    return np.repeat(np.tanh(xx - 9.0)[None].astype(np.float32), 10, axis=0)
+
+
+def test_unlikely_o_are_dropped_and_the_rest_moved():
+    maps = np.zeros((6, 100, 100), np.float32)
+    kept, counts = check_o_peaks(_peaks(), _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), _Says((0.4, -0.3)))
+    assert counts == {"checked": 2, "dropped": 1, "moved": 1}
+    assert list(kept.arrays["label"]) == ["O", "H_flat"]
+    assert np.allclose(kept.positions[0, :2], [12.4, 9.7])  # moved by the check's offset
+    assert np.allclose(kept.positions[1, :2], [12.95, 10.0])  # H peaks are left to the assembly
+    # two O that the check puts on the same spot are one O: the second goes
+    twice, counts = check_o_peaks(_peaks(("O", 12.6, 10.0)), _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1),
+                                  _Says())
+    assert counts["dropped"] == 2 and list(twice.arrays["label"]).count("O") == 1
+
+
+def test_predict_checks_the_o_only_when_asked_and_says_what_it_did():
+    _, info = resolve_model("water")
+    maps = np.zeros((len(info.labels), 100, 100), np.float32)
+    for label, x, y in (("O", 6.0, 10.0), ("O", 12.0, 10.0), ("H_flat", 12.95, 10.0), ("H_up", 12.0, 10.3)):
+        k = list(info.labels).index(label)
+        maps[k] = np.maximum(maps[k], _blob(x, y))
+    p = Prediction(maps, (0.2, 0.2), (0.1, 0.1), info, "water", frames=_ramp())
+    plain = p.atoms(0.5, o_check=False)
+    assert "o_check" not in plain.info and list(plain.arrays["label"]).count("O") == 2
+    checked = p.atoms(0.5, o_check=_Says())
+    assert checked.info["o_check"] == "0 moved, 1 dropped of 2"
+    assert list(checked.arrays["label"]).count("O") == 1
+    bare = Prediction(maps, (0.2, 0.2), (0.1, 0.1), info, "water")  # no frames kept: nothing to check against
+    assert "o_check" not in bare.atoms(0.5).info
+    with pytest.raises(ValueError, match="O check needs the stack's frames"):
+        bare.atoms(0.5, o_check=_Says())
+
+
+@pytest.mark.skipif(not shipped_o_check_path().is_file(), reason="no shipped O check")
+def test_the_shipped_check_finds_the_o_of_held_out_bilayer_windows():
+    from hydrafm.paths import pool_path
+    from hydrafm.predict.metrics import Scores, score_atoms
+    from hydrafm.predict.predictor import predict_atoms
+    from hydrafm.simulate.engine import TorchSimulator
+    from hydrafm.simulate.labels import atom_labels
+    from hydrafm.simulate.settings import SampledTip, SimulationSettings
+    from hydrafm.structures.ice import held_out_mask
+    from hydrafm.structures.pool import StructurePool
+
+    pool = StructurePool.load(pool_path("ice"))
+    family = np.asarray(pool.info["family"]).astype(str)
+    plain, checked = Scores(), Scores()
+    for pick in np.flatnonzero(held_out_mask(pool) & (family == "bilayer-Pt111"))[:2]:
+        pos, numbers = pool.arrays(int(pick))
+        stack = TorchSimulator(SimulationSettings()).simulate(pos, numbers, SampledTip(2.7))
+        labels = atom_labels(pos, numbers)
+        for scores, check in ((plain, False), (checked, True)):
+            atoms = predict_atoms(stack, "water", o_check=check)
+            scores.add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], pos, labels, top=1.5))
+    # the structure network alone misplaces or invents a few O of the lower half (0.91 here)
+    assert checked.summary()["O"]["f1"] > plain.summary()["O"]["f1"] + 0.02
+
+
+@pytest.mark.skipif(not shipped_o_check_path().is_file(), reason="no shipped O check")
+def test_cli_predict_checks_the_o_when_asked(tmp_path):
+    from hydrafm._sample_data import sample_path
+    from hydrafm.cli import main
+    from hydrafm.io.xyz import read_xyz
+
+    assert main(["predict", str(sample_path()), "-o", str(tmp_path / "a.xyz"), "--o-check"]) == 0
+    assert main(["predict", str(sample_path()), "-o", str(tmp_path / "b.xyz")]) == 0
+    checked, plain = read_xyz(tmp_path / "a.xyz"), read_xyz(tmp_path / "b.xyz")
+    assert "of" in str(checked.info.get("o_check", "")) and "o_check" not in plain.info
