@@ -2,6 +2,7 @@
 
     python scripts/experimental_plausibility.py [MODEL ...] [--stack PATH] [--threshold T] [--flips] [--out JSON] [--png PNG]
     python scripts/experimental_plausibility.py MODEL ... --flips --threshold T --variants
+    python scripts/experimental_plausibility.py water --o-check [--bond-ends]     # Predict's opt-in checks
 
 There is no ground truth for a real scan, so this reports what a microscopist would check
 first, per model (shipped name or checkpoint file):
@@ -36,12 +37,12 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared/testdata/jiang_lab_water
 
 
 def score(stack, model: str, threshold: float | None = None, flips: bool | None = None,
-          denoise=None) -> tuple[dict, object]:
+          denoise=None, checks: dict | None = None) -> tuple[dict, object]:
     from hydrafm.predict.predictor import iter_predict_maps
     from hydrafm.progress import drive
 
     pred = drive(iter_predict_maps(stack, model, "cpu", flips=flips, denoise=denoise), show=False)
-    mol = pred.atoms(threshold)
+    mol = pred.atoms(threshold, **(checks or {}))
     loose = pred.atoms(threshold, molecules=False)
     lab, ids = mol.arrays["label"], mol.arrays["mol"]
     from scipy.spatial import cKDTree
@@ -104,7 +105,12 @@ def main() -> None:
     ap.add_argument("--denoise", nargs="?", const=True, default=None, metavar="FILE",
                     help="denoise first with the shipped denoiser (or FILE); --no-denoise: never")
     ap.add_argument("--no-denoise", dest="denoise", action="store_const", const=False)
+    ap.add_argument("--o-check", action="store_true", help="Predict's opt-in O check (docs/predict.md)")
+    ap.add_argument("--bond-ends", action="store_true", help="Predict's opt-in bond-end check")
     args = ap.parse_args()
+    checks = {"o_check": True} if args.o_check else {}
+    if args.bond_ends:
+        checks["bond_ends"] = True
     from hydrafm.io import load_stack
 
     if not args.stack.exists():
@@ -112,12 +118,13 @@ def main() -> None:
     stack = load_stack(args.stack)
     rows, mols = [], []
     for m in args.models:
-        row, mol = score(stack, m, args.threshold, True if args.flips else None, args.denoise)
+        row, mol = score(stack, m, args.threshold, True if args.flips else None, args.denoise, checks)
         row["denoise"] = args.denoise
+        row.update({k: mol.info.get(k) for k in checks})
         if args.variants:
             row["variants"] = []
             for name, st in variants(stack):
-                v, _ = score(st, m, args.threshold, True if args.flips else None, args.denoise)
+                v, _ = score(st, m, args.threshold, True if args.flips else None, args.denoise, checks)
                 row["variants"].append({"stack": name, "n_O": v["n_O"], "median_OO_nn": v["median_OO_nn"],
                                         "n_ions": v["n_ions"], "passes": passes(v)})
             row["variants_passing"] = sum(v["passes"] for v in row["variants"])
