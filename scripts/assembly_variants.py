@@ -56,6 +56,35 @@ def _maps(model: str, key: str, net, root: str, cache: str, degraded: bool = Fal
     return z["maps"], tuple(z["pixel"]), tuple(z["origin"]), truth
 
 
+def held_out_scores(model: str, key: str, part: str, degraded: bool, ways: dict) -> dict:
+    """Scores (atoms in the top 1.5 Å) of Predict's molecules of one held-out set under each of ``ways``
+    (name → function of a :class:`~hydrafm.predict.predictor.Prediction` that keeps the stack's frames,
+    returning atoms), from the model's cached maps; ``part`` cal / held / all: the first half, the
+    second, or all of the set; ``degraded``: after the robustness protocol (the same draws as the maps)."""
+    from hydrafm.paths import cache_dir
+    from hydrafm.predict.evaluate import degrade_like_experiment
+    from hydrafm.predict.metrics import Scores, score_atoms
+    from hydrafm.predict.predictor import Prediction, resolve_model
+    from hydrafm.simulate.dataset import AFMDataset
+
+    net = resolve_model(model, "cpu")
+    root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
+    maps, px, origin, truth = _maps(model, key, net, root, str(cache_dir("assembly_maps")), degraded)
+    ds = AFMDataset(f"{root}/{key}-heldout")
+    n = len(maps)
+    scores = {name: Scores() for name in ways}
+    for i in {"cal": range(n // 2), "held": range(n // 2, n), "all": range(n)}[part]:
+        frames = ds[i].stack
+        if degraded:  # the same draws as the cached degraded maps (predict.evaluate._predict_sample)
+            frames = degrade_like_experiment(frames, np.random.default_rng([i, 2026]), ds.settings.pixel_size)
+        tx, tl = truth[i]
+        p = Prediction(maps[i], px, origin, net[1], model, frames=frames)
+        for name, way in ways.items():
+            atoms = way(p)
+            scores[name].add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], tx, tl, top=1.5))
+    return scores
+
+
 #: each constant varied alone (``--variants grid``)
 GRID = {"W_HBOND": [0.1, 0.6, 1.0], "HBOND_CONE": [15.0, 35.0], "MIN_TILT": [30.0, 50.0],
         "MAX_LEVEL_TILT": [10.0, 30.0], "PEAK_WEIGHT": [0.5, 2.0], "W_SETTLED": [0.0, 0.15],

@@ -34,7 +34,6 @@ def cmd_crops(a) -> None:
     from hydrafm.io.xyz import LABELS
     from hydrafm.models.bond_ends import bond_crops, level_h_bonds
     from hydrafm.simulate.dataset import AFMDataset
-
     from hydrafm.training.augment import Degradations, degrade
 
     rng = np.random.default_rng(a.seed)
@@ -153,41 +152,29 @@ def cmd_accuracy(a) -> None:
 
 def cmd_score(a) -> None:
     sys.path.insert(0, os.path.dirname(__file__))
-    from assembly_variants import _maps
+    from assembly_variants import held_out_scores
 
     from hydrafm.models.bond_ends import load_bond_ends, shipped_bond_ends_path
-    from hydrafm.paths import cache_dir
-    from hydrafm.predict.evaluate import degrade_like_experiment
-    from hydrafm.predict.metrics import Scores, score_atoms
-    from hydrafm.predict.predictor import Prediction, default_threshold, resolve_model
-    from hydrafm.simulate.dataset import AFMDataset
 
     net = load_bond_ends(a.model_file or shipped_bond_ends_path())
-    model = resolve_model(a.model, "cpu")
-    info, t = model[1], default_threshold(model[1])
-    root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
     taus = [float(v) for v in a.tau.split(",")]
     for key in a.sets.split(","):
-        maps, px, origin, truth = _maps(a.model, key, model, root, str(cache_dir("assembly_maps")), a.degraded)
-        ds = AFMDataset(f"{root}/{key}-heldout")
-        n = len(maps)
-        idx = {"cal": range(n // 2), "held": range(n // 2, n), "all": range(n)}[a.part]
-        scores = {"without": Scores(), **{f"tau {v:g}": Scores() for v in taus}}
-        moved = {k: [0, 0, 0] for k in scores}
-        for i in idx:
-            frames = ds[i].stack
-            if a.degraded:  # the same draws as the cached degraded maps (predict.evaluate._predict_sample)
-                frames = degrade_like_experiment(frames, np.random.default_rng([i, 2026]), ds.settings.pixel_size)
-            tx, tl = truth[i]
-            for k in scores:
-                net.info.tau = float(k.split()[1]) if k != "without" else 0.0
-                p = Prediction(maps[i], px, origin, info, a.model, frames=frames)
-                atoms = p.atoms(t, True, bond_ends=net if k != "without" else False)
-                c = atoms.info.get("bond_ends")
-                if c:
-                    v = [int(w) for w in c.replace(",", "").split() if w.isdigit()]
-                    moved[k] = [m + w for m, w in zip(moved[k], v)]
-                scores[k].add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], tx, tl, top=1.5))
+        moved = {k: [0, 0, 0] for k in ["without"] + [f"tau {v:g}" for v in taus]}
+
+        def way(tau: float | None, name: str, moved: dict = moved):
+            def atoms_of(p):
+                if tau is not None:
+                    net.info.tau = tau
+                atoms = p.atoms(None, True, bond_ends=net if tau is not None else False)
+                said = atoms.info.get("bond_ends")
+                if said:
+                    v = [int(w) for w in said.replace(",", "").split() if w.isdigit()]
+                    moved[name] = [m + w for m, w in zip(moved[name], v)]
+                return atoms
+            return atoms_of
+
+        ways = {"without": way(None, "without"), **{f"tau {v:g}": way(v, f"tau {v:g}") for v in taus}}
+        scores = held_out_scores(a.model, key, a.part, a.degraded, ways)
         out = {"set": key, "part": a.part, "degraded": a.degraded}
         for k, s in scores.items():
             m = s.summary()

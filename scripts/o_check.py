@@ -156,37 +156,22 @@ def cmd_train(a) -> None:
 
 def cmd_score(a) -> None:
     sys.path.insert(0, os.path.dirname(__file__))
-    from assembly_variants import _maps
+    from assembly_variants import held_out_scores
 
     from hydrafm.models.o_check import load_o_check, shipped_o_check_path
-    from hydrafm.paths import cache_dir
-    from hydrafm.predict.evaluate import degrade_like_experiment
-    from hydrafm.predict.metrics import Scores, score_atoms
-    from hydrafm.predict.predictor import Prediction, default_threshold, resolve_model
-    from hydrafm.simulate.dataset import AFMDataset
 
     net = load_o_check(a.model_file or shipped_o_check_path())
-    model = resolve_model(a.model, "cpu")
-    info, t = model[1], default_threshold(model[1])
-    root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
-    taus = [float(v) for v in a.tau.split(",")]
+
+    def way(tau: float | None):
+        def atoms_of(p):
+            if tau is not None:
+                net.info.tau = tau
+            return p.atoms(None, True, bond_ends=a.bond_ends, o_check=net if tau is not None else False)
+        return atoms_of
+
+    ways = {"without": way(None), **{f"tau {float(v):g}": way(float(v)) for v in a.tau.split(",")}}
     for key in a.sets.split(","):
-        maps, px, origin, truth = _maps(a.model, key, model, root, str(cache_dir("assembly_maps")), a.degraded)
-        ds = AFMDataset(f"{root}/{key}-heldout")
-        n = len(maps)
-        idx = {"cal": range(n // 2), "held": range(n // 2, n), "all": range(n)}[a.part]
-        scores = {"without": Scores(), **{f"tau {v:g}": Scores() for v in taus}}
-        for i in idx:
-            frames = ds[i].stack
-            if a.degraded:  # the same draws as the cached degraded maps (predict.evaluate._predict_sample)
-                frames = degrade_like_experiment(frames, np.random.default_rng([i, 2026]), ds.settings.pixel_size)
-            tx, tl = truth[i]
-            p = Prediction(maps[i], px, origin, info, a.model, frames=frames)
-            for k in scores:
-                if k != "without":
-                    net.info.tau = float(k.split()[1])
-                atoms = p.atoms(t, True, bond_ends=a.bond_ends, o_check=net if k != "without" else False)
-                scores[k].add(score_atoms(atoms.positions[:, :2], atoms.arrays["label"], tx, tl, top=1.5))
+        scores = held_out_scores(a.model, key, a.part, a.degraded, ways)
         out = {"set": key, "part": a.part, "degraded": a.degraded, "bond_ends": a.bond_ends}
         for k, s in scores.items():
             m = s.summary()
