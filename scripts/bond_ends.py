@@ -84,24 +84,19 @@ def _noisy(x: torch.Tensor, level: float) -> torch.Tensor:
 
 
 def cmd_train(a) -> None:
-    from hydrafm.models.bond_ends import BondEndInfo, BondEndNet, save_bond_ends
+    sys.path.insert(0, os.path.dirname(__file__))
+    from small_nets import cosine_lr, load_crops, start_from
+
+    from hydrafm.models.bond_ends import BondEndInfo, BondEndNet, load_bond_ends, save_bond_ends
 
     torch.manual_seed(a.seed)
-    parts = [np.load(p) for p in a.crops]
-    x = torch.as_tensor(np.concatenate([p["x"] for p in parts]))
-    y = torch.as_tensor(np.concatenate([p["y"] for p in parts]))
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(a.seed))
-    val, train = perm[: len(x) // 10], perm[len(x) // 10:]
+    parts, data, val, train = load_crops(a.crops, ("x", "y"), a.seed)
+    x, y = data["x"], data["y"]
     info = BondEndInfo(n_heights=x.shape[1], tau=a.tau, provenance={
         "crops": [str(p) for p in a.crops], "datasets": sorted({str(d) for p in parts for d in p["datasets"]}),
         "command": " ".join(sys.argv), "threads": a.threads})
     net = BondEndNet(info)
-    if a.init:  # go on from a checkpoint (its weights; the optimiser starts afresh)
-        from hydrafm.models.bond_ends import load_bond_ends
-
-        start = load_bond_ends(a.init)
-        net.load_state_dict(start.state_dict())
-        info.provenance["init"] = {"from": str(a.init), **start.info.provenance}
+    start_from(net, a.init, load_bond_ends)
     opt = torch.optim.AdamW(net.parameters(), a.lr, weight_decay=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     t0, c0, epoch, best = time.time(), time.process_time(), 0, -1.0
@@ -110,9 +105,7 @@ def cmd_train(a) -> None:
         net.train()
         for b in train[torch.randperm(len(train))].split(a.batch):
             if a.cosine:  # the learning rate falls to a tenth over the CPU budget
-                done = min((time.process_time() - c0) / budget, 1.0)
-                for g in opt.param_groups:
-                    g["lr"] = a.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * done)))
+                cosine_lr(opt, a.lr, c0, budget)
             xb = x[b]
             mirror = torch.rand(len(b)) < 0.5  # across the bond: the same ends
             xb = torch.where(mirror[:, None, None, None], xb.flip(-1), xb)

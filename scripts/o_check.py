@@ -100,23 +100,19 @@ def _turned(xb: torch.Tensor, off: torch.Tensor, k: int, flip: bool) -> tuple[to
 
 
 def cmd_train(a) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from small_nets import cosine_lr, load_crops, start_from
+
     from hydrafm.models.o_check import OCheckInfo, OCheckNet, load_o_check, save_o_check
 
     torch.manual_seed(a.seed)
-    parts = [np.load(p) for p in a.peaks]
-    x = torch.as_tensor(np.concatenate([p["x"] for p in parts]))
-    y = torch.as_tensor(np.concatenate([p["y"] for p in parts]))
-    off = torch.as_tensor(np.concatenate([p["off"] for p in parts]))
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(a.seed))
-    val, train = perm[: len(x) // 10], perm[len(x) // 10:]
+    parts, data, val, train = load_crops(a.peaks, ("x", "y", "off"), a.seed)
+    x, y, off = data["x"], data["y"], data["off"]
     info = OCheckInfo(n_heights=x.shape[1] - 2, tau=a.tau, provenance={
         "peaks": [str(p) for p in a.peaks], "datasets": sorted({str(d) for p in parts for d in p["datasets"]}),
         "command": " ".join(sys.argv), "threads": a.threads})
     net = OCheckNet(info)
-    if a.init:  # go on from a checkpoint (its weights; the optimiser starts afresh)
-        start = load_o_check(a.init)
-        net.load_state_dict(start.state_dict())
-        info.provenance["init"] = {"from": str(a.init), **start.info.provenance}
+    start_from(net, a.init, load_o_check)
     opt = torch.optim.AdamW(net.parameters(), a.lr, weight_decay=1e-4)
     bce, smooth = torch.nn.BCEWithLogitsLoss(), torch.nn.functional.smooth_l1_loss
     t0, c0, epoch, best = time.time(), time.process_time(), 0, float("inf")
@@ -124,9 +120,7 @@ def cmd_train(a) -> None:
     while time.process_time() - c0 < budget:
         net.train()
         for b in train[torch.randperm(len(train))].split(a.batch):
-            done = min((time.process_time() - c0) / budget, 1.0)
-            for g in opt.param_groups:  # a cosine to a tenth over the budget
-                g["lr"] = a.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * done)))
+            cosine_lr(opt, a.lr, c0, budget)  # a cosine to a tenth over the budget
             xb, ob = _turned(x[b].float(), off[b], int(torch.randint(4, (1,))), bool(torch.rand(1) < 0.5))
             out = net(xb)
             real = y[b] == 1
