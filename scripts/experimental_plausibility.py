@@ -2,7 +2,7 @@
 
     python scripts/experimental_plausibility.py [MODEL ...] [--stack PATH] [--threshold T] [--flips] [--out JSON] [--png PNG]
     python scripts/experimental_plausibility.py MODEL ... --flips --threshold T --variants
-    python scripts/experimental_plausibility.py water --o-check [--bond-ends]     # Predict's opt-in checks
+    python scripts/experimental_plausibility.py water --o-check [FILE] [--bond-ends]  # Predict's opt-in checks
 
 There is no ground truth for a real scan, so this reports what a microscopist would check
 first, per model (shipped name or checkpoint file):
@@ -105,10 +105,11 @@ def main() -> None:
     ap.add_argument("--denoise", nargs="?", const=True, default=None, metavar="FILE",
                     help="denoise first with the shipped denoiser (or FILE); --no-denoise: never")
     ap.add_argument("--no-denoise", dest="denoise", action="store_const", const=False)
-    ap.add_argument("--o-check", action="store_true", help="Predict's opt-in O check (docs/predict.md)")
+    ap.add_argument("--o-check", nargs="?", const=True, default=None, metavar="FILE",
+                    help="Predict's opt-in O check (docs/predict.md), or the check in FILE")
     ap.add_argument("--bond-ends", action="store_true", help="Predict's opt-in bond-end check")
     args = ap.parse_args()
-    checks = {"o_check": True} if args.o_check else {}
+    checks = {"o_check": args.o_check} if args.o_check else {}
     if args.bond_ends:
         checks["bond_ends"] = True
     from hydrafm.io import load_stack

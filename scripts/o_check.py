@@ -2,21 +2,24 @@
 
     python scripts/o_check.py data DATASET [DATASET...] -o PEAKS.npz [--degraded 0.3] [--seed 0]
     python scripts/o_check.py train PEAKS.npz [PEAKS.npz...] -o o_check.pt [--minutes 20] [--threads 1]
-                                    [--init o_check.pt] [--tau 0.5]
+                                    [--init o_check.pt] [--tau 0.5] [--head offset|cells] [--width 32]
     python scripts/o_check.py score [MODEL.pt] --sets ice,water [--part cal|held|all] [--tau 0.2,0.3,0.5]
-                                    [--degraded] [--bond-ends]
+                                    [--degraded] [--bond-ends] [--drop-only]
 
 ``data``: the structure network (``--model``, default ``water``, with its mirror images) predicts
 every stack of simulated datasets (``hydrafm simulate``), a ``--degraded`` share of them first
 degraded as training degrades stacks; each O peak at the model's threshold becomes a crop
 (:func:`~hydrafm.models.o_check.o_crops`) labelled 1 when a true O of the top 1.5 Å is matched
 to it within 1.5 Å (one to one), with the offset to that O; peaks on deeper visible O are left
-out. ``train``: AdamW on the crops (turned and mirrored at random, offsets with them), log-loss
-plus a smooth-L1 loss on the offsets of real O, the learning rate falling along a cosine to a
-tenth over ``--minutes`` of CPU; a tenth held back; ``-o`` keeps the epoch best on it.
+out. ``train``: AdamW on the crops (turned and mirrored at random, offsets with them), for the
+``offset`` head log-loss plus a smooth-L1 loss on the offsets of real O, for the ``cells`` head
+the cross-entropy over its cells and "no O" plus a smooth-L1 loss on the place within the true
+cell; the learning rate falling along a cosine to a tenth over ``--minutes`` of CPU; a tenth held
+back; ``-o`` keeps the epoch best on it (log-loss / cross-entropy).
 ``score``: Predict's molecules on held-out sets (``HYDRAFM_EVAL``, cached maps as
 ``scripts/compare_heldout.py`` makes them) without and with the check at each ``--tau``, atoms
-in the top 1.5 Å: O / H F1, H class, whole waters (``--bond-ends``: both with the shipped bond-end check).
+in the top 1.5 Å: O / H F1, H class, whole waters (``--bond-ends``: both with the shipped bond-end check;
+``--drop-only``: the check drops unlikely O and moves none).
 """
 
 from __future__ import annotations
@@ -99,6 +102,31 @@ def _turned(xb: torch.Tensor, off: torch.Tensor, k: int, flip: bool) -> tuple[to
     return xb, torch.stack([dx, dy], 1)
 
 
+def _loss(net, xb: torch.Tensor, y: torch.Tensor, off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(the loss to descend, the loss that chooses the epoch)`` of crops ``xb`` with labels ``y`` and offsets
+    ``off``: the ``offset`` head's log-loss plus a smooth-L1 loss on the offsets of real O; the ``cells``
+    head's cross-entropy over the cells and "no O", plus a smooth-L1 loss on the place within the true cell."""
+    from hydrafm.models.o_check import CELLS, cell_targets
+
+    real = y == 1
+    smooth = torch.nn.functional.smooth_l1_loss
+    if net.info.head == "cells":
+        cell, within = cell_targets(off)
+        logits, w = net(xb)
+        choice = torch.nn.functional.cross_entropy(logits, torch.where(real, cell, CELLS * CELLS))
+        if not real.any():
+            return choice, choice
+        b = torch.arange(len(y))[real]
+        row, col = cell[real] // CELLS, cell[real] % CELLS
+        return choice + 2 * smooth(torch.stack([w[b, 0, row, col], w[b, 1, row, col]], 1), within[real],
+                                   beta=0.1), choice
+    out = net(xb)
+    logloss = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], y)
+    if not real.any():
+        return logloss, logloss
+    return logloss + smooth(out[real, 1:], off[real], beta=0.2) * 2, logloss
+
+
 def cmd_train(a) -> None:
     sys.path.insert(0, os.path.dirname(__file__))
     from small_nets import cosine_lr, load_crops, start_from
@@ -108,36 +136,36 @@ def cmd_train(a) -> None:
     torch.manual_seed(a.seed)
     parts, data, val, train = load_crops(a.peaks, ("x", "y", "off"), a.seed)
     x, y, off = data["x"], data["y"], data["off"]
-    info = OCheckInfo(n_heights=x.shape[1] - 2, tau=a.tau, provenance={
-        "peaks": [str(p) for p in a.peaks], "datasets": sorted({str(d) for p in parts for d in p["datasets"]}),
-        "command": " ".join(sys.argv), "threads": a.threads})
+    info = OCheckInfo(n_heights=x.shape[1] - 2, width=a.width, tau=a.tau, move=not a.drop_only, head=a.head,
+                      provenance={"peaks": [str(p) for p in a.peaks],
+                                  "datasets": sorted({str(d) for p in parts if "datasets" in p.files for d in p["datasets"]}),
+                                  "command": " ".join(sys.argv), "threads": a.threads})
     net = OCheckNet(info)
     start_from(net, a.init, load_o_check)
     opt = torch.optim.AdamW(net.parameters(), a.lr, weight_decay=1e-4)
-    bce, smooth = torch.nn.BCEWithLogitsLoss(), torch.nn.functional.smooth_l1_loss
     t0, c0, epoch, best = time.time(), time.process_time(), 0, float("inf")
     budget = a.minutes * 60 * a.threads
     while time.process_time() - c0 < budget:
         net.train()
         for b in train[torch.randperm(len(train))].split(a.batch):
+            if time.process_time() - c0 > budget:
+                break
             cosine_lr(opt, a.lr, c0, budget)  # a cosine to a tenth over the budget
             xb, ob = _turned(x[b].float(), off[b], int(torch.randint(4, (1,))), bool(torch.rand(1) < 0.5))
-            out = net(xb)
-            real = y[b] == 1
-            loss = bce(out[:, 0], y[b])
-            if real.any():
-                loss = loss + smooth(out[real, 1:], ob[real], beta=0.2) * 2
+            loss = _loss(net, xb, y[b], ob)[0]
             opt.zero_grad()
             loss.backward()
             opt.step()
         epoch += 1
         net.eval()
         with torch.no_grad():
-            ov = torch.cat([net(x[v].float()) for v in val.split(512)])
-        val_loss = float(bce(ov[:, 0], y[val]))
-        acc = float(((ov[:, 0] > 0).float() == y[val]).float().mean())
+            val_loss = sum(float(_loss(net, x[v].float(), y[v], off[v])[1]) * len(v) for v in val.split(512)) / len(val)
+            p, o = zip(*(net.verdicts(x[v].float()) for v in val.split(512)))
+        p, o = torch.cat(p), torch.cat(o)
+        acc = float(((p > 0.5).float() == y[val]).float().mean())
         real = y[val] == 1
-        err = torch.hypot(*(ov[real, 1:] - off[val][real]).T)
+        err = torch.hypot(*(o[real] - off[val][real]).T)
+        far = torch.hypot(*off[val][real].T) > 0.75
         net.info.provenance.update(epochs=epoch, samples=epoch * len(train), val_accuracy=round(acc, 4),
                                    val_loss=round(val_loss, 4), cpu_minutes=round((time.process_time() - c0) / 60, 1))
         if val_loss < best:  # -o keeps the epoch best on the held-back tenth
@@ -145,7 +173,8 @@ def cmd_train(a) -> None:
             save_o_check(a.out, net)
         print(json.dumps({"epoch": epoch, "minutes": round((time.time() - t0) / 60, 2), "val_loss": round(val_loss, 4),
                           "val_accuracy": round(acc, 4), "real_share": round(float(real.float().mean()), 3),
-                          "offset_error_median": round(float(err.median()), 3)}), flush=True)
+                          "offset_error_median": round(float(err.median()), 3),
+                          "far_brought_within_0.75": round(float((err[far] < 0.75).float().mean()), 3)}), flush=True)
 
 
 def cmd_score(a) -> None:
@@ -160,13 +189,15 @@ def cmd_score(a) -> None:
         def atoms_of(p):
             if tau is not None:
                 net.info.tau = tau
+                net.info.move = not a.drop_only
             return p.atoms(None, True, bond_ends=a.bond_ends, o_check=net if tau is not None else False)
         return atoms_of
 
     ways = {"without": way(None), **{f"tau {float(v):g}": way(float(v)) for v in a.tau.split(",")}}
     for key in a.sets.split(","):
         scores = held_out_scores(a.model, key, a.part, a.degraded, ways)
-        out = {"set": key, "part": a.part, "degraded": a.degraded, "bond_ends": a.bond_ends}
+        out = {"set": key, "part": a.part, "degraded": a.degraded, "bond_ends": a.bond_ends,
+               "drop_only": a.drop_only}
         for k, s in scores.items():
             m = s.summary()
             out[k] = {"O": m["O"]["f1"], "H": m["H"]["f1"], "class": m["H_orientation"],
@@ -194,6 +225,10 @@ def main() -> None:
     t.add_argument("--tau", type=float, default=0.5, help="recorded as the check's Predict threshold")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", help="start from this check's weights")
+    t.add_argument("--head", choices=("offset", "cells"), default="offset",
+                   help="offset: a log-odds and a regressed offset; cells: which 0.4 A cell holds the O, or none")
+    t.add_argument("--width", type=int, default=32, help="channels of the first level")
+    t.add_argument("--drop-only", action="store_true", help="recorded: Predict only drops O with this check")
     s = sub.add_parser("score")
     s.add_argument("model_file", nargs="?")
     s.add_argument("--sets", default="ice,water")
@@ -202,6 +237,7 @@ def main() -> None:
     s.add_argument("--model", default="water")
     s.add_argument("--degraded", action="store_true")
     s.add_argument("--bond-ends", action="store_true")
+    s.add_argument("--drop-only", action="store_true", help="the check only drops O (no moves, no clash rule)")
     a = ap.parse_args()
     torch.set_num_threads(getattr(a, "threads", 2))
     {"data": cmd_data, "train": cmd_train, "score": cmd_score}[a.cmd](a)

@@ -9,9 +9,12 @@ from ase import Atoms
 
 from hydrafm.models.checkpoint import CheckpointError
 from hydrafm.models.o_check import (
+    CELLS,
     GRID,
     OCheckInfo,
     OCheckNet,
+    cell_targets,
+    decode_cells,
     load_o_check,
     o_crops,
     o_verdicts,
@@ -59,6 +62,28 @@ def test_the_check_round_trips_and_names_a_bad_file(tmp_path):
                    (0.1, 0.1), [[1, 1]])
 
 
+def test_the_cells_head_reads_back_where_the_o_is_and_when_there_is_none(tmp_path):
+    torch.manual_seed(1)
+    offset = (torch.rand(50, 2) - 0.5) * 6.0  # Å, within the 6.4 Å crop
+    cell, within = cell_targets(offset)
+    logits = torch.zeros(50, CELLS * CELLS + 1)
+    logits[torch.arange(50), cell] = 20.0
+    place = torch.zeros(50, 2, CELLS, CELLS)
+    place[torch.arange(50), :, cell // CELLS, cell % CELLS] = within
+    p, back = decode_cells(logits, place)
+    assert torch.allclose(back, offset, atol=1e-4) and bool((p > 0.99).all())
+    logits[:, -1] = 40.0  # "no O" the likeliest
+    assert bool((decode_cells(logits, place)[0] < 0.01).all())
+    net = OCheckNet(OCheckInfo(width=4, head="cells")).eval()
+    x = torch.randn(3, 12, len(GRID), len(GRID))
+    again = load_o_check(save_o_check(tmp_path / "cells.pt", net))
+    with torch.no_grad():
+        p, off = again.verdicts(x)
+        assert torch.allclose(off, net.verdicts(x)[1]) and p.shape == (3,) and off.shape == (3, 2)
+    with pytest.raises(ValueError, match="head"):
+        OCheckNet(OCheckInfo(head="grid"))
+
+
 class _Says(OCheckNet):
     """A check whose verdict depends only on where the peak is: left of x = 9 Å no O; the others move by ``shift``."""
 
@@ -100,6 +125,11 @@ def test_unlikely_o_are_dropped_and_the_rest_moved():
     twice, counts = check_o_peaks(_peaks(("O", 12.6, 10.0)), _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1),
                                   _Says())
     assert counts["dropped"] == 2 and list(twice.arrays["label"]).count("O") == 1
+    # a check that only drops leaves the kept O where they were, and two O on one spot both
+    still, counts = check_o_peaks(_peaks(("O", 12.6, 10.0)), _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1),
+                                  _Says((0.4, -0.3)), move=False)
+    assert counts == {"checked": 3, "dropped": 1, "moved": 0}
+    assert np.allclose(still.positions[still.arrays["label"] == "O", :2], [[12.0, 10.0], [12.6, 10.0]])
 
 
 def test_predict_checks_the_o_only_when_asked_and_says_what_it_did():

@@ -4,8 +4,11 @@ On ice-like layers a sixth of the structure network's O peaks are not O: most si
 from an O of a bilayer's lower half that the network saw but misplaced, the rest on nothing
 (docs/structure-network.md, "The O check"). This small network looks at one peak at a time: the
 stack (every height a channel, z-scored as a whole), the network's O map and its summed H maps on
-a :data:`CROP` × :data:`CROP` Å grid centred on the peak. It returns the log-odds that a true O
-lies within 1.5 Å, and the lateral offset from the peak to that O (Å, x then y). Trained by
+a 6.4 × 6.4 Å grid (:data:`GRID`) centred on the peak. It returns the probability that a true O
+lies within 1.5 Å, and the lateral offset from the peak to that O (Å, x then y). Two heads: the
+first checks (``head="offset"``) give a log-odds and regress the offset, which averages the
+directions a misplaced O may lie in; ``head="cells"`` says in which of :data:`CELLS` ×
+:data:`CELLS` cells of 0.4 Å the O lies, or that there is none, and where within that cell. Trained by
 ``scripts/o_check.py`` on the structure network's own peaks on simulated *training* stacks.
 Checkpoint format ``hydrafm-o-check/1``.
 """
@@ -25,8 +28,21 @@ from scipy.ndimage import map_coordinates
 from .checkpoint import write_payload
 from .stacknet import load_stack_net, weights_file
 
-__all__ = ["GRID", "O_CHECK_FORMAT", "SHIPPED_O_CHECK", "OCheckInfo", "OCheckNet", "load_o_check", "o_crops",
-           "o_verdicts", "save_o_check", "shipped_o_check_path"]
+__all__ = [
+    "CELLS",
+    "GRID",
+    "O_CHECK_FORMAT",
+    "SHIPPED_O_CHECK",
+    "OCheckInfo",
+    "OCheckNet",
+    "cell_targets",
+    "decode_cells",
+    "load_o_check",
+    "o_crops",
+    "o_verdicts",
+    "save_o_check",
+    "shipped_o_check_path",
+]
 
 O_CHECK_FORMAT = "hydrafm-o-check/1"
 #: the check the package ships (``hydrafm/models/weights/o_check.pt``)
@@ -34,6 +50,10 @@ SHIPPED_O_CHECK = "o_check"
 #: Å, the crop's sample points on each axis about the peak (6.4 Å across, 0.2 Å apart)
 GRID = np.round(np.arange(-16, 17) * 0.2, 6)
 H_LABELS = ("H_up", "H_flat", "H_down")
+#: cells per side of the ``cells`` head, over the crop's first 32 × 32 samples (0.4 Å each)
+CELLS = 16
+_STEP = float(GRID[1] - GRID[0])
+_CENTRE = len(GRID) // 2
 
 
 @dataclass
@@ -44,6 +64,11 @@ class OCheckInfo:
     width: int = 32
     #: Predict drops an O peak whose probability of being a real O is below tau
     tau: float = 0.5
+    #: Predict also moves the kept O by the offset the check reads (and then drops the less likely of
+    #: two O closer than :data:`~hydrafm.predict.o_check.CLASH`); False: it only drops
+    move: bool = True
+    #: "offset": a log-odds and a regressed offset; "cells": one of CELLS × CELLS cells or none
+    head: str = "offset"
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,13 +76,30 @@ class OCheckInfo:
 
 
 class OCheckNet(torch.nn.Module):
-    """Crops ``(B, Z + 2, len(GRID), len(GRID))`` → ``(B, 3)``: log-odds of a real O, offset x, offset y (Å)."""
+    """Crops ``(B, Z + 2, len(GRID), len(GRID))`` → the check's raw output; :meth:`verdicts` reads it.
+
+    ``head="offset"``: ``(B, 3)``, log-odds of a real O, offset x, offset y (Å). ``head="cells"``:
+    ``(logits (B, CELLS² + 1), in-cell offsets (B, 2, CELLS, CELLS))``, the last logit for "no O".
+    """
 
     def __init__(self, info: OCheckInfo | None = None) -> None:
         super().__init__()
         self.info = info or OCheckInfo()
         c, w = self.info.n_heights + 2, self.info.width
         conv = torch.nn.Conv2d
+        if self.info.head == "cells":
+            gelu = torch.nn.GELU
+            self.e1 = torch.nn.Sequential(conv(c, w, 3, padding=1), gelu(), conv(w, w, 3, padding=1), gelu())
+            self.e2 = torch.nn.Sequential(torch.nn.MaxPool2d(2), conv(w, 2 * w, 3, padding=1), gelu(),
+                                          conv(2 * w, 2 * w, 3, padding=1), gelu())
+            self.e3 = torch.nn.Sequential(torch.nn.MaxPool2d(2), conv(2 * w, 64, 3, padding=1), gelu(),
+                                          conv(64, 64, 3, padding=1), gelu())
+            self.none = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                            torch.nn.Linear(64, 32), gelu(), torch.nn.Linear(32, 1))
+            self.d = torch.nn.Sequential(conv(2 * w + 64, 48, 3, padding=1), gelu(), conv(48, 3, 1))
+            return
+        if self.info.head != "offset":
+            raise ValueError(f"unknown O check head {self.info.head!r} (offset or cells)")
         self.f = torch.nn.Sequential(
             conv(c, w, 3, padding=1), torch.nn.GELU(), conv(w, w, 3, padding=1), torch.nn.GELU(), torch.nn.MaxPool2d(2),
             conv(w, 2 * w, 3, padding=1), torch.nn.GELU(), conv(2 * w, 2 * w, 3, padding=1), torch.nn.GELU(),
@@ -65,8 +107,40 @@ class OCheckNet(torch.nn.Module):
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(2 * w, 64), torch.nn.GELU(),
             torch.nn.Linear(64, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.f(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.info.head == "offset":
+            return self.f(x)
+        f2 = self.e2(self.e1(x[..., :2 * CELLS, :2 * CELLS]))
+        f3 = self.e3(f2)
+        up = torch.nn.functional.interpolate(f3, size=f2.shape[-2:], mode="nearest")
+        h = self.d(torch.cat([f2, up], 1))
+        return torch.cat([h[:, 0].flatten(1), self.none(f3)], 1), h[:, 1:]
+
+    def verdicts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P(a real O) (B,), offset to it (B, 2) Å x, y)`` for crops ``x``."""
+        if self.info.head == "cells":
+            return decode_cells(*self(x))
+        o = self(x)
+        return torch.sigmoid(o[:, 0]), o[:, 1:]
+
+
+def cell_targets(offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``cells`` head's answer for O at ``offset`` ``(B, 2)`` (Å, x then y) from the crop's centre:
+    the cell (``row · CELLS + col``) and the place within it ``(B, 2)`` (x, y; cell widths from its middle)."""
+    p = _CENTRE + offset / _STEP  # crop samples, x then y
+    cell = torch.clamp(torch.floor(p / 2), 0, CELLS - 1)
+    return (cell[:, 1] * CELLS + cell[:, 0]).long(), p / 2 - cell - 0.5
+
+
+def decode_cells(logits: torch.Tensor, within: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``cells`` head's raw output → ``(P(a real O), offset (B, 2) Å)``: the likeliest cell, and the
+    place within it."""
+    prob = torch.softmax(logits, 1)
+    cell = prob[:, :-1].argmax(1)
+    row, col, b = cell // CELLS, cell % CELLS, torch.arange(len(cell))
+    x = (col + 0.5 + within[b, 0, row, col].clamp(-0.5, 0.5)) * 2
+    y = (row + 0.5 + within[b, 1, row, col].clamp(-0.5, 0.5)) * 2
+    return 1 - prob[:, -1], torch.stack([x - _CENTRE, y - _CENTRE], 1) * _STEP
 
 
 def o_crops(frames: np.ndarray, maps: np.ndarray, labels: Sequence[str], pixel_size: tuple[float, float],
@@ -101,13 +175,14 @@ def o_verdicts(net: OCheckNet, frames: np.ndarray, maps: np.ndarray, labels: Seq
         raise ValueError(f"the O check takes {net.info.n_heights} heights, got {len(frames)}")
     crops = o_crops(frames, maps, labels, pixel_size, origin, xy)
     param = next(net.parameters())
-    out = []
+    p, off = [np.zeros(0, np.float32)], [np.zeros((0, 2), np.float32)]
     with torch.no_grad():
         for s in range(0, len(crops), batch):
             x = torch.from_numpy(crops[s:s + batch]).to(device=param.device, dtype=param.dtype)
-            out.append(net(x).float().cpu().numpy())
-    o = np.concatenate(out) if out else np.zeros((0, 3), np.float32)
-    return 1 / (1 + np.exp(-o[:, 0])), o[:, 1:]
+            pb, ob = net.verdicts(x)
+            p.append(pb.float().cpu().numpy())
+            off.append(ob.float().cpu().numpy())
+    return np.concatenate(p), np.concatenate(off)
 
 
 def save_o_check(path: str | os.PathLike, net: OCheckNet) -> Path:

@@ -2,9 +2,10 @@
 
 Every O peak of the structure network is shown to :mod:`hydrafm.models.o_check` with the stack and
 the network's maps around it. A peak the check gives less than ``tau`` chance of being a real O
-is dropped; the others move by the offset the check reads (most by a few hundredths of an Å; a
-misplaced O of a bilayer's lower half by up to ~1 Å). Of two O that end up closer than
-:data:`CLASH` the less likely goes. The assembly then builds the waters from the checked peaks.
+is dropped. A check whose ``info.move`` is set also moves the others by the offset it reads (most
+by a few hundredths of an Å; a misplaced O of a bilayer's lower half by up to ~1 Å), and of two O
+that end up closer than :data:`CLASH` the less likely goes. The assembly then builds the waters
+from the checked peaks.
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ CLASH = 1.5
 
 def check_o_peaks(loose: Atoms, frames: np.ndarray, maps: np.ndarray, labels: list[str],
                   pixel_size: tuple[float, float], origin: tuple[float, float], net: OCheckNet,
-                  tau: float | None = None) -> tuple[Atoms, dict[str, int]]:
-    """``loose`` peaks (``label``; x, y in Å) with unlikely O dropped and the others moved.
+                  tau: float | None = None, move: bool | None = None) -> tuple[Atoms, dict[str, int]]:
+    """``loose`` peaks (``label``; x, y in Å) with unlikely O dropped (and the others moved).
 
     ``frames`` ``(Z, ny, nx)`` (the stack before normalisation) and ``maps`` ``(C, ny, nx)`` (the
     structure network's, ``labels`` naming its channels) on the grid ``pixel_size``/``origin``.
     ``tau`` (None: the check's own) is the probability below which an O peak is dropped. Returns
-    the peaks and ``{"checked", "dropped", "moved"}`` (moved: by more than 0.2 Å).
+    the peaks and ``{"checked", "dropped", "moved"}`` (moved: by more than 0.2 Å). ``move`` (None:
+    the check's own ``info.move``) also moves the kept O by the read offset and resolves clashes.
     """
     tau = net.info.tau if tau is None else float(tau)
+    move = net.info.move if move is None else bool(move)
     lab = np.asarray(loose.arrays["label"]).astype(str)
     o_idx = np.flatnonzero(lab == "O")
     counts = {"checked": len(o_idx), "dropped": 0, "moved": 0}
@@ -39,10 +42,13 @@ def check_o_peaks(loose: Atoms, frames: np.ndarray, maps: np.ndarray, labels: li
     out = loose.copy()
     p, offset = o_verdicts(net, frames, maps, labels, pixel_size, origin, out.positions[o_idx, :2])
     keep = p >= tau
-    out.positions[o_idx[keep], :2] += offset[keep]
-    counts["moved"] = int(np.sum(np.hypot(*offset[keep].T) > 0.2))
     drop = np.zeros(len(out), bool)
     drop[o_idx[~keep]] = True
+    counts["dropped"] = int(drop.sum())
+    if not move:
+        return out[~drop], counts
+    out.positions[o_idx[keep], :2] += offset[keep]
+    counts["moved"] = int(np.sum(np.hypot(*offset[keep].T) > 0.2))
     order = np.argsort(-p)
     xy = out.positions[:, :2]
     for n, i in enumerate(order):  # the likelier of two clashing O stays
