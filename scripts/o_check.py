@@ -136,9 +136,9 @@ def cmd_train(a) -> None:
     torch.manual_seed(a.seed)
     parts, data, val, train = load_crops(a.peaks, ("x", "y", "off"), a.seed)
     x, y, off = data["x"], data["y"], data["off"]
+    made_from = sorted({str(d) for p in parts if "datasets" in p.files for d in p["datasets"]})
     info = OCheckInfo(n_heights=x.shape[1] - 2, width=a.width, tau=a.tau, move=not a.drop_only, head=a.head,
-                      provenance={"peaks": [str(p) for p in a.peaks],
-                                  "datasets": sorted({str(d) for p in parts if "datasets" in p.files for d in p["datasets"]}),
+                      provenance={"peaks": [str(p) for p in a.peaks], "datasets": made_from,
                                   "command": " ".join(sys.argv), "threads": a.threads})
     net = OCheckNet(info)
     start_from(net, a.init, load_o_check)
@@ -159,7 +159,8 @@ def cmd_train(a) -> None:
         epoch += 1
         net.eval()
         with torch.no_grad():
-            val_loss = sum(float(_loss(net, x[v].float(), y[v], off[v])[1]) * len(v) for v in val.split(512)) / len(val)
+            val_loss = sum(float(_loss(net, x[v].float(), y[v], off[v])[1]) * len(v)
+                           for v in val.split(512)) / len(val)
             p, o = zip(*(net.verdicts(x[v].float()) for v in val.split(512)))
         p, o = torch.cat(p), torch.cat(o)
         acc = float(((p > 0.5).float() == y[val]).float().mean())

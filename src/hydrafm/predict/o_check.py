@@ -2,10 +2,9 @@
 
 Every O peak of the structure network is shown to :mod:`hydrafm.models.o_check` with the stack and
 the network's maps around it. A peak the check gives less than ``tau`` chance of being a real O
-is dropped. A check whose ``info.move`` is set also moves the others by the offset it reads (most
-by a few hundredths of an Å; a misplaced O of a bilayer's lower half by up to ~1 Å), and of two O
-that end up closer than :data:`CLASH` the less likely goes. The assembly then builds the waters
-from the checked peaks.
+is dropped. A check whose ``info.move`` is set also moves the others to where it reads their O
+(a misplaced O of a bilayer's lower half by up to ~1.5 Å), and of two O that end up closer than
+:data:`CLASH` the less likely goes. The assembly then builds the waters from the checked peaks.
 """
 
 from __future__ import annotations
