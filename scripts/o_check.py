@@ -137,9 +137,11 @@ def cmd_train(a) -> None:
     parts, data, val, train = load_crops(a.peaks, ("x", "y", "off"), a.seed)
     x, y, off = data["x"], data["y"], data["off"]
     made_from = sorted({str(d) for p in parts if "datasets" in p.files for d in p["datasets"]})
+    models = {str(p["model"]) for p in parts if "model" in p.files}  # whose peaks (Predict warns for another)
     info = OCheckInfo(n_heights=x.shape[1] - 2, width=a.width, tau=a.tau, move=not a.drop_only, head=a.head,
                       provenance={"peaks": [str(p) for p in a.peaks], "datasets": made_from,
-                                  "command": " ".join(sys.argv), "threads": a.threads})
+                                  "command": " ".join(sys.argv), "threads": a.threads,
+                                  **({"model": models.pop()} if len(models) == 1 else {})})
     net = OCheckNet(info)
     start_from(net, a.init, load_o_check)
     opt = torch.optim.AdamW(net.parameters(), a.lr, weight_decay=1e-4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -144,6 +146,16 @@ def test_predict_checks_the_o_only_when_asked_and_says_what_it_did():
     checked = p.atoms(0.5, o_check=_Says())
     assert checked.info["o_check"] == "0 moved, 1 dropped of 2"
     assert list(checked.arrays["label"]).count("O") == 1
+    made_for_water = _Says()
+    made_for_water.info.provenance["model"] = "water"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its own model's peaks: no warning
+        p.atoms(0.5, o_check=made_for_water)
+    _, hydrate_info = resolve_model("na-hydrate")
+    other = Prediction(np.zeros((len(hydrate_info.labels), 100, 100), np.float32), (0.2, 0.2), (0.1, 0.1),
+                       hydrate_info, "na-hydrate", frames=_ramp())
+    with pytest.warns(UserWarning, match="'water' model's peaks, not 'na-hydrate'"):
+        other.atoms(0.5, o_check=made_for_water)
     bare = Prediction(maps, (0.2, 0.2), (0.1, 0.1), info, "water")  # no frames kept: nothing to check against
     assert "o_check" not in bare.atoms(0.5).info
     with pytest.raises(ValueError, match="O check needs the stack's frames"):

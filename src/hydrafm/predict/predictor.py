@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator
@@ -136,6 +137,8 @@ class Prediction:
         kept = molecules and self.frames is not None
         ends = resolve_bond_ends(bond_ends, self.info) if kept else None
         o_net = resolve_o_check(o_check, self.info) if kept else None
+        if o_net is not None:
+            _warn_if_made_for_another_model(o_net, self.model)
         counts: dict[str, int] = {}
         o_counts: dict[str, int] = {}
 
@@ -169,6 +172,14 @@ class Prediction:
         if self.depth is not None:
             place_at_depth(atoms, self.depth, self.pixel_size, self.origin)
         return atoms
+
+
+def _warn_if_made_for_another_model(net: OCheckNet, model: str) -> None:
+    """Warn when an O check learnt from one shipped model's peaks is asked to judge another shipped model's."""
+    made_for = net.info.provenance.get("model")
+    if made_for and model in SHIPPED_MODELS and model != made_for:
+        warnings.warn(f"the O check learnt from the {made_for!r} model's peaks, not {model!r}'s: it may lower "
+                      "H F1 (docs/predict.md, 'The O check')", UserWarning, stacklevel=3)
 
 
 def default_threshold(info: ModelInfo) -> float:
