@@ -177,6 +177,9 @@ def cmd_score(a) -> None:
 
 
 def main() -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from small_nets import add_train_options
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("crops")
@@ -187,15 +190,7 @@ def main() -> None:
     c.add_argument("--degraded", type=float, default=0.0,
                    help="share of stacks degraded as training degrades them (hydrafm.training.augment) first")
     t = sub.add_parser("train")
-    t.add_argument("crops", nargs="+")
-    t.add_argument("-o", "--out", required=True)
-    t.add_argument("--minutes", type=float, default=20.0, help="CPU minutes (per thread)")
-    t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--batch", type=int, default=128)
-    t.add_argument("--tau", type=float, default=0.3, help="recorded as the classifier's Predict threshold")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--init", help="start from this classifier's weights")
+    add_train_options(t, "crops", threads=2, tau=0.3, what="classifier")
     t.add_argument("--cosine", action="store_true", help="lr falls along a cosine to a tenth over the budget")
     t.add_argument("--noise", type=float, default=0.0,
                    help="experiment-like noise on the crops, each part up to this × the crop's std (0: none)")

@@ -209,6 +209,9 @@ def cmd_score(a) -> None:
 
 
 def main() -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from small_nets import add_train_options
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("data")
@@ -219,15 +222,7 @@ def main() -> None:
                    help="share of stacks degraded as training degrades them (hydrafm.training.augment) first")
     d.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train")
-    t.add_argument("peaks", nargs="+")
-    t.add_argument("-o", "--out", required=True)
-    t.add_argument("--minutes", type=float, default=20.0, help="CPU minutes (per thread)")
-    t.add_argument("--threads", type=int, default=1)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--batch", type=int, default=128)
-    t.add_argument("--tau", type=float, default=0.5, help="recorded as the check's Predict threshold")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--init", help="start from this check's weights")
+    add_train_options(t, "peaks", threads=1, tau=0.5, what="check")
     t.add_argument("--head", choices=("offset", "cells"), default="offset",
                    help="offset: a log-odds and a regressed offset; cells: which 0.4 A cell holds the O, or none")
     t.add_argument("--width", type=int, default=32, help="channels of the first level")

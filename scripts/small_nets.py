@@ -1,5 +1,6 @@
 """What the trainers of Predict's small check networks share (``scripts/bond_ends.py``, ``scripts/o_check.py``):
-their crops read and split, a start from an earlier checkpoint, and the cosine learning rate."""
+their command-line options, their crops read and split, a start from an earlier checkpoint, and the cosine
+learning rate."""
 
 from __future__ import annotations
 
@@ -33,3 +34,17 @@ def cosine_lr(opt: torch.optim.Optimizer, lr: float, c0: float, budget: float) -
     done = min((time.process_time() - c0) / budget, 1.0)
     for g in opt.param_groups:
         g["lr"] = lr * (0.1 + 0.45 * (1 + np.cos(np.pi * done)))
+
+
+def add_train_options(t, inputs: str, threads: int, tau: float, what: str) -> None:
+    """The options every check trainer takes: its crop files (``inputs``), ``-o``, the CPU budget, threads,
+    learning rate, batch, the Predict threshold to record (``tau``), seed and a checkpoint to start from."""
+    t.add_argument(inputs, nargs="+")
+    t.add_argument("-o", "--out", required=True)
+    t.add_argument("--minutes", type=float, default=20.0, help="CPU minutes (per thread)")
+    t.add_argument("--threads", type=int, default=threads)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--batch", type=int, default=128)
+    t.add_argument("--tau", type=float, default=tau, help=f"recorded as the {what}'s Predict threshold")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", help=f"start from this {what}'s weights")
