@@ -343,6 +343,9 @@ def test_a_lone_h_keeps_its_class(stack):
     res = refine_atoms(stack, atoms + lone, replace(FAST, steps=2))
     labels = res.atoms.arrays["label"]
     assert list(labels[-2:]) == ["H_up", "H_down"]
+    assert list(res.atoms.arrays["mol"][-2:]) == [-1, -1]  # still no molecule: not given an id of its own
+    assert -1 not in res.fit_score and len(res.fit_score) == 3
+    assert np.isfinite(res.atoms.arrays["fit"][-2:]).all()  # but each still has its fit
     assert list(labels[:9]) == list(atom_labels(res.atoms.positions[:9], NUMBERS))  # waters: from the geometry
     bare = atoms + lone
     bare.arrays["label"] = np.array(bare.get_chemical_symbols(), dtype="<U6")  # no classes given: "H"

@@ -391,13 +391,16 @@ def _structure_of(atoms: Atoms, positions: np.ndarray) -> _Structure:
     label = np.asarray(atoms.arrays.get("label", atoms.get_chemical_symbols())).astype("<U6")
     conf = np.asarray(atoms.arrays.get("confidence", np.ones(n)), dtype=float)
     mol = np.asarray(atoms.arrays.get("mol", np.full(n, -1)), dtype=int).copy()
-    # every body gets a molecule id: its own where it has one, new ids for the rest
+    # every body gets a molecule id: its own where it has one, new ids for the rest; a lone H (an H
+    # peak whose O Predict did not find) is not a molecule and keeps −1
     nxt = int(mol.max(initial=-1)) + 1
     for k in range(b.n_bodies):
         members = b.members(k)
         ids = mol[members][mol[members] >= 0]
         if len(ids):
             mol[members] = ids[0]
+        elif len(members) == 1 and atoms.numbers[members[0]] == 1:
+            mol[members] = -1
         else:
             mol[members] = nxt
             nxt += 1
@@ -1131,7 +1134,7 @@ def _result_atoms(structure: _Structure, scores: np.ndarray, outside: _Structure
     atoms.new_array("shell", np.concatenate([structure.shell, outside.shell]).astype(int))
     atoms.new_array("fit", np.concatenate([fit, np.full(len(outside.mol), np.nan)]).astype(float))
     per_mol = {int(structure.mol[structure.bodies.members(b)[0]]): float(scores[b])
-               for b in range(structure.bodies.n_bodies)}
+               for b in range(structure.bodies.n_bodies) if structure.mol[structure.bodies.members(b)[0]] >= 0}
     return atoms, per_mol
 
 
