@@ -17,11 +17,7 @@ device=${DEVICE:-cuda}
 n=${N:-3}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")/.." && pwd)
-site=$(mktemp -d)  # not under OUT: what is there comes back
-if ! python -c "import ase" 2>/dev/null; then
-  python -m zipfile -e "$(ls "$here"/.gpu-wheels/ase-*.whl | head -1)" "$site"  # a pure-Python wheel
-fi
-export PYTHONPATH="$here/src:$site${PYTHONPATH:+:$PYTHONPATH}"
+. "$here/scripts/gpu_site.sh"  # ase and src/ on PYTHONPATH
 bench="$here/benchmarks/bench_refine.py"
 python "$bench" perturbed -n "$n" --pool ice --device "$device" --threads 2 | tee "$out/perturbed.jsonl"
 python "$bench" perturbed -n "$n" --pool ice --device "$device" --threads 2 --hbond-turns --steps 150 \

@@ -36,11 +36,8 @@ INIT="$weights/na-hydrate.pt" CHANNELS=16 LR=2e-4 NOISE=0.25 POOL_WEIGHTS=2,1,1 
   bash "$here/scripts/gpu_onthefly.sh" "$out/na-hydrate" "$minutes" hydrates,ice,water > "$out/na-hydrate/stdout.txt" 2>&1 &
 na=$!
 
-site=$(mktemp -d)  # not under OUT: what is there comes back
-if ! python -c "import ase" 2>/dev/null; then
-  python -m zipfile -e "$(ls "$here"/.gpu-wheels/ase-*.whl | head -1)" "$site"  # a pure-Python wheel
-fi
-PYTHONPATH="$here/src:$site${PYTHONPATH:+:$PYTHONPATH}" python "$here/benchmarks/bench_refine.py" perturbed \
+. "$here/scripts/gpu_site.sh"  # ase and src/ on PYTHONPATH
+python "$here/benchmarks/bench_refine.py" perturbed \
   -n "${N:-3}" --pool ice --device "$device" --threads 2 > "$out/refine_perturbed.jsonl" 2>> "$log"
 echo "refine rc=$? $(date -u +%FT%TZ)" >> "$log"
 

@@ -188,12 +188,17 @@ def test_the_shipped_check_finds_the_o_of_held_out_bilayer_windows():
 
 
 @pytest.mark.skipif(not shipped_o_check_path().is_file(), reason="no shipped O check")
-def test_cli_predict_checks_the_o_when_asked(tmp_path):
+def test_cli_predict_checks_the_o_as_the_card_says_unless_told(tmp_path):
     from hydrafm._sample_data import sample_path
     from hydrafm.cli import main
     from hydrafm.io.xyz import read_xyz
+    from hydrafm.predict.predictor import default_o_check
 
-    assert main(["predict", str(sample_path()), "-o", str(tmp_path / "a.xyz"), "--o-check"]) == 0
-    assert main(["predict", str(sample_path()), "-o", str(tmp_path / "b.xyz")]) == 0
+    _, info = resolve_model("water")
+    assert default_o_check(info) is True  # water's card asks for the check (since session 45)
+    assert main(["predict", str(sample_path()), "-o", str(tmp_path / "a.xyz")]) == 0
+    assert main(["predict", str(sample_path()), "-o", str(tmp_path / "b.xyz"), "--no-o-check"]) == 0
     checked, plain = read_xyz(tmp_path / "a.xyz"), read_xyz(tmp_path / "b.xyz")
     assert "of" in str(checked.info.get("o_check", "")) and "o_check" not in plain.info
+    _, hydrate_info = resolve_model("na-hydrate")
+    assert default_o_check(hydrate_info) is False  # the check learnt from water's peaks, not the hydrates'

@@ -364,7 +364,12 @@ def test_checks_run_when_ticked_and_the_threshold_keeps_them(widget, qtbot, tmp_
     monkeypatch.setattr(predictor, "shipped_o_check_path", lambda: save_o_check(tmp_path / "o.pt",
                                                                                 OCheckNet(OCheckInfo(width=4))))
     predictor._CHECKS.clear()
-    widget.model.value = "water"  # the shipped model's card leaves both checks off
+    widget.model.value = "water"
+    # the boxes start as the picked model's card says (water's asks for the O check, not the bond ends)
+    from hydrafm.models.registry import list_models
+    card = {m.name: m for m in list_models()}["water"]
+    assert (widget.o_check.value, widget.bond_ends.value) == (card.o_check, card.bond_ends)
+    widget.o_check.value = widget.bond_ends.value = False  # unticked: neither check, whatever the card says
     widget.predict()
     _wait(qtbot, widget)
     first = widget._last_result.metadata["hydrafm_atoms"]

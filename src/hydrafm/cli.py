@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="never check the bond ends, whatever the model's card says")
     pr.add_argument("--o-check", nargs="?", const=True, default=None, metavar="FILE",
                     help="check every O peak with the shipped O check (or FILE): unlikely O dropped, the others "
-                         "moved where the stack puts them; default: as the model's card says")
+                         "moved where the stack puts them; default: as the model's card says (water's asks for it)")
     pr.add_argument("--no-o-check", dest="o_check", action="store_const", const=False,
                     help="never check the O peaks, whatever the model's card says")
     pr.add_argument("--depth", nargs="?", const=True, default=None, metavar="FILE",

@@ -33,6 +33,8 @@ class ModelEntry:
     shipped: bool
     summary: str
     threshold: float = 0.5  # the model's recommended confidence threshold
+    o_check: bool = False  # the model's card asks for the O check
+    bond_ends: bool = False  # the model's card asks for the bond-end check
 
 
 def user_models_dir() -> Path:
@@ -73,7 +75,8 @@ def _entry(name: str, path: Path, shipped: bool) -> ModelEntry:
     prov = _provenance(path)
     if isinstance(prov, str):
         return ModelEntry(name, path, shipped, prov)
-    return ModelEntry(name, path, shipped, _summary(prov), float(prov.get("threshold", 0.5)))
+    return ModelEntry(name, path, shipped, _summary(prov), float(prov.get("threshold", 0.5)),
+                      bool(prov.get("o_check", False)), bool(prov.get("bond_ends", False)))
 
 
 def model_summary(path: str | Path) -> str:

@@ -53,7 +53,8 @@ def _predict_job(stack: Any, model: Any, device: Any, threshold: float, stack_na
     ``denoise``: True runs the shipped denoiser first; None does what the model's card says. ``depth``:
     False leaves every O and ion at z = 0; None places the molecules at their depths as the card says.
     ``bond_ends``: True checks which end of each H-bond its level H sits on with the shipped bond-end
-    classifier; ``o_check``: True checks every O peak with the shipped O check; None: as the card says.
+    classifier; ``o_check``: True checks every O peak with the shipped O check; False: neither; None: as
+    the model's card says.
     """
     from ..predict.predictor import iter_predict_maps
 
@@ -136,13 +137,14 @@ class PredictWidget(Container):
         self.bond_ends = CheckBox(
             text="Check H-bond ends", value=False,
             tooltip="Put each level H on the donor end of its H bond as the bond-end classifier reads it "
-                    "from the stack (helps on ice-like layers; docs/predict.md); unticked, as the model's "
-                    "card says")
+                    "from the stack (helps on ice-like layers; docs/predict.md); ticked when a model's "
+                    "card asks for it")
         self.o_check = CheckBox(
             text="Check O peaks", value=False,
             tooltip="Show every O peak to the O check, which reads the stack around it: unlikely O are "
                     "dropped, the others moved where it puts them (finds misplaced O of a bilayer's lower "
-                    "half; docs/predict.md); unticked, as the model's card says")
+                    "half; docs/predict.md); ticked when a model's card asks for it (the shipped "
+                    "'water' does)")
         self.predict_button = PushButton(text="Predict")
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self.new_label = ComboBox(label="Atom label", choices=list(LABELS), value="O",
@@ -257,6 +259,9 @@ class PredictWidget(Container):
         self.model.tooltip = entry.summary if entry else "No shipped or saved model; choose a model file"
         if entry is not None and self._last_result is None:
             self.threshold.value = entry.threshold  # the model's recommended threshold, until a result exists
+        if entry is not None and entry.name != getattr(self, "_checks_of", None):  # a newly picked model:
+            self._checks_of = entry.name  # its card's checks, which the user may then change
+            self.o_check.value, self.bond_ends.value = entry.o_check, entry.bond_ends
 
     def chosen_model(self) -> Path:
         """The checkpoint to use: the model file when one is chosen, else the picked model."""
@@ -295,8 +300,8 @@ class PredictWidget(Container):
             return
         device = self._usable_device()
         self._busy(True, "Predicting…", "Cancel")
-        checks = {"bond_ends": True if self.bond_ends.value else None,  # unticked: as the model's card says
-                  "o_check": True if self.o_check.value else None}
+        checks = {"bond_ends": bool(self.bond_ends.value),  # the boxes start as the model's card says
+                  "o_check": bool(self.o_check.value)}
         self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value, layer.name,
                                      _units_of(layer), True if self.denoise.value else None,
                                      None if self.depth.value else False, **checks, _ignore_errors=True)
