@@ -2,7 +2,7 @@
 
     python scripts/experimental_plausibility.py [MODEL ...] [--stack PATH] [--threshold T] [--flips] [--out JSON] [--png PNG]
     python scripts/experimental_plausibility.py MODEL ... --flips --threshold T --variants
-    python scripts/experimental_plausibility.py water --o-check [FILE] [--bond-ends]  # Predict's opt-in checks
+    python scripts/experimental_plausibility.py water --o-check [FILE] | --no-o-check [--bond-ends]  # Predict's checks
 
 There is no ground truth for a real scan, so this reports what a microscopist would check
 first, per model (shipped name or checkpoint file):
@@ -106,10 +106,12 @@ def main() -> None:
                     help="denoise first with the shipped denoiser (or FILE); --no-denoise: never")
     ap.add_argument("--no-denoise", dest="denoise", action="store_const", const=False)
     ap.add_argument("--o-check", nargs="?", const=True, default=None, metavar="FILE",
-                    help="Predict's opt-in O check (docs/predict.md), or the check in FILE")
+                    help="Predict's O check (docs/predict.md), or the check in FILE; default: as the model's card "
+                         "says (water's asks for it); --no-o-check: never")
+    ap.add_argument("--no-o-check", dest="o_check", action="store_const", const=False)
     ap.add_argument("--bond-ends", action="store_true", help="Predict's opt-in bond-end check")
     args = ap.parse_args()
-    checks = {"o_check": args.o_check} if args.o_check else {}
+    checks = {} if args.o_check is None else {"o_check": args.o_check}
     if args.bond_ends:
         checks["bond_ends"] = True
     from hydrafm.io import load_stack
@@ -121,7 +123,7 @@ def main() -> None:
     for m in args.models:
         row, mol = score(stack, m, args.threshold, True if args.flips else None, args.denoise, checks)
         row["denoise"] = args.denoise
-        row.update({k: mol.info.get(k) for k in checks})
+        row.update({k: mol.info.get(k) for k in ("o_check", "bond_ends")})
         if args.variants:
             row["variants"] = []
             for name, st in variants(stack):
