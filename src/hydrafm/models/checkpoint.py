@@ -20,7 +20,7 @@ from ..io.xyz import LABELS
 from .unet import StructureUNet, UNetConfig
 
 __all__ = ["ModelInfo", "save_checkpoint", "load_checkpoint", "average_checkpoints", "CheckpointError", "write_payload",
-           "read_payload", "inherit_settings", "INHERITED"]
+           "read_payload", "inherit_settings", "INHERITED", "transfer_weights"]
 
 FORMAT = "hydrafm-structure-net/1"
 
@@ -150,3 +150,13 @@ def average_checkpoints(paths: list[str | os.PathLike]) -> tuple[StructureUNet, 
     model.load_state_dict({k: (v / len(paths)).to(torch.float32) for k, v in total.items()})
     info.provenance = {**info.provenance, "weight_average_of": [str(p) for p in paths]}
     return model, info
+
+
+def transfer_weights(src: torch.nn.Module, dst: torch.nn.Module) -> list[str]:
+    """Copy every parameter and buffer of ``src`` that ``dst`` has with the same name and shape;
+    returns the names of ``dst``'s that were left as initialised."""
+    theirs = src.state_dict()
+    mine = dst.state_dict()
+    fresh = [k for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape]
+    dst.load_state_dict({**mine, **{k: theirs[k] for k in mine if k not in fresh}})
+    return fresh

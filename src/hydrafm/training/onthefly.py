@@ -29,7 +29,13 @@ from typing import Generator, Sequence
 import numpy as np
 import torch
 
-from ..models.checkpoint import ModelInfo, inherit_settings, load_checkpoint, save_checkpoint
+from ..models.checkpoint import (
+    ModelInfo,
+    inherit_settings,
+    load_checkpoint,
+    save_checkpoint,
+    transfer_weights,
+)
 from ..models.preprocess import normalize_stack_torch
 from ..models.unet import StructureUNet, UNetConfig
 from ..progress import Progress
@@ -371,7 +377,7 @@ def train_on_the_fly(
 
     With ``init_from``, the network is the checkpoint's (``model_config`` is not used), unless
     ``head`` (``"maps"`` or ``"cells"``, with ``cell``) asks for another head: it then starts
-    from the checkpoint's weights wherever both networks have them (:func:`transfer_weights`).
+    from the checkpoint's weights wherever both networks have them (:func:`~hydrafm.models.checkpoint.transfer_weights`).
 
     Yields :class:`Progress` per batch and :class:`EpochStats` per epoch (rank 0 only under
     torchrun); returns the path of the best checkpoint. ``<out>.last.pt`` keeps the state
@@ -506,16 +512,6 @@ def train_on_the_fly(
         # ("terminate called without an active exception", seen once in a fresh-clone test run)
         dist.destroy_process_group()
     return out
-
-
-def transfer_weights(src: torch.nn.Module, dst: torch.nn.Module) -> list[str]:
-    """Copy every parameter and buffer of ``src`` that ``dst`` has with the same name and shape;
-    returns the names of ``dst``'s that were left as initialised."""
-    theirs = src.state_dict()
-    mine = dst.state_dict()
-    fresh = [k for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape]
-    dst.load_state_dict({**mine, **{k: theirs[k] for k in mine if k not in fresh}})
-    return fresh
 
 
 @dataclass(frozen=True)
