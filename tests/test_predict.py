@@ -119,8 +119,10 @@ def test_unknown_and_unshipped_model_names_are_clear_errors(tmp_path, monkeypatc
         resolve_model("na-hydrate")
 
 
-def test_cli_train_evaluate_predict(tmp_path, capsys):
+def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     import json
+
+    import hydrafm.predict.predictor as predictor
 
     from hydrafm._sample_data import sample_path
     from hydrafm.cli import main
@@ -139,6 +141,21 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
                  "--top", "1.0", "--visible", "0"]) == 0
     strict = json.loads(capsys.readouterr().out)
     assert strict["visible"] == 0 and strict["O"]["deeper"] == 0
+    checked = []  # evaluate takes predict's check switches (the O check: --o-check / --no-o-check)
+
+    def spy(loose, *args, **kwargs):
+        checked.append(len(loose))
+        return loose, {"checked": 0, "dropped": 0, "moved": 0}
+
+    monkeypatch.setattr(predictor, "check_o_peaks", spy)
+    assert main(["evaluate", str(tmp_path / "ds"), "--model", str(ckpt), "-n", "2", "--threshold", "0.3",
+                 "--no-o-check"]) == 0
+    capsys.readouterr()
+    assert not checked
+    assert main(["evaluate", str(tmp_path / "ds"), "--model", str(ckpt), "-n", "2", "--threshold", "0.3",
+                 "--o-check"]) == 0
+    capsys.readouterr()
+    assert len(checked) == 2  # once per stack
     out = tmp_path / "atoms.xyz"
     assert main(["predict", str(sample_path()), "-o", str(out), "--model", str(ckpt), "--threshold", "0.3"]) == 0
     assert out.exists() and json.loads(capsys.readouterr().out)["output"] == str(out)

@@ -189,16 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="average over the four mirror images (more accurate, ~4× the network time; "
                          "default: as the model recommends)")
     _add_denoise_options(pr)
-    pr.add_argument("--bond-ends", nargs="?", const=True, default=None, metavar="FILE",
-                    help="put each level H on the donor end of its H-bond as the shipped bond-end classifier (or "
-                         "FILE) reads the stack; default: as the model's card says")
-    pr.add_argument("--no-bond-ends", dest="bond_ends", action="store_const", const=False,
-                    help="never check the bond ends, whatever the model's card says")
-    pr.add_argument("--o-check", nargs="?", const=True, default=None, metavar="FILE",
-                    help="check every O peak with the shipped O check (or FILE): unlikely O dropped, the others "
-                         "moved where the stack puts them; default: as the model's card says (water's asks for it)")
-    pr.add_argument("--no-o-check", dest="o_check", action="store_const", const=False,
-                    help="never check the O peaks, whatever the model's card says")
+    _add_check_options(pr)
     pr.add_argument("--depth", nargs="?", const=True, default=None, metavar="FILE",
                     help="place each molecule at its depth with the shipped depth network (or FILE); "
                          "default: on when this installation ships one and the model's card does not say otherwise")
@@ -244,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="average over the four mirror images (default: as the model recommends)")
     ev.add_argument("--loose-atoms", action="store_true", help="score the peaks as they are, not whole molecules")
     _add_denoise_options(ev)
+    _add_check_options(ev)
     ev.add_argument("--by-group", action="store_true",
                     help="also report per structure family and per closest-distance regime")
     ev.add_argument("--degrade", action="store_true",
@@ -621,6 +613,20 @@ def _add_denoise_options(p: argparse.ArgumentParser) -> None:
                    help="never denoise, whatever the model's card says")
 
 
+def _add_check_options(p: argparse.ArgumentParser) -> None:
+    """The bond-end and O check switches predict and evaluate share (default: as the model's card says)."""
+    p.add_argument("--bond-ends", nargs="?", const=True, default=None, metavar="FILE",
+                   help="put each level H on the donor end of its H-bond as the shipped bond-end classifier (or "
+                        "FILE) reads the stack; default: as the model's card says")
+    p.add_argument("--no-bond-ends", dest="bond_ends", action="store_const", const=False,
+                   help="never check the bond ends, whatever the model's card says")
+    p.add_argument("--o-check", nargs="?", const=True, default=None, metavar="FILE",
+                   help="check every O peak with the shipped O check (or FILE): unlikely O dropped, the others "
+                        "moved where the stack puts them; default: as the model's card says (water's asks for it)")
+    p.add_argument("--no-o-check", dest="o_check", action="store_const", const=False,
+                   help="never check the O peaks, whatever the model's card says")
+
+
 def _add_stack_net_options(p: argparse.ArgumentParser, what: str, crop: int) -> None:
     """The options train-denoiser and train-depth share."""
     p.add_argument("datasets", nargs="+", type=Path, help="dataset folders of clean simulated stacks")
@@ -769,8 +775,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = AFMDataset(args.dataset)
     device = pick_device(args.device)
     model = resolve_model(args.model, device)
-    if args.denoise is not None:  # the loaded model's own copy of its card
-        model[1].provenance["denoise"] = args.denoise
+    for key in ("denoise", "o_check", "bond_ends"):  # the loaded model's own copy of its card
+        if getattr(args, key) is not None:
+            model[1].provenance[key] = getattr(args, key)
     indices = np.arange(len(ds))
     if args.val_runs:
         split = _split_water_runs(ds, args.val_runs)
