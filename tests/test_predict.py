@@ -122,10 +122,9 @@ def test_unknown_and_unshipped_model_names_are_clear_errors(tmp_path, monkeypatc
 def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     import json
 
-    import hydrafm.predict.predictor as predictor
-
     from hydrafm._sample_data import sample_path
     from hydrafm.cli import main
+    from hydrafm.predict import predictor
     from test_training import fake_dataset
 
     fake_dataset(tmp_path / "ds")
