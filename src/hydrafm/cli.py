@@ -605,26 +605,26 @@ def _train_on_the_fly(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_card_switch(p: argparse.ArgumentParser, name: str, what: str, never: str, card: str = "") -> None:
+    """``--NAME [FILE]`` (the shipped net, or FILE) and ``--no-NAME``; neither: as the model's card says."""
+    dest = name.replace("-", "_")
+    p.add_argument(f"--{name}", nargs="?", const=True, default=None, metavar="FILE",
+                   help=f"{what}; default: as the model's card says{card}")
+    p.add_argument(f"--no-{name}", dest=dest, action="store_const", const=False,
+                   help=f"never {never}, whatever the model's card says")
+
+
 def _add_denoise_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--denoise", nargs="?", const=True, default=None, metavar="FILE",
-                   help="take experiment-like noise off each stack first with the shipped denoiser (or FILE); "
-                        "default: as the model's card says")
-    p.add_argument("--no-denoise", dest="denoise", action="store_const", const=False,
-                   help="never denoise, whatever the model's card says")
+    _add_card_switch(p, "denoise", "take experiment-like noise off each stack first with the shipped denoiser "
+                     "(or FILE)", "denoise")
 
 
 def _add_check_options(p: argparse.ArgumentParser) -> None:
-    """The bond-end and O check switches predict and evaluate share (default: as the model's card says)."""
-    p.add_argument("--bond-ends", nargs="?", const=True, default=None, metavar="FILE",
-                   help="put each level H on the donor end of its H-bond as the shipped bond-end classifier (or "
-                        "FILE) reads the stack; default: as the model's card says")
-    p.add_argument("--no-bond-ends", dest="bond_ends", action="store_const", const=False,
-                   help="never check the bond ends, whatever the model's card says")
-    p.add_argument("--o-check", nargs="?", const=True, default=None, metavar="FILE",
-                   help="check every O peak with the shipped O check (or FILE): unlikely O dropped, the others "
-                        "moved where the stack puts them; default: as the model's card says (water's asks for it)")
-    p.add_argument("--no-o-check", dest="o_check", action="store_const", const=False,
-                   help="never check the O peaks, whatever the model's card says")
+    """The bond-end and O check switches predict and evaluate share."""
+    _add_card_switch(p, "bond-ends", "put each level H on the donor end of its H-bond as the shipped bond-end "
+                     "classifier (or FILE) reads the stack", "check the bond ends")
+    _add_card_switch(p, "o-check", "check every O peak with the shipped O check (or FILE): unlikely O dropped, "
+                     "the others moved where the stack puts them", "check the O peaks", " (water's asks for it)")
 
 
 def _add_stack_net_options(p: argparse.ArgumentParser, what: str, crop: int) -> None:
