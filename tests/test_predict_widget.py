@@ -385,3 +385,11 @@ def test_checks_run_when_ticked_and_the_threshold_keeps_them(widget, qtbot, tmp_
     widget.bond_ends.value = widget.o_check.value = False  # the slider re-applies the checks the result was made with
     widget.threshold.value = round(widget.threshold.value + 0.05, 2)
     assert layer.metadata["hydrafm_atoms"]["bond_ends"] and layer.metadata["hydrafm_atoms"]["o_check"]
+
+
+def test_a_check_box_says_none_where_the_card_asks_so_a_cards_own_check_file_is_kept():
+    from hydrafm.widgets.predict import _check_switch
+
+    assert _check_switch(True, True) is None  # the card's choice (its own file, if it names one)
+    assert _check_switch(True, False) is True  # the shipped check, which the card does not ask for
+    assert _check_switch(False, True) is False and _check_switch(False, False) is False

@@ -53,14 +53,22 @@ def _predict_job(stack: Any, model: Any, device: Any, threshold: float, stack_na
     ``denoise``: True runs the shipped denoiser first; None does what the model's card says. ``depth``:
     False leaves every O and ion at z = 0; None places the molecules at their depths as the card says.
     ``bond_ends``: True checks which end of each H-bond its level H sits on with the shipped bond-end
-    classifier; ``o_check``: True checks every O peak with the shipped O check; False: neither; None: as
-    the model's card says.
+    classifier; ``o_check``: True checks every O peak with the shipped O check; False: no check; None (either):
+    as the model's card says.
     """
     from ..predict.predictor import iter_predict_maps
 
     pred = yield from iter_predict_maps(stack, model, device, denoise=denoise, depth=depth)
     atoms = pred.atoms(threshold, bond_ends=bond_ends, o_check=o_check)
     return pred, atoms, _result_layer(pred, atoms, threshold, stack_name, units)
+
+
+def _check_switch(ticked: bool, card_asks: bool) -> bool | None:
+    """A check box's word to Predict: ticked where the card asks for the check → None (the card's own choice,
+    which may name another check file); ticked → True (the shipped check); unticked → False (none)."""
+    if not ticked:
+        return False
+    return None if card_asks else True
 
 
 def _result_layer(pred: Prediction, atoms: Any, threshold: float, stack_name: str, units: tuple | None) -> Any:
@@ -112,6 +120,7 @@ class PredictWidget(Container):
         self._worker: Any = None
         # id(points layer) → (maps, edited?, the checks it was predicted with: {"bond_ends", "o_check"})
         self._results: dict[int, tuple[Prediction, bool, dict]] = {}
+        self._checks_of: str | None = None  # the model whose card last set the check boxes
         self._last_result: Any = None
         self._settling = False  # a result was added; its maps and summary follow in a later turn
         self._selecting = False  # growing a selection to whole molecules
@@ -259,7 +268,7 @@ class PredictWidget(Container):
         self.model.tooltip = entry.summary if entry else "No shipped or saved model; choose a model file"
         if entry is not None and self._last_result is None:
             self.threshold.value = entry.threshold  # the model's recommended threshold, until a result exists
-        if entry is not None and entry.name != getattr(self, "_checks_of", None):  # a newly picked model:
+        if entry is not None and entry.name != self._checks_of:  # a newly picked model:
             self._checks_of = entry.name  # its card's checks, which the user may then change
             self.o_check.value, self.bond_ends.value = entry.o_check, entry.bond_ends
 
@@ -300,8 +309,9 @@ class PredictWidget(Container):
             return
         device = self._usable_device()
         self._busy(True, "Predicting…", "Cancel")
-        checks = {"bond_ends": bool(self.bond_ends.value),  # the boxes start as the model's card says
-                  "o_check": bool(self.o_check.value)}
+        picked = None if str(self.model_file.value or "") not in ("", ".") else self._models.get(self.model.value)
+        checks = {key: _check_switch(box.value, bool(picked and getattr(picked, key)))
+                  for key, box in (("bond_ends", self.bond_ends), ("o_check", self.o_check))}
         self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value, layer.name,
                                      _units_of(layer), True if self.denoise.value else None,
                                      None if self.depth.value else False, **checks, _ignore_errors=True)
