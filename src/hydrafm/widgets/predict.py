@@ -272,11 +272,16 @@ class PredictWidget(Container):
             self._checks_of = entry.name  # its card's checks, which the user may then change
             self.o_check.value, self.bond_ends.value = entry.o_check, entry.bond_ends
 
+    def _model_file(self) -> Path | None:
+        """The model file the user chose, if any (it overrides the picked model)."""
+        f = str(self.model_file.value or "")
+        return Path(f) if f not in ("", ".") else None
+
     def chosen_model(self) -> Path:
         """The checkpoint to use: the model file when one is chosen, else the picked model."""
-        f = str(self.model_file.value or "")
-        if f not in ("", "."):
-            return Path(f)
+        chosen = self._model_file()
+        if chosen is not None:
+            return chosen
         entry = self._models.get(self.model.value)
         if entry is None:
             raise ValueError("No model: choose a model file (.pt) or fine-tune one first.")
@@ -309,7 +314,7 @@ class PredictWidget(Container):
             return
         device = self._usable_device()
         self._busy(True, "Predicting…", "Cancel")
-        picked = None if str(self.model_file.value or "") not in ("", ".") else self._models.get(self.model.value)
+        picked = None if self._model_file() is not None else self._models.get(self.model.value)  # its card
         checks = {key: _check_switch(box.value, bool(picked and getattr(picked, key)))
                   for key, box in (("bond_ends", self.bond_ends), ("o_check", self.o_check))}
         self._worker = create_worker(_predict_job, stack, model, device, self.threshold.value, layer.name,
