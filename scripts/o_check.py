@@ -188,15 +188,20 @@ def cmd_score(a) -> None:
 
     net = load_o_check(a.model_file or shipped_o_check_path())
 
-    def way(tau: float | None):
+    def way(tau: float | None, min_move: float = 0.0):
         def atoms_of(p):
             if tau is not None:
                 net.info.tau = tau
                 net.info.move = not a.drop_only
+                net.info.min_move = min_move
             return p.atoms(None, True, bond_ends=a.bond_ends, o_check=net if tau is not None else False)
         return atoms_of
 
-    ways = {"without": way(None), **{f"tau {float(v):g}": way(float(v)) for v in a.tau.split(",")}}
+    moves = [float(m) for m in a.min_move.split(",")]
+    ways = {"without": way(None)}
+    for v in a.tau.split(","):
+        for m in moves:
+            ways[f"tau {float(v):g}" + (f" min_move {m:g}" if m else "")] = way(float(v), m)
     for key in a.sets.split(","):
         scores = held_out_scores(a.model, key, a.part, a.degraded, ways)
         out = {"set": key, "part": a.part, "degraded": a.degraded, "bond_ends": a.bond_ends,
@@ -236,6 +241,8 @@ def main() -> None:
     s.add_argument("--degraded", action="store_true")
     s.add_argument("--bond-ends", action="store_true")
     s.add_argument("--drop-only", action="store_true", help="the check only drops O (no moves, no clash rule)")
+    s.add_argument("--min-move", default="0",
+                   help="Å (comma list): a kept O whose read offset is shorter stays where the network put it")
     a = ap.parse_args()
     torch.set_num_threads(getattr(a, "threads", 2))
     {"data": cmd_data, "train": cmd_train, "score": cmd_score}[a.cmd](a)

@@ -134,6 +134,22 @@ def test_unlikely_o_are_dropped_and_the_rest_moved():
     assert np.allclose(still.positions[still.arrays["label"] == "O", :2], [[12.0, 10.0], [12.6, 10.0]])
 
 
+def test_a_nudge_shorter_than_min_move_leaves_the_o_where_it_is():
+    maps = np.zeros((6, 100, 100), np.float32)
+    near = _Says((0.15, -0.1))  # 0.18 Å: a nudge
+    kept, counts = check_o_peaks(_peaks(), _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), near, min_move=0.2)
+    assert counts["moved"] == 0 and np.allclose(kept.positions[0, :2], [12.0, 10.0])
+    near.info.min_move = 0.2  # the check's own setting is used when none is given
+    assert np.allclose(check_o_peaks(_peaks(), _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), near)[0]
+                       .positions[0, :2], [12.0, 10.0])
+    far = _Says((0.4, -0.3))  # 0.5 Å: moved, whatever min_move below it
+    far.info.min_move = 0.2
+    kept, counts = check_o_peaks(_peaks(), _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), far)
+    assert counts["moved"] == 1 and np.allclose(kept.positions[0, :2], [12.4, 9.7])
+    # an older check file without the setting loads with min_move 0: every kept O moves
+    assert OCheckInfo(**{k: v for k, v in OCheckInfo().to_dict().items() if k != "min_move"}).min_move == 0.0
+
+
 def test_predict_checks_the_o_only_when_asked_and_says_what_it_did():
     _, info = resolve_model("water")
     maps = np.zeros((len(info.labels), 100, 100), np.float32)

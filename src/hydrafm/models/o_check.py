@@ -67,6 +67,9 @@ class OCheckInfo:
     #: Predict also moves the kept O by the offset the check reads (and then drops the less likely of
     #: two O closer than :data:`~hydrafm.predict.o_check.CLASH`); False: it only drops
     move: bool = True
+    #: Å: a kept O whose read offset is shorter than this stays where the network put it (its H peaks
+    #: then keep their distances to it); 0: every kept O is moved
+    min_move: float = 0.0
     #: "offset": a log-odds and a regressed offset; "cells": one of CELLS × CELLS cells or none
     head: str = "offset"
     provenance: dict[str, Any] = field(default_factory=dict)

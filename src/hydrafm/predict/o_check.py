@@ -22,17 +22,20 @@ CLASH = 1.5
 
 def check_o_peaks(loose: Atoms, frames: np.ndarray, maps: np.ndarray, labels: list[str],
                   pixel_size: tuple[float, float], origin: tuple[float, float], net: OCheckNet,
-                  tau: float | None = None, move: bool | None = None) -> tuple[Atoms, dict[str, int]]:
+                  tau: float | None = None, move: bool | None = None,
+                  min_move: float | None = None) -> tuple[Atoms, dict[str, int]]:
     """``loose`` peaks (``label``; x, y in Å) with unlikely O dropped (and the others moved).
 
     ``frames`` ``(Z, ny, nx)`` (the stack before normalisation) and ``maps`` ``(C, ny, nx)`` (the
     structure network's, ``labels`` naming its channels) on the grid ``pixel_size``/``origin``.
     ``tau`` (None: the check's own) is the probability below which an O peak is dropped. Returns
     the peaks and ``{"checked", "dropped", "moved"}`` (moved: by more than 0.2 Å). ``move`` (None:
-    the check's own ``info.move``) also moves the kept O by the read offset and resolves clashes.
+    the check's own ``info.move``) also moves the kept O by the read offset and resolves clashes;
+    ``min_move`` (None: the check's own ``info.min_move``, Å) leaves an O whose offset is shorter where it is.
     """
     tau = net.info.tau if tau is None else float(tau)
     move = net.info.move if move is None else bool(move)
+    min_move = getattr(net.info, "min_move", 0.0) if min_move is None else float(min_move)
     lab = np.asarray(loose.arrays["label"]).astype(str)
     o_idx = np.flatnonzero(lab == "O")
     counts = {"checked": len(o_idx), "dropped": 0, "moved": 0}
@@ -46,6 +49,7 @@ def check_o_peaks(loose: Atoms, frames: np.ndarray, maps: np.ndarray, labels: li
     counts["dropped"] = int(drop.sum())
     if not move:
         return out[~drop], counts
+    offset = np.where((np.hypot(*offset.T) < min_move)[:, None], 0.0, offset)
     out.positions[o_idx[keep], :2] += offset[keep]
     counts["moved"] = int(np.sum(np.hypot(*offset[keep].T) > 0.2))
     order = np.argsort(-p)
