@@ -354,3 +354,27 @@ def test_of_three_h_peaks_around_an_o_the_weakest_is_left_out():
     kept = [int(np.argmin(np.linalg.norm(h - g, axis=1))) for g in got]
     assert sorted(kept) == [0, 1]
     assert max(np.min(np.linalg.norm(h[:2] - g, axis=1)) for g in got) < 0.3
+
+
+def test_a_water_slides_towards_its_h_peaks_when_asked(monkeypatch):
+    # a flat water whose O peak is 0.3 Å off the true O; its two H peaks are right
+    b = np.radians(HOH_ANGLE / 2)
+    o = np.array([5.0, 5.0, 0.0])
+    h = o + OH_LENGTH * np.array([[np.cos(b), np.sin(b), 0.0], [np.cos(b), -np.sin(b), 0.0]])
+    rows = [("O", *(o[:2] + [0.0, 0.3])), ("H_flat", *h[0, :2]), ("H_flat", *h[1, :2])]
+    loose = Atoms("OHH", positions=[(x, y, 0.0) for _, x, y in rows])
+    loose.new_array("label", np.array([r[0] for r in rows], dtype="<U6"))
+    loose.new_array("confidence", np.ones(3))
+
+    def h_miss(mol):
+        found = mol.positions[mol.arrays["label"] != "O", :2]
+        return float(np.max(np.min(np.hypot(*(found[:, None] - h[None, :, :2]).transpose(2, 0, 1)), axis=1)))
+
+    monkeypatch.setattr(molecules, "FIT_SHIFT", 0.0)
+    still = assemble_molecules(loose)
+    assert np.allclose(still.positions[0, :2], o[:2] + [0.0, 0.3])  # the O stays on its peak
+    monkeypatch.setattr(molecules, "FIT_SHIFT", 1.0)
+    slid = assemble_molecules(loose)
+    check_geometry(slid)
+    assert np.hypot(*(slid.positions[0, :2] - o[:2])) < 0.22  # the O slides towards the true O (from 0.3 Å)
+    assert h_miss(slid) < h_miss(still)

@@ -88,6 +88,9 @@ W_HBOND = 0.3  # score of a level O–H pointing straight at a free acceptor
 W_SETTLED = 0.05  # extra for an acceptor that has chosen its own H already (the bond costs it nothing)
 PENALTY = 1.0
 PEAK_WEIGHT = 1.0  # an H peak's weight in the rigid fit is this + its confidence (an inferred H: 1)
+#: weight of each of a water's H peaks, against its O peak's 1, when the whole water is slid sideways so that
+#: its H land nearer their peaks (0: the O stays on its peak)
+FIT_SHIFT = 0.0
 MAX_NEIGHBOURS = 4  # O within ACCEPTOR[1] laterally that a water can have (four H-bonds at most)
 PRIOR = {"H_up": 0.03, "H_flat": 0.02, "H_down": 0.0}  # tie-breakers without evidence
 #: typical lateral O–H distance (Å) of an H of each class: a level bond is seen nearly whole (0.97 Å
@@ -288,6 +291,7 @@ def assemble_molecules(
 
     # 1. H peaks → O (most confident first, two per O, bonds at least 60° apart)
     targets: list[list[tuple[np.ndarray, float, float, bool, float]]] = [[] for _ in range(n_o)]
+    peak_xy: list[list[np.ndarray | None]] = [[] for _ in range(n_o)]  # where each target's H peak is
     taken = xy[h_idx] if n_o else np.zeros((0, 2))
     near_o = np.zeros(len(h_idx), bool)  # H peaks with an O within reach; the others are orphans
     if n_o and len(h_idx):
@@ -304,6 +308,7 @@ def assemble_molecules(
             if targets[k] and targets[k][0][0] @ t > math.cos(math.radians(MIN_BOND_ANGLE)):
                 continue
             targets[k].append((t, PEAK_WEIGHT + conf[i], conf[i], True, tilt))
+            peak_xy[k].append(xy[i])
             used[j] = True
         taken = xy[h_idx[used]]
 
@@ -325,8 +330,13 @@ def assemble_molecules(
     # 3. rigid waters; inferred H get the map value of their final class where they sit
     bonds = np.zeros((n_o, 2, 3))
     h_conf = np.zeros((n_o, 2))
+    xy = xy.copy()
     for k, ((t1, w1, c1, p1, tilt1), (t2, w2, c2, p2, tilt2)) in enumerate(targets):
         bonds[k] = _rigid_pair(*_tilt_level_peaks(t1, t2, tilt1, tilt2), w1, w2)
+        if FIT_SHIFT > 0 and peak_xy[k]:  # slide the rigid water so that its H land nearer their peaks
+            miss = sum(p - (hxy[k] + bonds[k, m, :2] * OH_LENGTH) for m, p in enumerate(peak_xy[k]))
+            hxy[k] = hxy[k] + FIT_SHIFT * miss / (1.0 + FIT_SHIFT * len(peak_xy[k]))
+            xy[o_idx[k]] = hxy[k]
         ev = hmaps.sample(_class_index(bonds[k]), hxy[k] + bonds[k, :, :2] * OH_LENGTH)
         h_conf[k] = (c1 if p1 else ev[0], c2 if p2 else ev[1])
     orphans = h_idx[~near_o] if keep_orphan_h else np.zeros(0, int)
