@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 @contextmanager
 def _constant(name: str, value: float) -> Iterator[None]:
-    import hydrafm.predict.molecules as molecules
+    from hydrafm.predict import molecules
 
     old = getattr(molecules, name)
     setattr(molecules, name, value)
@@ -64,18 +64,19 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sys.path.insert(0, os.path.dirname(__file__))
-    import hydrafm.predict.molecules as molecules
     from assembly_variants import held_out_scores
+
+    from hydrafm.predict import molecules
 
     if a.constant:
         name, _, values = a.constant.partition("=")
         if not hasattr(molecules, name) or not values:
             ap.error(f"--constant wants NAME=V1,V2 with NAME a hydrafm.predict.molecules constant, not {a.constant!r}")
-        setting: Callable = lambda p, v: _constant(name, v)  # noqa: E731
+        setting: Callable = lambda p, v: _constant(name, v)
         label = name
     else:
         values = a.o_margin
-        setting = lambda p, v: _o_margin(p.info, v)  # noqa: E731
+        setting = lambda p, v: _o_margin(p.info, v)
         label = "O margin"
 
     def way(v: float):
