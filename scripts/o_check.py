@@ -91,17 +91,6 @@ def cmd_data(a) -> None:
     print(json.dumps({"peaks": len(y), "real": round(float(y.mean()), 3), "out": a.out}))
 
 
-def _turned(xb: torch.Tensor, off: torch.Tensor, k: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crops turned ``k`` quarter turns (rows y, columns x) and mirrored in x, their offsets (x, y) with them."""
-    xb = torch.rot90(xb, k, (-2, -1))
-    dx, dy = off[:, 0], off[:, 1]
-    for _ in range(k):  # a quarter turn takes (dy, dx) to (-dx, dy)
-        dy, dx = -dx, dy
-    if flip:
-        xb, dx = xb.flip(-1), -dx
-    return xb, torch.stack([dx, dy], 1)
-
-
 def _loss(net, xb: torch.Tensor, y: torch.Tensor, off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(the loss to descend, the loss that chooses the epoch)`` of crops ``xb`` with labels ``y`` and offsets
     ``off``: the ``offset`` head's log-loss plus a smooth-L1 loss on the offsets of real O; the ``cells``
@@ -131,7 +120,7 @@ def cmd_train(a) -> None:
     sys.path.insert(0, os.path.dirname(__file__))
     from small_nets import cosine_lr, load_crops, start_from
 
-    from hydrafm.models.o_check import OCheckInfo, OCheckNet, load_o_check, save_o_check
+    from hydrafm.models.o_check import OCheckInfo, OCheckNet, load_o_check, save_o_check, turn_crops
 
     torch.manual_seed(a.seed)
     parts, data, val, train = load_crops(a.peaks, ("x", "y", "off"), a.seed)
@@ -153,7 +142,7 @@ def cmd_train(a) -> None:
             if time.process_time() - c0 > budget:
                 break
             cosine_lr(opt, a.lr, c0, budget)  # a cosine to a tenth over the budget
-            xb, ob = _turned(x[b].float(), off[b], int(torch.randint(4, (1,))), bool(torch.rand(1) < 0.5))
+            xb, ob = turn_crops(x[b].float(), off[b], int(torch.randint(4, (1,))), bool(torch.rand(1) < 0.5))
             loss = _loss(net, xb, y[b], ob)[0]
             opt.zero_grad()
             loss.backward()
@@ -188,12 +177,13 @@ def cmd_score(a) -> None:
 
     net = load_o_check(a.model_file or shipped_o_check_path())
 
-    def way(tau: float | None, min_move: float = 0.0):
+    def way(tau: float | None, min_move: float = 0.0, views: int = 1):
         def atoms_of(p):
             if tau is not None:
                 net.info.tau = tau
                 net.info.move = not a.drop_only
                 net.info.min_move = min_move
+                net.info.views = views
             return p.atoms(None, True, bond_ends=a.bond_ends, o_check=net if tau is not None else False)
         return atoms_of
 
@@ -201,7 +191,9 @@ def cmd_score(a) -> None:
     ways = {"without": way(None)}
     for v in a.tau.split(","):
         for m in moves:
-            ways[f"tau {float(v):g}" + (f" min_move {m:g}" if m else "")] = way(float(v), m)
+            for n in (int(n) for n in a.views.split(",")):
+                name = f"tau {float(v):g}" + (f" min_move {m:g}" if m else "") + (f" views {n}" if n != 1 else "")
+                ways[name] = way(float(v), m, n)
     for key in a.sets.split(","):
         scores = held_out_scores(a.model, key, a.part, a.degraded, ways)
         out = {"set": key, "part": a.part, "degraded": a.degraded, "bond_ends": a.bond_ends,
@@ -243,6 +235,7 @@ def main() -> None:
     s.add_argument("--drop-only", action="store_true", help="the check only drops O (no moves, no clash rule)")
     s.add_argument("--min-move", default="0",
                    help="Å (comma list): a kept O whose read offset is shorter stays where the network put it")
+    s.add_argument("--views", default="1", help="views each crop is read in (comma list of 1, 4, 8)")
     a = ap.parse_args()
     torch.set_num_threads(getattr(a, "threads", 2))
     {"data": cmd_data, "train": cmd_train, "score": cmd_score}[a.cmd](a)

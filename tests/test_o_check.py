@@ -218,3 +218,33 @@ def test_cli_predict_checks_the_o_as_the_card_says_unless_told(tmp_path):
     assert "of" in str(checked.info.get("o_check", "")) and "o_check" not in plain.info
     _, hydrate_info = resolve_model("na-hydrate")
     assert default_o_check(hydrate_info) is False  # the check learnt from water's peaks, not the hydrates'
+
+
+def test_a_view_read_offset_turns_back_to_the_crops_frame():
+    from hydrafm.models.o_check import _offset_back, turn_crops
+
+    off = torch.tensor([[0.7, -0.2], [-1.1, 0.4]])
+    x = torch.zeros(2, 12, len(GRID), len(GRID))
+    c = len(GRID) // 2
+    for i, (dx, dy) in enumerate(off.tolist()):  # a bright spot where each offset points
+        x[i, 0, c + round(dy / 0.2), c + round(dx / 0.2)] = 1.0
+    for k in range(4):
+        for mirror in (False, True):
+            xt, ot = turn_crops(x, off, k, mirror)
+            for i in range(2):  # the spot moved with the offset
+                row, col = divmod(int(xt[i, 0].argmax()), len(GRID))
+                assert np.allclose([(col - c) * 0.2, (row - c) * 0.2], ot[i].numpy(), atol=0.11)
+            assert torch.allclose(_offset_back(ot, k, mirror), off, atol=1e-6)
+
+
+def test_views_average_the_check_and_need_a_known_count():
+    maps = np.zeros((6, 100, 100), np.float32)
+    one = _Says((0.4, 0.0))
+    p1, o1 = o_verdicts(one, _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), np.array([[12.0, 10.0]]))
+    one.info.views = 4  # a check that ignores the crop's turn reads the same offset in every view:
+    p4, o4 = o_verdicts(one, _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), np.array([[12.0, 10.0]]))
+    # turned back, the four views disagree (0.4 Å each way in x): the medoid's side wins, not a blur to 0
+    assert np.isclose(p4[0], p1[0]) and np.isclose(abs(o4[0, 0]), 0.4) and np.isclose(o4[0, 1], 0.0)
+    one.info.views = 3
+    with pytest.raises(ValueError, match="1, 4 or 8 views"):
+        o_verdicts(one, _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), np.array([[12.0, 10.0]]))

@@ -33,6 +33,7 @@ __all__ = [
     "GRID",
     "O_CHECK_FORMAT",
     "SHIPPED_O_CHECK",
+    "VIEW_AGREE",
     "OCheckInfo",
     "OCheckNet",
     "cell_targets",
@@ -41,6 +42,7 @@ __all__ = [
     "o_crops",
     "o_verdicts",
     "save_o_check",
+    "turn_crops",
     "shipped_o_check_path",
 ]
 
@@ -53,6 +55,10 @@ H_LABELS = ("H_up", "H_flat", "H_down")
 #: cells per side of the ``cells`` head, over the crop's first 32 × 32 samples (0.4 Å each)
 CELLS = 16
 _STEP = float(GRID[1] - GRID[0])
+#: Å: the views' offsets this close to their medoid are averaged (:attr:`OCheckInfo.views`)
+VIEW_AGREE = 0.5
+_VIEWS = {1: ((0, False),), 4: ((0, False), (0, True), (2, False), (2, True)),
+          8: tuple((k, f) for k in range(4) for f in (False, True))}
 _CENTRE = len(GRID) // 2
 
 
@@ -70,6 +76,10 @@ class OCheckInfo:
     #: Å: a kept O whose read offset is shorter than this stays where the network put it (its H peaks
     #: then keep their distances to it); 0: every kept O is moved
     min_move: float = 0.0
+    #: views each peak's crop is read in (1; 4: turned 0 and 2 quarter turns, each also mirrored; 8: all
+    #: quarter turns, each also mirrored): P(O) is their mean, the offset the mean of the views' offsets
+    #: (turned back) within :data:`VIEW_AGREE` Å of their medoid
+    views: int = 1
     #: "offset": a log-odds and a regressed offset; "cells": one of CELLS × CELLS cells or none
     head: str = "offset"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -170,21 +180,60 @@ def o_crops(frames: np.ndarray, maps: np.ndarray, labels: Sequence[str], pixel_s
     return out
 
 
+def turn_crops(x: torch.Tensor, offset: torch.Tensor, k: int, mirror: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops ``x`` ``(B, C, n, n)`` turned ``k`` quarter turns (rows y, columns x), then mirrored in x, with
+    their offsets ``(B, 2)`` (Å, x then y) turned the same way (how the check is trained to see any view)."""
+    x = torch.rot90(x, k, (-2, -1))
+    dx, dy = offset[:, 0], offset[:, 1]
+    for _ in range(k):  # a quarter turn takes (dy, dx) to (-dx, dy)
+        dy, dx = -dx, dy
+    if mirror:
+        x, dx = x.flip(-1), -dx
+    return x, torch.stack([dx, dy], 1)
+
+
+def _offset_back(offset: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    """An offset read in the view ``(k, mirror)`` of :func:`turn_crops`, in the crop's own frame."""
+    dx, dy = offset[:, 0], offset[:, 1]
+    if mirror:
+        dx = -dx
+    for _ in range(k):  # undo a quarter turn: (dy, dx) back from (-dx, dy)
+        dy, dx = dx, -dy
+    return torch.stack([dx, dy], 1)
+
+
+def _agreed(offsets: torch.Tensor) -> torch.Tensor:
+    """``(V, B, 2)`` offsets of V views → ``(B, 2)``: the mean of those within :data:`VIEW_AGREE` of the medoid."""
+    d = torch.linalg.norm(offsets[:, None] - offsets[None, :], dim=-1)  # (V, V, B)
+    medoid = offsets[d.sum(1).argmin(0), torch.arange(offsets.shape[1])]  # (B, 2)
+    near = (torch.linalg.norm(offsets - medoid[None], dim=-1) <= VIEW_AGREE).float()[..., None]
+    return (offsets * near).sum(0) / near.sum(0)
+
+
 def o_verdicts(net: OCheckNet, frames: np.ndarray, maps: np.ndarray, labels: Sequence[str],
                pixel_size: tuple[float, float], origin: tuple[float, float], xy: np.ndarray,
                batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """``(P(a real O), offset (n, 2) Å x, y)`` for each peak ``xy``."""
+    """``(P(a real O), offset (n, 2) Å x, y)`` for each peak ``xy``, read in the check's
+    :attr:`~OCheckInfo.views`."""
     if len(frames) != net.info.n_heights:
         raise ValueError(f"the O check takes {net.info.n_heights} heights, got {len(frames)}")
+    views = _VIEWS.get(int(getattr(net.info, "views", 1)))
+    if views is None:
+        raise ValueError(f"the O check reads 1, 4 or 8 views, not {net.info.views}")
     crops = o_crops(frames, maps, labels, pixel_size, origin, xy)
     param = next(net.parameters())
     p, off = [np.zeros(0, np.float32)], [np.zeros((0, 2), np.float32)]
     with torch.no_grad():
         for s in range(0, len(crops), batch):
             x = torch.from_numpy(crops[s:s + batch]).to(device=param.device, dtype=param.dtype)
-            pb, ob = net.verdicts(x)
-            p.append(pb.float().cpu().numpy())
-            off.append(ob.float().cpu().numpy())
+            zero = torch.zeros(len(x), 2, device=x.device)
+            ps, offs = [], []
+            for k, mirror in views:
+                pb, ob = net.verdicts(turn_crops(x, zero, k, mirror)[0])
+                ps.append(pb.float())
+                offs.append(_offset_back(ob.float(), k, mirror))
+            p.append(torch.stack(ps).mean(0).cpu().numpy())
+            off.append((_agreed(torch.stack(offs)) if len(views) > 1 else offs[0]).cpu().numpy())
     return np.concatenate(p), np.concatenate(off)
 
 
