@@ -216,6 +216,12 @@ def test_cli_predict_checks_the_o_as_the_card_says_unless_told(tmp_path):
     assert main(["predict", str(sample_path()), "-o", str(tmp_path / "b.xyz"), "--no-o-check"]) == 0
     checked, plain = read_xyz(tmp_path / "a.xyz"), read_xyz(tmp_path / "b.xyz")
     assert "of" in str(checked.info.get("o_check", "")) and "o_check" not in plain.info
+    assert "views" not in str(checked.info["o_check"])
+    # eight views on request; the .xyz says so
+    assert main(["predict", str(sample_path()), "-o", str(tmp_path / "c.xyz"), "--o-check-views", "8"]) == 0
+    assert str(read_xyz(tmp_path / "c.xyz").info["o_check"]).endswith("(8 views)")
+    with pytest.raises(SystemExit, match="needs the O check"):
+        main(["predict", str(sample_path()), "-o", str(tmp_path / "d.xyz"), "--no-o-check", "--o-check-views", "8"])
     _, hydrate_info = resolve_model("na-hydrate")
     assert default_o_check(hydrate_info) is False  # the check learnt from water's peaks, not the hydrates'
 
@@ -245,6 +251,10 @@ def test_views_average_the_check_and_need_a_known_count():
     p4, o4 = o_verdicts(one, _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), np.array([[12.0, 10.0]]))
     # turned back, the four views disagree (0.4 Å each way in x): the medoid's side wins, not a blur to 0
     assert np.isclose(p4[0], p1[0]) and np.isclose(abs(o4[0, 0]), 0.4) and np.isclose(o4[0, 1], 0.0)
+    eight = one.with_views(8)  # a twin sharing the weights; the original keeps its own views
+    assert eight.info.views == 8 and one.info.views == 4 and next(eight.parameters()) is next(one.parameters())
+    with pytest.raises(ValueError, match="1, 4 or 8 views"):
+        one.with_views(2)
     one.info.views = 3
     with pytest.raises(ValueError, match="1, 4 or 8 views"):
         o_verdicts(one, _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), np.array([[12.0, 10.0]]))

@@ -15,9 +15,10 @@ Checkpoint format ``hydrafm-o-check/1``.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,14 @@ class OCheckNet(torch.nn.Module):
         h = self.d(torch.cat([f2, up], 1))
         return torch.cat([h[:, 0].flatten(1), self.none(f3)], 1), h[:, 1:]
 
+    def with_views(self, views: int) -> OCheckNet:
+        """The same check (the same weights, shared) reading each crop in ``views`` views (1, 4 or 8)."""
+        if views not in _VIEWS:
+            raise ValueError(f"the O check reads 1, 4 or 8 views, not {views}")
+        twin = copy.copy(self)
+        twin.info = replace(self.info, views=int(views))
+        return twin
+
     def verdicts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P(a real O) (B,), offset to it (B, 2) Å x, y)`` for crops ``x``."""
         if self.info.head == "cells":
@@ -212,7 +221,7 @@ def _agreed(offsets: torch.Tensor) -> torch.Tensor:
 
 def o_verdicts(net: OCheckNet, frames: np.ndarray, maps: np.ndarray, labels: Sequence[str],
                pixel_size: tuple[float, float], origin: tuple[float, float], xy: np.ndarray,
-               batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+               batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """``(P(a real O), offset (n, 2) Å x, y)`` for each peak ``xy``, read in the check's
     :attr:`~OCheckInfo.views`."""
     if len(frames) != net.info.n_heights:
@@ -227,13 +236,11 @@ def o_verdicts(net: OCheckNet, frames: np.ndarray, maps: np.ndarray, labels: Seq
         for s in range(0, len(crops), batch):
             x = torch.from_numpy(crops[s:s + batch]).to(device=param.device, dtype=param.dtype)
             zero = torch.zeros(len(x), 2, device=x.device)
-            ps, offs = [], []
-            for k, mirror in views:
-                pb, ob = net.verdicts(turn_crops(x, zero, k, mirror)[0])
-                ps.append(pb.float())
-                offs.append(_offset_back(ob.float(), k, mirror))
-            p.append(torch.stack(ps).mean(0).cpu().numpy())
-            off.append((_agreed(torch.stack(offs)) if len(views) > 1 else offs[0]).cpu().numpy())
+            pb, ob = net.verdicts(torch.cat([turn_crops(x, zero, k, mirror)[0] for k, mirror in views]))
+            pb, ob = pb.float().reshape(len(views), len(x)), ob.float().reshape(len(views), len(x), 2)
+            offs = torch.stack([_offset_back(ob[v], k, mirror) for v, (k, mirror) in enumerate(views)])
+            p.append(pb.mean(0).cpu().numpy())
+            off.append((_agreed(offs) if len(views) > 1 else offs[0]).cpu().numpy())
     return np.concatenate(p), np.concatenate(off)
 
 

@@ -168,7 +168,9 @@ class Prediction:
         if counts:
             atoms.info["bond_ends"] = f"{counts['moved']} moved, {counts['dropped']} dropped of {counts['checked']}"
         if o_counts:
-            atoms.info["o_check"] = f"{o_counts['moved']} moved, {o_counts['dropped']} dropped of {o_counts['checked']}"
+            views = int(getattr(o_net.info, "views", 1))
+            atoms.info["o_check"] = (f"{o_counts['moved']} moved, {o_counts['dropped']} dropped of {o_counts['checked']}"
+                                     + (f" ({views} views)" if views > 1 else ""))
         if self.depth is not None:
             place_at_depth(atoms, self.depth, self.pixel_size, self.origin)
         return atoms
