@@ -247,6 +247,7 @@ def test_views_average_the_check_and_need_a_known_count():
     maps = np.zeros((6, 100, 100), np.float32)
     one = _Says((0.4, 0.0))
     p1, o1 = o_verdicts(one, _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), np.array([[12.0, 10.0]]))
+    assert np.allclose(o1, [[0.4, 0.0]])
     one.info.views = 4  # a check that ignores the crop's turn reads the same offset in every view:
     p4, o4 = o_verdicts(one, _ramp(), maps, LABELS, (0.2, 0.2), (0.1, 0.1), np.array([[12.0, 10.0]]))
     # turned back, the four views disagree (0.4 Å each way in x): the medoid's side wins, not a blur to 0

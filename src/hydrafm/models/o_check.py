@@ -43,8 +43,8 @@ __all__ = [
     "o_crops",
     "o_verdicts",
     "save_o_check",
-    "turn_crops",
     "shipped_o_check_path",
+    "turn_crops",
 ]
 
 O_CHECK_FORMAT = "hydrafm-o-check/1"

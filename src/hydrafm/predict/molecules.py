@@ -291,7 +291,7 @@ def assemble_molecules(
 
     # 1. H peaks → O (most confident first, two per O, bonds at least 60° apart)
     targets: list[list[tuple[np.ndarray, float, float, bool, float]]] = [[] for _ in range(n_o)]
-    peak_xy: list[list[np.ndarray | None]] = [[] for _ in range(n_o)]  # where each target's H peak is
+    peak_xy: list[list[np.ndarray]] = [[] for _ in range(n_o)]  # where each target's H peak is
     taken = xy[h_idx] if n_o else np.zeros((0, 2))
     near_o = np.zeros(len(h_idx), bool)  # H peaks with an O within reach; the others are orphans
     if n_o and len(h_idx):
