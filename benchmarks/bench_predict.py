@@ -1,6 +1,7 @@
 """Prediction speed: whole pipeline (heights, resampling, normalisation, network, peaks → molecules).
 
     python benchmarks/bench_predict.py [--model FILE] [--threads 2] [--base 8 12 16] [--encoder 2d] [--head cells]
+                                       [--o-check-views 8]
 
 Times `predict_atoms` (whole molecules, the default) on the bundled 10 × 128 × 128 sample
 stack, 10 runs after one warm-up, on the CPU, and the same with ``molecules=False`` (loose
@@ -22,7 +23,7 @@ from hydrafm import load_stack
 from hydrafm._sample_data import sample_path
 from hydrafm.models.checkpoint import ModelInfo
 from hydrafm.models.unet import StructureUNet, UNetConfig
-from hydrafm.predict.predictor import iter_predict_maps, predict_atoms, resolve_model
+from hydrafm.predict.predictor import iter_predict_maps, predict_atoms, resolve_model, resolve_o_check
 from hydrafm.progress import drive
 
 
@@ -38,6 +39,8 @@ def main() -> None:
                     help="run the shipped denoiser (or FILE) first (default: as the model's card says)")
     ap.add_argument("--no-depth", dest="depth", action="store_false",
                     help="leave out the depth network (every O at z = 0); default: as Predict does")
+    ap.add_argument("--o-check-views", type=int, choices=(1, 4, 8),
+                    help="the model's O check reading this many views (hydrafm predict --o-check-views)")
     args = ap.parse_args()
     depth = None if args.depth else False
     flips = args.flips or None  # None: as the model records
@@ -55,14 +58,20 @@ def main() -> None:
           + ("" if args.depth else ", no depth network"))
     for name, model in models:
         n_par = sum(p.numel() for p in model[0].parameters())
+        o_check = None  # as the model's card says
+        if args.o_check_views:
+            net = resolve_o_check(None, model[1])
+            if net is None:
+                ap.error(f"{name}: --o-check-views, but the model's card does not ask for the O check")
+            o_check = net.with_views(args.o_check_views)
         for molecules in (True, False):
             atoms = predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips,
-                                  denoise=args.denoise, depth=depth)
+                                  denoise=args.denoise, depth=depth, o_check=o_check)
             times, cpu_times = [], []
             for _ in range(10):
                 t, c = time.perf_counter(), time.process_time()
                 predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips, denoise=args.denoise,
-                              depth=depth)
+                              depth=depth, o_check=o_check)
                 times.append(time.perf_counter() - t)
                 cpu_times.append(time.process_time() - c)
             what = f"{(atoms.arrays['label'] == 'O').sum():3d} waters" if molecules else "loose atoms"
@@ -75,7 +84,7 @@ def main() -> None:
             ts = []
             for _ in range(20):
                 t = time.process_time()
-                pred.atoms(0.5, molecules)
+                pred.atoms(0.5, molecules, o_check=o_check if molecules else None)
                 ts.append(time.process_time() - t)
             cpu[molecules] = statistics.median(ts)
         print(f"{name:>10s}  maps → atoms, CPU: peaks {1e3 * cpu[False]:.1f} ms, peaks → molecules "
