@@ -58,12 +58,8 @@ def main() -> None:
           + ("" if args.depth else ", no depth network"))
     for name, model in models:
         n_par = sum(p.numel() for p in model[0].parameters())
-        o_check = None  # as the model's card says
-        if args.o_check_views:
-            net = resolve_o_check(None, model[1])
-            if net is None:
-                ap.error(f"{name}: --o-check-views, but the model's card does not ask for the O check")
-            o_check = net.with_views(args.o_check_views)
+        # None: as the model's card says (a ValueError when views are asked of a model without the check)
+        o_check = resolve_o_check(None, model[1], views=args.o_check_views) if args.o_check_views else None
         for molecules in (True, False):
             atoms = predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips,
                                   denoise=args.denoise, depth=depth, o_check=o_check)

@@ -691,11 +691,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.o_check_views:
         from .predict.predictor import resolve_o_check
 
-        net = resolve_o_check(o_check, model[1])
-        if net is None:
+        try:
+            o_check = resolve_o_check(o_check, model[1], views=args.o_check_views)
+        except ValueError:
             raise SystemExit("hydrafm predict: --o-check-views needs the O check, which is off here "
-                             "(add --o-check, or drop --no-o-check)")
-        o_check = net.with_views(args.o_check_views)
+                             "(add --o-check, or drop --no-o-check)") from None
     several = len(args.paths) > 1
     if several and args.out.suffix.lower() == ".xyz":
         raise ValueError(f"{args.out}: with several PATHs, -o must be a folder")

@@ -226,7 +226,7 @@ def o_verdicts(net: OCheckNet, frames: np.ndarray, maps: np.ndarray, labels: Seq
     :attr:`~OCheckInfo.views`."""
     if len(frames) != net.info.n_heights:
         raise ValueError(f"the O check takes {net.info.n_heights} heights, got {len(frames)}")
-    views = _VIEWS.get(int(getattr(net.info, "views", 1)))
+    views = _VIEWS.get(int(net.info.views))
     if views is None:
         raise ValueError(f"the O check reads 1, 4 or 8 views, not {net.info.views}")
     crops = o_crops(frames, maps, labels, pixel_size, origin, xy)

@@ -35,7 +35,7 @@ def check_o_peaks(loose: Atoms, frames: np.ndarray, maps: np.ndarray, labels: li
     """
     tau = net.info.tau if tau is None else float(tau)
     move = net.info.move if move is None else bool(move)
-    min_move = getattr(net.info, "min_move", 0.0) if min_move is None else float(min_move)
+    min_move = net.info.min_move if min_move is None else float(min_move)
     lab = np.asarray(loose.arrays["label"]).astype(str)
     o_idx = np.flatnonzero(lab == "O")
     counts = {"checked": len(o_idx), "dropped": 0, "moved": 0}

@@ -168,7 +168,7 @@ class Prediction:
         if counts:
             atoms.info["bond_ends"] = f"{counts['moved']} moved, {counts['dropped']} dropped of {counts['checked']}"
         if o_counts:
-            views = int(getattr(o_net.info, "views", 1))
+            views = int(o_net.info.views)
             atoms.info["o_check"] = (f"{o_counts['moved']} moved, {o_counts['dropped']} dropped of {o_counts['checked']}"
                                      + (f" ({views} views)" if views > 1 else ""))
         if self.depth is not None:
@@ -259,11 +259,19 @@ def resolve_bond_ends(bond_ends: bool | str | Path | BondEndNet | None, info: Mo
                           shipped_bond_ends_path, load_bond_ends, "bond-end classifier", info)
 
 
-def resolve_o_check(o_check: bool | str | Path | OCheckNet | None, info: ModelInfo) -> OCheckNet | None:
+def resolve_o_check(o_check: bool | str | Path | OCheckNet | None, info: ModelInfo,
+                    views: int | None = None) -> OCheckNet | None:
     """The O check to use: ``None`` → as the model's card says; ``False`` → none; ``True`` → the shipped
-    one; a path → that file; or a loaded :class:`~hydrafm.models.o_check.OCheckNet`."""
-    return _resolve_check(o_check, default_o_check(info), OCheckNet,
-                          shipped_o_check_path, load_o_check, "O check", info)
+    one; a path → that file; or a loaded :class:`~hydrafm.models.o_check.OCheckNet`. ``views`` (1, 4 or 8;
+    None: the check's own) has it read each peak in that many views; asked of no check, a ValueError."""
+    net = _resolve_check(o_check, default_o_check(info), OCheckNet,
+                         shipped_o_check_path, load_o_check, "O check", info)
+    if views is None:
+        return net
+    if net is None:
+        raise ValueError("O check views were asked for, but the O check is off here (ask for it with "
+                         "--o-check / o_check=True)")
+    return net.with_views(views)
 
 
 def default_denoise(info: ModelInfo) -> bool | str:
