@@ -1,10 +1,11 @@
 """Prediction speed: whole pipeline (heights, resampling, normalisation, network, peaks → molecules).
 
     python benchmarks/bench_predict.py [--model FILE] [--threads 2] [--base 8 12 16] [--encoder 2d] [--head cells]
-                                       [--o-check-views 8]
+                                       [--o-check-views 8] [--device cuda]
 
 Times `predict_atoms` (whole molecules, the default) on the bundled 10 × 128 × 128 sample
-stack, 10 runs after one warm-up, on the CPU, and the same with ``molecules=False`` (loose
+stack, 10 runs after one warm-up, on the CPU (or ``--device``: the networks and checks there, the rest on
+the CPU), and the same with ``molecules=False`` (loose
 atoms) to show what the assembly adds. Without --model, untrained networks of the given
 widths are timed (the speed does not depend on the weights). Last, the CPU time (not wall
 time, so it holds on a busy machine) of the maps → atoms step alone, peaks only and peaks →
@@ -41,32 +42,35 @@ def main() -> None:
                     help="leave out the depth network (every O at z = 0); default: as Predict does")
     ap.add_argument("--o-check-views", type=int, choices=(1, 4, 8),
                     help="the model's O check reading this many views (hydrafm predict --o-check-views)")
+    ap.add_argument("--device", default="cpu", help="torch device of the networks and checks (cpu, cuda, mps)")
     args = ap.parse_args()
+    device = args.device
     depth = None if args.depth else False
     flips = args.flips or None  # None: as the model records
     torch.set_num_threads(args.threads)
     stack = load_stack(sample_path())
     models = []
     if args.model:
-        models.append((args.model, resolve_model(args.model)))
+        models.append((args.model, resolve_model(args.model, device)))
     else:
         for b in args.base:
             cfg = UNetConfig(base_channels=b, encoder=args.encoder, head=args.head)
-            models.append((f"base {b}", (StructureUNet(cfg).eval(), ModelInfo(config=cfg))))
-    print(f"stack {stack.shape}, torch {torch.__version__}, {args.threads} threads"
+            models.append((f"base {b}", (StructureUNet(cfg).to(device).eval(), ModelInfo(config=cfg))))
+    print(f"stack {stack.shape}, torch {torch.__version__}, {args.threads} threads, device {device}"
           + (", four mirror images" if args.flips else "") + (", denoised first" if args.denoise else "")
           + ("" if args.depth else ", no depth network"))
     for name, model in models:
         n_par = sum(p.numel() for p in model[0].parameters())
         # None: as the model's card says (a ValueError when views are asked of a model without the check)
-        o_check = resolve_o_check(None, model[1], views=args.o_check_views) if args.o_check_views else None
+        o_check = (resolve_o_check(None, model[1], views=args.o_check_views, device=device)
+                   if args.o_check_views else None)
         for molecules in (True, False):
-            atoms = predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips,
+            atoms = predict_atoms(stack, model, device, threshold=0.5, molecules=molecules, flips=flips,
                                   denoise=args.denoise, depth=depth, o_check=o_check)
             times, cpu_times = [], []
             for _ in range(10):
                 t, c = time.perf_counter(), time.process_time()
-                predict_atoms(stack, model, threshold=0.5, molecules=molecules, flips=flips, denoise=args.denoise,
+                predict_atoms(stack, model, device, threshold=0.5, molecules=molecules, flips=flips, denoise=args.denoise,
                               depth=depth, o_check=o_check)
                 times.append(time.perf_counter() - t)
                 cpu_times.append(time.process_time() - c)
@@ -74,7 +78,7 @@ def main() -> None:
             print(f"{name:>10s}  {n_par:>9,d} params  {what:>11s}  {len(atoms):4d} atoms  "
                   f"median {statistics.median(times):.3f} s  best {min(times):.3f} s  "
                   f"CPU median {statistics.median(cpu_times):.3f} s")
-        pred = drive(iter_predict_maps(stack, model, flips=flips), show=False)
+        pred = drive(iter_predict_maps(stack, model, device, flips=flips), show=False)
         cpu = {}
         for molecules in (False, True):
             ts = []

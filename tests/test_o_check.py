@@ -150,6 +150,28 @@ def test_a_nudge_shorter_than_min_move_leaves_the_o_where_it_is():
     assert OCheckInfo(**{k: v for k, v in OCheckInfo().to_dict().items() if k != "min_move"}).min_move == 0.0
 
 
+def test_a_check_file_is_loaded_onto_the_device_the_structure_network_ran_on(tmp_path):
+    from hydrafm.models.bond_ends import BondEndInfo, BondEndNet, save_bond_ends
+    from hydrafm.predict.predictor import resolve_bond_ends, resolve_o_check
+
+    _, info = resolve_model("water")
+    o_file = save_o_check(tmp_path / "check.pt", OCheckNet(OCheckInfo(head="cells")))
+    ends_file = save_bond_ends(tmp_path / "ends.pt", BondEndNet(BondEndInfo()))
+    for device in ("meta", "cpu"):  # "meta": a device other than the CPU that needs no hardware
+        o_net = resolve_o_check(str(o_file), info, views=8, device=device)
+        ends = resolve_bond_ends(str(ends_file), info, device)
+        assert {p.device.type for net in (o_net, ends) for p in net.parameters()} == {device}
+        assert o_net.info.views == 8
+    # a Prediction hands its device on: a check file asked for by path is loaded there
+    maps = np.zeros((len(info.labels), 100, 100), np.float32)
+    maps[0] = _blob(6.0, 10.0)
+    on_meta = Prediction(maps, (0.2, 0.2), (0.1, 0.1), info, "water", frames=_ramp(), device="meta")
+    with pytest.raises((NotImplementedError, RuntimeError)):  # a check on "meta" has no numbers to give back
+        on_meta.atoms(0.5, o_check=str(o_file))
+    on_cpu = Prediction(maps, (0.2, 0.2), (0.1, 0.1), info, "water", frames=_ramp())
+    assert on_cpu.device == "cpu" and on_cpu.atoms(0.5, o_check=str(o_file)).info["o_check"].endswith("of 1")
+
+
 def test_predict_checks_the_o_only_when_asked_and_says_what_it_did():
     _, info = resolve_model("water")
     maps = np.zeros((len(info.labels), 100, 100), np.float32)

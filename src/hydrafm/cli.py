@@ -692,7 +692,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from .predict.predictor import resolve_o_check
 
         try:
-            o_check = resolve_o_check(o_check, model[1], views=args.o_check_views)
+            o_check = resolve_o_check(o_check, model[1], views=args.o_check_views, device=device)
         except ValueError:
             raise SystemExit("hydrafm predict: --o-check-views needs the O check, which is off here "
                              "(add --o-check, or drop --no-o-check)") from None

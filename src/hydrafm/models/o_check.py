@@ -159,7 +159,7 @@ def decode_cells(logits: torch.Tensor, within: torch.Tensor) -> tuple[torch.Tens
     place within it."""
     prob = torch.softmax(logits, 1)
     cell = prob[:, :-1].argmax(1)
-    row, col, b = cell // CELLS, cell % CELLS, torch.arange(len(cell))
+    row, col, b = cell // CELLS, cell % CELLS, torch.arange(len(cell), device=cell.device)
     x = (col + 0.5 + within[b, 0, row, col].clamp(-0.5, 0.5)) * 2
     y = (row + 0.5 + within[b, 1, row, col].clamp(-0.5, 0.5)) * 2
     return 1 - prob[:, -1], torch.stack([x - _CENTRE, y - _CENTRE], 1) * _STEP
@@ -214,7 +214,7 @@ def _offset_back(offset: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
 def _agreed(offsets: torch.Tensor) -> torch.Tensor:
     """``(V, B, 2)`` offsets of V views → ``(B, 2)``: the mean of those within :data:`VIEW_AGREE` of the medoid."""
     d = torch.linalg.norm(offsets[:, None] - offsets[None, :], dim=-1)  # (V, V, B)
-    medoid = offsets[d.sum(1).argmin(0), torch.arange(offsets.shape[1])]  # (B, 2)
+    medoid = offsets[d.sum(1).argmin(0), torch.arange(offsets.shape[1], device=offsets.device)]  # (B, 2)
     near = (torch.linalg.norm(offsets - medoid[None], dim=-1) <= VIEW_AGREE).float()[..., None]
     return (offsets * near).sum(0) / near.sum(0)
 

@@ -99,6 +99,7 @@ class Prediction:
     depth: np.ndarray | None = None  # (ny, nx) Å below the closest probe (the depth network); None: not run
     # (Z, ny, nx) the stack on the maps' grid before normalisation (for the O and bond-end checks); None: not kept
     frames: np.ndarray | None = None
+    device: str = "cpu"  # the torch device the structure network ran on: the checks run there too
 
     def atoms(self, threshold: float | None = None, molecules: bool = True,
               bond_ends: bool | str | Path | BondEndNet | None = None,
@@ -135,8 +136,8 @@ class Prediction:
                 raise ValueError(f"the {name} check needs the stack's frames, which this prediction did not keep "
                                  "(make it with iter_predict_maps or predict_atoms)")
         kept = molecules and self.frames is not None
-        ends = resolve_bond_ends(bond_ends, self.info) if kept else None
-        o_net = resolve_o_check(o_check, self.info) if kept else None
+        ends = resolve_bond_ends(bond_ends, self.info, self.device) if kept else None
+        o_net = resolve_o_check(o_check, self.info, device=self.device) if kept else None
         if o_net is not None:
             _warn_if_made_for_another_model(o_net, self.model)
         counts: dict[str, int] = {}
@@ -233,9 +234,11 @@ def default_o_check(info: ModelInfo) -> bool | str:
 _CHECKS: dict[str, torch.nn.Module] = {}
 
 
-def _resolve_check(value, default, cls, shipped, load, what: str, info: ModelInfo):
+def _resolve_check(value, default, cls, shipped, load, what: str, info: ModelInfo,
+                   device: str | torch.device = "cpu"):
     """A stack check to use: ``None`` → ``default`` (the card's word); ``False`` → none; ``True`` → the shipped
-    one; a path → that file (loaded once); or a loaded ``cls``. Its heights must be the model's."""
+    one; a path → that file (loaded once per device, onto ``device``); or a loaded ``cls`` (used where it is).
+    Its heights must be the model's."""
     if value is None:
         value = default
     if value is False:
@@ -243,29 +246,32 @@ def _resolve_check(value, default, cls, shipped, load, what: str, info: ModelInf
     if isinstance(value, cls):
         return value.eval()
     path = shipped() if value is True else Path(value)
-    key = f"{what}:{path.resolve()}"
+    key = f"{what}:{path.resolve()}:{torch.device(device)}"
     if key not in _CHECKS:
-        _CHECKS[key] = load(path)
+        _CHECKS[key] = load(path).to(device)
     net = _CHECKS[key]
     if net.info.n_heights != info.config.n_heights:
         raise ValueError(f"{path}: the {what} takes {net.info.n_heights} heights, the model {info.config.n_heights}")
     return net
 
 
-def resolve_bond_ends(bond_ends: bool | str | Path | BondEndNet | None, info: ModelInfo) -> BondEndNet | None:
+def resolve_bond_ends(bond_ends: bool | str | Path | BondEndNet | None, info: ModelInfo,
+                      device: str | torch.device = "cpu") -> BondEndNet | None:
     """The bond-end classifier to use: ``None`` → as the model's card says; ``False`` → none; ``True`` → the
-    shipped one; a path → that file; or a loaded :class:`~hydrafm.models.bond_ends.BondEndNet`."""
+    shipped one; a path → that file; or a loaded :class:`~hydrafm.models.bond_ends.BondEndNet`. A file is
+    loaded onto ``device`` (Predict's: the structure network's)."""
     return _resolve_check(bond_ends, default_bond_ends(info), BondEndNet,
-                          shipped_bond_ends_path, load_bond_ends, "bond-end classifier", info)
+                          shipped_bond_ends_path, load_bond_ends, "bond-end classifier", info, device)
 
 
 def resolve_o_check(o_check: bool | str | Path | OCheckNet | None, info: ModelInfo,
-                    views: int | None = None) -> OCheckNet | None:
+                    views: int | None = None, device: str | torch.device = "cpu") -> OCheckNet | None:
     """The O check to use: ``None`` → as the model's card says; ``False`` → none; ``True`` → the shipped
     one; a path → that file; or a loaded :class:`~hydrafm.models.o_check.OCheckNet`. ``views`` (1, 4 or 8;
-    None: the check's own) has it read each peak in that many views; asked of no check, a ValueError."""
+    None: the check's own) has it read each peak in that many views; asked of no check, a ValueError. A
+    file is loaded onto ``device`` (Predict's: the structure network's)."""
     net = _resolve_check(o_check, default_o_check(info), OCheckNet,
-                         shipped_o_check_path, load_o_check, "O check", info)
+                         shipped_o_check_path, load_o_check, "O check", info, device)
     if views is None:
         return net
     if net is None:
@@ -385,7 +391,7 @@ def iter_predict_maps(
     if dnet is not None:
         yield Progress("depth", 0, 1)
         depth_m = depth_map(x, dnet)
-    return Prediction(maps, px, (y0, x0), info, name, strength, depth_m, frames)
+    return Prediction(maps, px, (y0, x0), info, name, strength, depth_m, frames, str(torch.device(device)))
 
 
 def predict_atoms(
