@@ -183,6 +183,26 @@ def test_a_wrongly_turned_water_in_a_network_is_turned_back_by_the_hbond_turns()
     assert kept.moves["flips"] == 0 and np.allclose(kept.atoms.positions, truth, atol=1e-6)
 
 
+def test_a_water_the_fit_dragged_is_offered_its_starting_place_in_its_hbond_orientations():
+    from hydrafm.refine.fit import _dragged_back
+
+    truth, numbers = _network()
+    others = np.arange(len(truth)) >= 3  # the first water is the one dragged; its neighbours stay
+    other_o, other_h = others & (numbers == 8), others & (numbers == 1)
+    dragged = truth.copy()
+    dragged[:3] += [0.45, -0.2, 0.05]  # the fit moved it 0.49 Å sideways
+    on = replace(FAST, hbond_turns=True, drag_turns=0.3)
+    back = _dragged_back(truth, dragged, 0, np.array([1, 2]), other_o, other_h, on)
+    assert back[0][0] == ("start",) and np.allclose(back[0][1], truth[:3])  # as it started, first
+    assert len(back) > 1
+    for classes, pose in back:
+        assert np.allclose(pose[0], truth[0])  # every candidate at the starting place
+        assert np.allclose(np.linalg.norm(pose[1:] - pose[0], axis=1), 0.97, atol=1e-3)
+    assert _dragged_back(truth, dragged, 0, np.array([1, 2]), other_o, other_h, replace(on, drag_turns=0.6)) == []
+    assert _dragged_back(truth, dragged, 0, np.array([1, 2]), other_o, other_h, replace(on, drag_turns=0)) == []
+    assert _dragged_back(None, dragged, 0, np.array([1, 2]), other_o, other_h, on) == []
+
+
 def test_an_unsupported_molecule_is_removed_and_none_is_added_where_nothing_is_missing(stack):
     extra = np.concatenate([POSITIONS, np.array(_water((6.2, 6.3, 0.0), 1.0))])
     atoms = Atoms(numbers=np.concatenate([NUMBERS, [8, 1, 1]]), positions=extra)

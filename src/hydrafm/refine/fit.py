@@ -100,6 +100,10 @@ class RefineSettings:
     # that do (the ice rules: H bonds along O–O, one H per bond)
     hbond_turns: bool = False
     max_turns: int = 12  # H-bond orientations tried per water (two H bonds first, then the nearest turn)
+    # Å (with ``hbond_turns``; 0: off): in the move rounds after the first fit, a water whose O the fit has moved
+    # further than this sideways since the fit began is also offered its starting place, in its starting
+    # orientation and in each H-bond orientation there (a wrongly turned water is dragged to fit its H)
+    drag_turns: float = 0.0
     declash: bool = True  # first move overlapping molecules apart (rigidly, as little as needed; no simulation)
     declash_turn_cost: float = 1.0  # cost of turning a molecule in the declash, relative to moving it sideways
     add: bool = False  # experimental: new waters are often put in the wrong place (docs/refine.md)
@@ -689,10 +693,13 @@ def _clashes(positions: np.ndarray, numbers: np.ndarray, members: np.ndarray, sl
 
 
 def _move_round(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, ab, frames: torch.Tensor,
-                cfg: RefineSettings, score_only: bool = False):
-    """One round of discrete moves; returns ``(structure, counts, scores per body)``."""
+                cfg: RefineSettings, score_only: bool = False, start: np.ndarray | None = None):
+    """One round of discrete moves; returns ``(structure, counts, scores per body)``. ``start``: the
+    positions when the fit began (for :attr:`RefineSettings.drag_turns`; None: not offered)."""
     bodies = structure.bodies
     pos, numbers = structure.positions, bodies.numbers
+    if start is not None and start.shape != pos.shape:
+        start = None  # molecules were added or removed since: no starting places to go back to
     cands: list[_Candidate] = []
     base_of_body: dict[int, int] = {}
     water_o = numbers == 8
@@ -708,6 +715,7 @@ def _move_round(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, a
                 if not hbond_consistent(pos[o[0]], pos[h], pos[others & water_o]):
                     turns = hbond_orientations(pos[o[0]], pos[h], pos[others & water_o],
                                                pos[others & (numbers == 1)])[:cfg.max_turns]
+                turns += _dragged_back(start, pos, o[0], h, others & water_o, others & (numbers == 1), cfg)
             if cfg.flips:
                 turns += flip_orientations(pos[o[0]], pos[h])
             if cfg.flips and cfg.turns:
@@ -723,9 +731,12 @@ def _move_round(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, a
             keep[members] = False
             cands.append(_Candidate(centre, pos[keep], numbers[keep], "remove", m, base_of_body[m]))
         if turns:
-            for _, new_h in turns:
+            for _, new in turns:
                 p = pos.copy()
-                p[h] = new_h
+                if len(new) == 3:  # the whole water at another place (back where it started): O, then the H
+                    p[o[0]], p[h] = new[0], new[1:]
+                else:
+                    p[h] = new
                 cands.append(_Candidate(centre, p, numbers, "flip", m, base_of_body[m]))
     if cfg.add and not score_only:
         z_water = float(np.median(pos[numbers == 8, 2])) if (numbers == 8).any() else float(np.max(pos[:, 2]))
@@ -814,6 +825,19 @@ def _move_round(level: _Level, structure: _Structure, tip: _Tip, z_ref: float, a
         out = out.added(p, np.array([8, 1, 1]), np.array(["O", "H_flat", "H_flat"]))
         kept_scores = np.concatenate([kept_scores, [np.nan]])
     return out, counts, kept_scores
+
+
+def _dragged_back(start: np.ndarray | None, pos: np.ndarray, o: int, h: np.ndarray,
+                  other_o: np.ndarray, other_h: np.ndarray, cfg: RefineSettings) -> list:
+    """A water the fit dragged sideways by more than ``cfg.drag_turns``: its starting place, as it started
+    and in each H-bond orientation there, as ``(classes, (3, 3) O and H positions)``; else none."""
+    if start is None or cfg.drag_turns <= 0 or np.hypot(*(pos[o, :2] - start[o, :2])) <= cfg.drag_turns:
+        return []
+    o0, h0 = start[o], start[h]
+    back = [(("start",), np.concatenate([o0[None], h0]))]
+    for sig, new_h in hbond_orientations(o0, h0, pos[other_o], pos[other_h])[:cfg.max_turns]:
+        back.append((sig, np.concatenate([o0[None], new_h])))
+    return back
 
 
 # ---------------------------------------------------------------------------------------- fitting
@@ -1049,13 +1073,15 @@ def iter_refine_atoms(
         plan += [("moves", r) for r in range(2, rounds)]
     plan.append((fine_fit, n_steps[2]))
     frames, ab = _evaluate(coarse, structure, tip, z_ref)
+    start = structure.positions.copy() if cfg.hbond_turns and cfg.drag_turns > 0 else None
     left = 0  # steps the coarse stages did not use (their loss stalled): the fine grid gets them
     for level, steps, *rot in plan:
         if level == "moves":
             if structure.bodies.n_bodies:
                 # nothing is removed before the first fit (a molecule a bit off may still look unsupported)
                 round_cfg = replace(cfg, remove=False, add=False) if steps == 0 else cfg
-                structure, counts, _ = yield from _move_round(coarse, structure, tip, z_ref, ab, frames, round_cfg)
+                structure, counts, _ = yield from _move_round(coarse, structure, tip, z_ref, ab, frames, round_cfg,
+                                                              start=start)
                 for k, v in counts.items():
                     moves[k] += v
             frames, ab = _evaluate(coarse, structure, tip, z_ref)
