@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_refine as br  # noqa: E402
+import bench_refine as br
 
-from hydrafm.refine import fit, refine_atoms  # noqa: E402
-from hydrafm.simulate.labels import atom_labels  # noqa: E402
+from hydrafm.refine import fit, refine_atoms
+from hydrafm.simulate.labels import atom_labels
 
 
 def main() -> None:
@@ -64,7 +64,7 @@ def main() -> None:
         h, t = p[3 * m + 1: 3 * m + 3] - p[3 * m], pos[3 * m + 1: 3 * m + 3] - pos[3 * m]
         return min(np.abs(h - t).max(), np.abs(h[::-1] - t).max()) < 0.45
 
-    report = {"structure": int(i), "waters": int(len(turned)), "turned": int(turned.sum())}
+    report = {"structure": int(i), "waters": len(turned), "turned": int(turned.sum())}
     if len(rounds) > 1:
         moved = np.hypot(*(rounds[1]["O"][:, :2] - rounds[0]["O"][:, :2]).T)
         report["first_stage_O_moved_turned"] = np.round(moved[turned], 2).tolist()
