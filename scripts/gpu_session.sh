@@ -8,7 +8,8 @@
 #
 # 0. first, on the quiet GPU: Predict timed with the O check reading 1 and 8 views (benchmarks/bench_predict.py
 #    --device: the networks and both checks on the GPU; issue 14's 0.3 s is for 2 CPU cores), into session.log.
-# 1. `water` (from src/hydrafm/models/weights/water.pt; pools water,ice,hydrates; noise 0.08) and
+# 1. `water` (from src/hydrafm/models/weights/water.pt; pools water,ice,ice-md,hydrates drawn 2:2:1:2 — ice-md: the
+#    ice windows annealed by MD, docs/training-data.md 2c; noise 0.08) and
 #    `na-hydrate` (from its weights; pools hydrates,ice,water drawn 2:1:1; noise 0.25), each by
 #    scripts/gpu_onthefly.sh for MINUTES (default 6.0: with the Predict timing, start-up, compiling and the validation set
 #    the command then fits the tool's 10 minutes) in its own process; the probe relaxation compiled
@@ -38,8 +39,8 @@ for views in 1 8; do  # Predict with the O check (water's default) on the device
   echo "predict views=$views rc=$? $(date -u +%FT%TZ)" >> "$log"
 done
 
-INIT="$weights/water.pt" CHANNELS=16 LR=2e-4 NOISE=0.08 \
-  bash "$here/scripts/gpu_onthefly.sh" "$out/water" "$minutes" water,ice,hydrates > "$out/water/stdout.txt" 2>&1 &
+INIT="$weights/water.pt" CHANNELS=16 LR=2e-4 NOISE=0.08 POOL_WEIGHTS=2,2,1,2 \
+  bash "$here/scripts/gpu_onthefly.sh" "$out/water" "$minutes" water,ice,ice-md,hydrates > "$out/water/stdout.txt" 2>&1 &
 water=$!
 INIT="$weights/na-hydrate.pt" CHANNELS=16 LR=2e-4 NOISE=0.25 POOL_WEIGHTS=2,1,1 \
   bash "$here/scripts/gpu_onthefly.sh" "$out/na-hydrate" "$minutes" hydrates,ice,water > "$out/na-hydrate/stdout.txt" 2>&1 &

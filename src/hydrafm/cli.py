@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     sim = sub.add_parser("simulate", help="simulate a training dataset of AFM stacks + atoms (resumable)")
-    sim.add_argument("kind", choices=["water", "hydrates", "ice"], help="which structures (ice: the ice-like pool)")
+    sim.add_argument("kind", choices=["water", "hydrates", "ice", "ice-md"],
+                     help="which structures (ice: the ice-like pool; ice-md: its windows annealed by MD)")
     sim.add_argument("-n", "--n", type=int, required=True, help="number of stacks")
     sim.add_argument("--out", type=Path, help="dataset folder (default: <cache>/datasets/KIND-sSEED)")
     sim.add_argument("--pool", type=Path, help="structure pool .npz (default: the shipped pool)")
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--on-the-fly", action="store_true",
                     help="no dataset: simulate every batch on the training device from the structure pools")
     tr.add_argument("--pools", default="water",
-                    help="on the fly: comma-separated pools to draw from (water, hydrates, ice, or .npz files)")
+                    help="on the fly: comma-separated pools to draw from (water, hydrates, ice, ice-md, or .npz files)")
     tr.add_argument("--pool-weights",
                     help="on the fly: how often each pool is drawn, in --pools' order (default: equally)")
     tr.add_argument("--minutes", type=float,

@@ -8,7 +8,8 @@ from pathlib import Path
 __all__ = ["cache_dir", "data_dir", "pool_path", "POOLS"]
 
 #: The structure pools shipped with the package (``hydrafm pool KIND`` remakes them).
-POOLS = {"water": "water_windows.npz", "hydrates": "hydrates.npz", "ice": "ice_windows.npz"}
+POOLS = {"water": "water_windows.npz", "hydrates": "hydrates.npz", "ice": "ice_windows.npz",
+         "ice-md": "ice_md_windows.npz"}
 
 
 def cache_dir(*parts: str) -> Path:
@@ -35,7 +36,7 @@ def data_dir(*parts: str) -> Path:
 
 
 def pool_path(kind: str) -> Path:
-    """Path of a shipped structure pool (``water``, ``hydrates`` or ``ice``)."""
+    """Path of a shipped structure pool (``water``, ``hydrates``, ``ice`` or ``ice-md``)."""
     if kind not in POOLS:
         raise ValueError(f"unknown pool {kind!r}; choose one of {sorted(POOLS)} or give a .npz path")
     return Path(__file__).parent / "structures" / "pools" / POOLS[kind]

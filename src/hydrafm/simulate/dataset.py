@@ -38,7 +38,7 @@ from .labels import atom_labels, label_index, label_maps, within_top
 
 __all__ = ["make_dataset", "AFMDataset", "Sample", "draw_structure", "KINDS"]
 
-KINDS = ("water", "hydrates", "ice")
+KINDS = ("water", "hydrates", "ice", "ice-md")
 MANIFEST = "dataset.json"
 
 
@@ -77,9 +77,10 @@ def draw_structure(
     ``layer_depth``, only the molecules within that many Å of the highest O (a
     single top layer, as a constant-height scan sees it). ``hydrates``: 1–3 pool
     hydrates placed at random in the window. ``ice``: a window of the ice pool
-    (:mod:`hydrafm.structures.ice`) drawn like ``water``.
+    (:mod:`hydrafm.structures.ice`) drawn like ``water``; ``ice-md``: the same, annealed
+    (:mod:`hydrafm.structures.ice_md`).
     """
-    if kind in ("water", "ice"):
+    if kind in ("water", "ice", "ice-md"):
         i = int(rng.integers(len(pool)))
         pos, numbers = pool.arrays(i)
         if pool.window[0] <= 0:

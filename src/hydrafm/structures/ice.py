@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Generator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -1205,27 +1205,32 @@ INFO_DEFAULTS: dict[str, Any] = {
 }
 
 
-def make_ice_pool(n_per_family: int = 300, seed: int = 0,
-                  families: Sequence[str] | None = None) -> Generator[Progress, None, StructurePool]:
-    """Build ``n_per_family`` windows of every family; yields progress, returns the pool.
-
-    Structure ``i`` of family ``f`` is drawn from ``SeedSequence([seed, k_f, i])``
-    alone (``k_f`` its index in :data:`FAMILIES`), so pools of any size agree on
-    their common structures.
-    """
+def family_windows(families: Sequence[str], n_per_family: int, seed: int = 0) -> Iterator[
+        tuple[str, int, int, np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Window ``i < n_per_family`` of each family in turn: ``(family, k_f, i, positions, numbers, pool
+    row)``. Window ``i`` of family ``f`` is drawn from ``SeedSequence([seed, k_f, i])`` alone (``k_f``
+    its index in :data:`FAMILIES`), so pools of any size agree on their common windows; the row holds
+    the window's :data:`INFO_DEFAULTS` columns."""
     names = list(FAMILIES)
-    chosen = list(families) if families is not None else names
-    items = []
-    total = n_per_family * len(chosen)
-    for family in chosen:
+    for family in families:
         k_f = names.index(family)
         for i in range(n_per_family):
-            rng = np.random.default_rng(np.random.SeedSequence([seed, k_f, i]))
-            pos, numbers, info = make_structure(family, rng)
+            pos, numbers, info = make_structure(family, np.random.default_rng(np.random.SeedSequence([seed, k_f, i])))
             row = dict(INFO_DEFAULTS)
             row.update({k: v for k, v in info.items() if k in INFO_DEFAULTS})
-            items.append((pos, numbers, row))
-            yield Progress("building ice windows", len(items), total)
+            yield family, k_f, i, pos, numbers, row
+
+
+def make_ice_pool(n_per_family: int = 300, seed: int = 0,
+                  families: Sequence[str] | None = None) -> Generator[Progress, None, StructurePool]:
+    """Build ``n_per_family`` windows of every family (:func:`family_windows`); yields progress, returns
+    the pool."""
+    chosen = list(families) if families is not None else list(FAMILIES)
+    items = []
+    total = n_per_family * len(chosen)
+    for _, _, _, pos, numbers, row in family_windows(chosen, n_per_family, seed):
+        items.append((pos, numbers, row))
+        yield Progress("building ice windows", len(items), total)
     attrs = {
         "kind": "ice windows",
         "coordinates": "x, y from the window corner; z above the window bottom (lowest O at 1 Å); "

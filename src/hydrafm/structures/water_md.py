@@ -158,14 +158,14 @@ def initial_waters(n: int, cell: tuple[float, float], rng: np.random.Generator) 
     return out.reshape(-1, 3)
 
 
-def add_spce_waters(system, nb, n: int) -> int:
+def add_spce_waters(system, nb, n: int, oh: float = SPCE_OH) -> int:
     """Append ``n`` rigid SPC/E waters (O, H, H) to an OpenMM ``System`` and its ``NonbondedForce``.
 
     Returns the index of the first water atom. Bonds are constraints (SETTLE);
-    intramolecular non-bonded terms are excluded.
+    intramolecular non-bonded terms are excluded. ``oh``: the O–H length (Å; SPC/E's 1.0 by default).
     """
     first = system.getNumParticles()
-    d_hh = 2 * SPCE_OH * math.sin(math.radians(SPCE_HOH_DEG) / 2)
+    d_hh = 2 * oh * math.sin(math.radians(SPCE_HOH_DEG) / 2)
     for _ in range(n):
         o = system.addParticle(15.9994)
         h1 = system.addParticle(1.008)
@@ -173,7 +173,7 @@ def add_spce_waters(system, nb, n: int) -> int:
         nb.addParticle(SPCE_CHARGE_O, SPCE_SIGMA_O / 10, SPCE_EPSILON_O * KCAL)
         nb.addParticle(SPCE_CHARGE_H, 0.1, 0.0)
         nb.addParticle(SPCE_CHARGE_H, 0.1, 0.0)
-        for a, b, r in ((o, h1, SPCE_OH), (o, h2, SPCE_OH), (h1, h2, d_hh)):
+        for a, b, r in ((o, h1, oh), (o, h2, oh), (h1, h2, d_hh)):
             system.addConstraint(a, b, r / 10)
             nb.addException(a, b, 0.0, 0.1, 0.0)
     return first
