@@ -41,6 +41,8 @@ def test_substrates_cover_the_window_and_nacl_alternates_its_ions():
         assert len(xyz) == len(params)
         assert xyz[:, 0].min() <= -4.0 and xyz[:, 0].max() >= WINDOW + 4.0
         assert np.isclose(xyz[:, 2].max(), 0.0)
+    with pytest.raises(ValueError, match="unknown substrate 'Ag'"):
+        _substrate("Ag", 0.0, WINDOW)
     xyz, params = _substrate("NaCl", -5.0, WINDOW + 5.0)
     charges = np.array([q for q, _, _ in params])
     top = np.isclose(xyz[:, 2], 0.0)

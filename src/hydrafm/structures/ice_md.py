@@ -78,6 +78,8 @@ def _substrate(name: str, lo: float, hi: float) -> tuple[np.ndarray, list[tuple[
                     pos.append((lo + i * NACL_A / 2, lo + j * NACL_A / 2, -layer * NACL_A / 2))
                     par.append(NACL_IONS[ion])
         return np.asarray(pos, float), par
+    if name not in ("Cu", *WALLS):
+        raise ValueError(f"unknown substrate {name!r}; choose Au, Pt, Cu or NaCl")
     wall = CU_WALL if name == "Cu" else WALLS[name]
     d = wall.lattice_constant / math.sqrt(2.0)
     nx = math.ceil(span / d) + 1
@@ -150,7 +152,7 @@ def anneal_window(positions: np.ndarray, numbers: np.ndarray, substrate: str, se
     return out
 
 
-def make_ice_md_pool(n_per_family: int = 40, seed: int = 0, families: Sequence[str] | None = None,
+def make_ice_md_pool(n_per_family: int = 48, seed: int = 0, families: Sequence[str] | None = None,
                      anneal: Anneal = Anneal()) -> Generator[Progress, None, StructurePool]:
     """Anneal window ``i < n_per_family`` of each family of the ice pool (the same draws as
     :func:`~hydrafm.structures.ice.make_ice_pool` with this ``seed``:
