@@ -79,6 +79,12 @@ def test_the_shipped_annealed_pool_is_registered_and_split_by_family():
     for i in (0, len(train.pool) - 1):
         pos, numbers = train.pool.arrays(i)
         assert not geometry_problems(pos, numbers)
+    from hydrafm.simulate.dataset import KINDS, draw_structure
+
+    assert "ice-md" in KINDS  # hydrafm simulate ice-md draws its windows like the ice pool's
+    pos, numbers, source = draw_structure("ice-md", train.pool, np.random.default_rng(0))
+    assert 0 <= source < len(train.pool) and len(pos) == len(numbers) == len(train.pool.arrays(source)[1])
+    assert pos[:, :2].min() > -1.0 and pos[:, :2].max() < WINDOW + 1.0  # the window under a symmetry of the square
 
 
 def _drive(gen):
