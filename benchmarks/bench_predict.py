@@ -70,8 +70,8 @@ def main() -> None:
             times, cpu_times = [], []
             for _ in range(10):
                 t, c = time.perf_counter(), time.process_time()
-                predict_atoms(stack, model, device, threshold=0.5, molecules=molecules, flips=flips, denoise=args.denoise,
-                              depth=depth, o_check=o_check)
+                predict_atoms(stack, model, device, threshold=0.5, molecules=molecules, flips=flips,
+                              denoise=args.denoise, depth=depth, o_check=o_check)
                 times.append(time.perf_counter() - t)
                 cpu_times.append(time.process_time() - c)
             what = f"{(atoms.arrays['label'] == 'O').sum():3d} waters" if molecules else "loose atoms"

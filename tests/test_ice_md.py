@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hydrafm.progress import drive
 from hydrafm.structures.ice import FAMILIES, WINDOW, geometry_problems, make_structure
 from hydrafm.structures.ice_md import OH, SUBSTRATE_OF, Anneal, _substrate, anneal_window, make_ice_md_pool
 
@@ -57,13 +58,13 @@ def test_the_pool_keeps_the_family_names_so_the_same_families_are_held_out():
     pytest.importorskip("openmm")
     from hydrafm.structures.ice import held_out_mask
 
-    pool = _drive(make_ice_md_pool(1, families=["bilayer-Au111", "bilayer-Pt111"], anneal=SHORT))
+    pool = drive(make_ice_md_pool(1, families=["bilayer-Au111", "bilayer-Pt111"], anneal=SHORT), show=False)
     assert len(pool) + sum(pool.attrs["dropped"].values()) == 2
     family = np.asarray(pool.info["family"]).astype(str)
     assert set(family) <= {"bilayer-Au111", "bilayer-Pt111"}
     assert np.array_equal(held_out_mask(pool), family == "bilayer-Pt111")
     with pytest.raises(ValueError, match="no substrate"):
-        _drive(make_ice_md_pool(1, families=["hydrate-in-network-Na"], anneal=SHORT))
+        drive(make_ice_md_pool(1, families=["hydrate-in-network-Na"], anneal=SHORT), show=False)
 
 
 def test_the_shipped_annealed_pool_is_registered_and_split_by_family():
@@ -86,8 +87,3 @@ def test_the_shipped_annealed_pool_is_registered_and_split_by_family():
     assert 0 <= source < len(train.pool) and len(pos) == len(numbers) == len(train.pool.arrays(source)[1])
     assert pos[:, :2].min() > -1.0 and pos[:, :2].max() < WINDOW + 1.0  # the window under a symmetry of the square
 
-
-def _drive(gen):
-    from hydrafm.progress import drive
-
-    return drive(gen, show=False)

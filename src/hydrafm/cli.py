@@ -21,6 +21,7 @@ from typing import Sequence
 
 from . import __version__
 from .io import AFMFileError, ChannelNotFoundError, load_stack
+from .paths import POOLS
 from .simulate.settings import SimulationError
 
 EXIT_BAD_INPUT = 2
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     sim = sub.add_parser("simulate", help="simulate a training dataset of AFM stacks + atoms (resumable)")
-    sim.add_argument("kind", choices=["water", "hydrates", "ice", "ice-md"],
+    sim.add_argument("kind", choices=list(POOLS),
                      help="which structures (ice: the ice-like pool; ice-md: its windows annealed by MD)")
     sim.add_argument("-n", "--n", type=int, required=True, help="number of stacks")
     sim.add_argument("--out", type=Path, help="dataset folder (default: <cache>/datasets/KIND-sSEED)")

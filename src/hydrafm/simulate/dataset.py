@@ -30,6 +30,7 @@ import numpy as np
 
 from .._atomic import atomic_path
 from ..io.xyz import LABELS
+from ..paths import POOLS
 from ..progress import Progress
 from ..structures.pool import BadStructureError, StructurePool
 from .settings import SampledTip, SimulationSettings, TipRanges, scan_settings
@@ -38,7 +39,7 @@ from .labels import atom_labels, label_index, label_maps, within_top
 
 __all__ = ["make_dataset", "AFMDataset", "Sample", "draw_structure", "KINDS"]
 
-KINDS = ("water", "hydrates", "ice", "ice-md")
+KINDS = tuple(POOLS)  # one kind per shipped pool: water, hydrates, ice, ice-md
 MANIFEST = "dataset.json"
 
 
