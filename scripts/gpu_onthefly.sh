@@ -10,7 +10,7 @@
 #    training then uses the compiled steps if they simulate >= 10 % faster (printed: "fused: 1");
 # 2. on-the-fly training for MINUTES (default 8): every batch simulated on the GPU (train.jsonl, one
 #    JSON line per epoch with samples/s), the best checkpoint in OUT_DIR/water-otf.pt (copied there when
-#    the script ends, also when it is stopped). OUT_DIR gets 6 files: the device tool returns at most 8
+#    the script ends, also when it is stopped, and every 20 s). OUT_DIR gets 6 files: the device tool returns at most 8
 #    (the caches and the resumable state stay in a temporary folder).
 # Held-out F1 is then measured on any machine: hydrafm evaluate DATASET --model OUT_DIR/water-otf.pt
 # DEVICE=cpu runs the same at tiny scale (SMALL=1) to check the script before spending GPU time.
@@ -33,7 +33,12 @@ device=${DEVICE:-cuda}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
-trap 'cp -f "$work/water-otf.pt" "$out/" 2>/dev/null || true' EXIT
+# the best checkpoint reaches OUT every 20 s too (copy, then rename): a run killed hard at the device tool's limit
+# (no EXIT trap then) still returns its weights
+keep() { cp -f "$work/water-otf.pt" "$out/.water-otf.pt.part" 2>/dev/null && mv -f "$out/.water-otf.pt.part" "$out/water-otf.pt"; }
+( while sleep 20; do keep; done ) &
+copier=$!
+trap 'kill $copier 2>/dev/null; keep || true' EXIT
 export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" HYDRAFM_CACHE="$work/cache"
 if [ "${SMALL:-0}" = 1 ]; then n=4; batch=2; crop=32; steps=2; val=4; chans=${CHANNELS:-8}; else n=640; batch=64; crop=128; steps=50; val=256; chans=${CHANNELS:-16}; fi
 init=()
