@@ -33,12 +33,14 @@ device=${DEVICE:-cuda}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
-# the best checkpoint reaches OUT every 20 s too (copy, then rename): a run killed hard at the device tool's limit
-# (no EXIT trap then) still returns its weights
-keep() { cp -f "$work/water-otf.pt" "$out/.water-otf.pt.part" 2>/dev/null && mv -f "$out/.water-otf.pt.part" "$out/water-otf.pt"; }
-( while sleep 20; do keep; done ) &
+# the best checkpoint reaches OUT every KEEP_EVERY s (default 20; copy, then rename) too: a run killed hard at the
+# device tool's limit (no EXIT trap then) still returns its weights. keep() never fails: under `set -e` a failing
+# copy (no checkpoint yet) would end the loop, and a failing command in the trap would end the script before its copy
+keep() { if [ -f "$work/water-otf.pt" ]; then cp -f "$work/water-otf.pt" "$out/.water-otf.pt.part" \
+  && mv -f "$out/.water-otf.pt.part" "$out/water-otf.pt" || true; fi; }
+( while sleep "${KEEP_EVERY:-20}"; do keep; done ) &
 copier=$!
-trap 'kill $copier 2>/dev/null; keep || true' EXIT
+trap 'kill $copier 2>/dev/null || true; keep' EXIT
 export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" HYDRAFM_CACHE="$work/cache"
 if [ "${SMALL:-0}" = 1 ]; then n=4; batch=2; crop=32; steps=2; val=4; chans=${CHANNELS:-8}; else n=640; batch=64; crop=128; steps=50; val=256; chans=${CHANNELS:-16}; fi
 init=()

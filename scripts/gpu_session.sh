@@ -21,6 +21,9 @@
 # Then, on any machine, each checkpoint is judged by the rules in docs/structure-network.md
 # (scripts/compare_heldout.py) before it may replace a shipped model.
 # DEVICE=cpu SMALL=1 N=1 runs the same at tiny scale to check the script before spending GPU time.
+# What travels must stay under the device tool's 64 MiB (tracked + untracked-not-ignored files + .gpu-wheels/); since
+# session 47 the tracked data/otf/*.last.pt (CPU runs' resumable states, ~41 MB) take it over: move them aside for the
+# call and back after it. Size: (git ls-files; git ls-files -o --exclude-standard) | xargs -d '\n' stat -c %s | awk '{s+=$1} END {print s/2^20}'
 set -uo pipefail
 out=${1:?give an output folder}
 minutes=${2:-6.0}
