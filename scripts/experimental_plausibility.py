@@ -3,6 +3,7 @@
     python scripts/experimental_plausibility.py [MODEL ...] [--stack PATH] [--threshold T] [--flips] [--out JSON] [--png PNG]
     python scripts/experimental_plausibility.py MODEL ... --flips --threshold T --variants
     python scripts/experimental_plausibility.py water --o-check [FILE] | --no-o-check [--bond-ends]  # Predict's checks
+    python scripts/experimental_plausibility.py water --flips --variants --height-step 0.2   # frames assumed 0.2 Å apart
 
 There is no ground truth for a real scan, so this reports what a microscopist would check
 first, per model (shipped name or checkpoint file):
@@ -110,6 +111,9 @@ def main() -> None:
                          "says (water's asks for it); --no-o-check: never")
     ap.add_argument("--no-o-check", dest="o_check", action="store_const", const=False)
     ap.add_argument("--bond-ends", action="store_true", help="Predict's opt-in bond-end check")
+    ap.add_argument("--height-step", type=float, metavar="DZ",
+                    help="read the stack as if its frames were DZ Å apart (Predict then interpolates to the "
+                         "model's step); default: heights unknown, as the file says")
     args = ap.parse_args()
     checks = {} if args.o_check is None else {"o_check": args.o_check}
     if args.bond_ends:
@@ -119,6 +123,8 @@ def main() -> None:
     if not args.stack.exists():
         raise SystemExit(f"{args.stack}: not found (the public test data live in ../shared/testdata)")
     stack = load_stack(args.stack)
+    if args.height_step:
+        stack = stack.with_data(stack.data, heights=np.arange(stack.n_heights) * args.height_step)
     rows, mols = [], []
     for m in args.models:
         row, mol = score(stack, m, args.threshold, True if args.flips else None, args.denoise, checks)

@@ -10,11 +10,12 @@
 #    --device: the networks and both checks on the GPU; issue 14's 0.3 s is for 2 CPU cores), into session.log.
 # 1. `water` (from src/hydrafm/models/weights/water.pt; pools water,ice,ice-md,hydrates drawn 2:2:1:2 — ice-md: the
 #    ice windows annealed by MD, docs/training-data.md 2c; noise 0.08) and
-#    `na-hydrate` (from its weights; pools hydrates,ice,water drawn 2:1:1; noise 0.25), each by
+#    `na-hydrate` (from its weights; pool hydrates alone, as it was trained; lr 1e-4; noise 0.25 — with ice and water
+#    at half the draws it lost K in session 48, docs/structure-network.md), each by
 #    scripts/gpu_onthefly.sh for MINUTES (default 6.0: with the Predict timing, start-up, compiling and the validation set
 #    the command then fits the tool's 10 minutes) in its own process; the probe relaxation compiled
 #    (HYDRAFM_FUSED=1). Two processes share the GPU: each is bound by Python and kernel launches, not by
-#    the GPU (docs/benchmarks.md), so together they train nearly twice the samples of one.
+#    the GPU (docs/benchmarks.md), so together they train more samples than one (1.37x, measured 2026-11-29).
 # 2. meanwhile, Refine on three held-out ice layers (issue 15: <= 2 s per stack on a GPU), default schedule.
 # OUT_DIR gets 8 files (the device tool returns at most 8): water/{water-otf.pt,train.jsonl,device.json},
 # na-hydrate/{water-otf.pt,train.jsonl,device.json}, refine_perturbed.jsonl, session.log.
@@ -45,8 +46,8 @@ done
 INIT="$weights/water.pt" CHANNELS=16 LR=2e-4 NOISE=0.08 POOL_WEIGHTS=2,2,1,2 \
   bash "$here/scripts/gpu_onthefly.sh" "$out/water" "$minutes" water,ice,ice-md,hydrates > "$out/water/stdout.txt" 2>&1 &
 water=$!
-INIT="$weights/na-hydrate.pt" CHANNELS=16 LR=2e-4 NOISE=0.25 POOL_WEIGHTS=2,1,1 \
-  bash "$here/scripts/gpu_onthefly.sh" "$out/na-hydrate" "$minutes" hydrates,ice,water > "$out/na-hydrate/stdout.txt" 2>&1 &
+INIT="$weights/na-hydrate.pt" CHANNELS=16 LR=1e-4 NOISE=0.25 \
+  bash "$here/scripts/gpu_onthefly.sh" "$out/na-hydrate" "$minutes" hydrates > "$out/na-hydrate/stdout.txt" 2>&1 &
 na=$!
 
 python "$here/benchmarks/bench_refine.py" perturbed \
