@@ -2,6 +2,7 @@
 
     python scripts/degradation_parts.py parts [MODEL]
     python scripts/degradation_parts.py prefilter [MODEL] [--blur 1,1.5] [--highpass 15,30] [--zpoly 2,3]
+                                                  [--unsharp 5:1,5:2]
     python scripts/degradation_parts.py denoise [MODEL] [--denoiser FILE] [--halves first|second|all]
                                                 [--sets ice,water]
 
@@ -13,7 +14,8 @@ O/H F1 and their mean.
 ``parts``: clean, the whole protocol (``predict.evaluate.degrade_like_experiment``), and each of
 its parts alone (drift, white, pink = 1/f, plane, jump) with the same random draws.
 ``prefilter``: clean and degraded after a lateral Gaussian blur of σ px, or a per-frame high-pass
-(the frame minus its Gaussian blur of σ px), or a fit across heights (each pixel's Δf over the
+(the frame minus its Gaussian blur of σ px), or an unsharp mask (the frame plus a × itself minus its
+Gaussian blur of σ px, ``--unsharp σ:a``: more atomic contrast against the broad background), or a fit across heights (each pixel's Δf over the
 frames replaced by its least-squares polynomial of degree d in the frame index: the frames' noise
 is independent, the signal smooth in height), applied to the frames before the network.
 ``denoise``: clean and degraded without and with the denoiser (``hydrafm.models.denoise``; the
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--blur", default="1,1.5", help="σ (px) of the Gaussian blurs to try")
     ap.add_argument("--highpass", default="15,30", help="σ (px) of the high-passes to try")
     ap.add_argument("--zpoly", default="", help="degrees of the fits across heights to try")
+    ap.add_argument("--unsharp", default="", help="σ:amount pairs (σ in px) of unsharp masks to try")
     ap.add_argument("--denoiser", help="denoise: this denoiser file (default: the shipped one)")
     ap.add_argument("--halves", default="first", choices=["first", "second", "all"])
     ap.add_argument("--sets", default="ice,water")
@@ -87,6 +90,12 @@ def main() -> None:
         return lambda f: np.asarray(f, np.float32) - gaussian_filter(np.asarray(f, np.float32), (0, s, s),
                                                                      mode="nearest")
 
+    def unsharp(s, amount):
+        def f(frames):
+            x = np.asarray(frames, np.float32)
+            return x + amount * (x - gaussian_filter(x, (0, s, s), mode="nearest"))
+        return f
+
     def zpoly(d):
         def f(frames):
             x = np.asarray(frames, np.float32)
@@ -99,6 +108,8 @@ def main() -> None:
     variants += [(f"blur {float(s):g} px", blur(float(s))) for s in a.blur.split(",") if s]
     variants += [(f"high-pass {float(s):g} px", highpass(float(s))) for s in a.highpass.split(",") if s]
     variants += [(f"z-polynomial degree {int(d)}", zpoly(int(d))) for d in a.zpoly.split(",") if d]
+    variants += [(f"unsharp {float(p.split(':')[0]):g} px x {float(p.split(':')[1]):g}",
+                  unsharp(float(p.split(":")[0]), float(p.split(":")[1]))) for p in a.unsharp.split(",") if p]
     for name, f in variants:
         print(json.dumps({"prefilter": name, "clean": _score(model, False, f), "degraded": _score(model, True, f)}),
               flush=True)
