@@ -21,8 +21,9 @@
 # sessions 46-48 (measured: Predict 0.065 s; Refine 9-15 s, launch-bound) — off now, to give training the minutes.
 # OUT_DIR gets 7 files (the device tool returns at most 8): water/{water-otf.pt,train.jsonl,snapshots.tar},
 # na-hydrate/{the same}, session.log (with each run's device line); with TIMINGS=1 also refine_perturbed.jsonl.
-# Then, on any machine, each checkpoint (and snapshot: `tar xf snapshots.tar`) is judged by the rules in
-# docs/structure-network.md before it may replace a shipped model.
+# Then, on any machine, each checkpoint and snapshot is judged by the ship rules before it may replace a shipped
+# model: python scripts/judge_candidates.py water OUT/water/snapshots.tar OUT/water/water-otf.pt --out judged.json
+# (and the same for na-hydrate): thresholds chosen on the calibration halves, rules R13/R14, the latest passing named.
 # DEVICE=cpu SMALL=1 N=1 runs the same at tiny scale to check the script before spending GPU time.
 # What travels must stay under the device tool's 64 MiB (tracked + untracked-not-ignored files + .gpu-wheels/); since
 # session 47 the tracked data/otf/*.last.pt (CPU runs' resumable states, ~41 MB) take it over: move them aside for the
