@@ -18,7 +18,7 @@ import argparse, json, os
 import numpy as np, torch
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 from hydrafm.simulate.dataset import AFMDataset
-from hydrafm.predict.evaluate import evaluate_thresholds, best_threshold, evaluate_groups
+from hydrafm.predict.evaluate import CALIBRATION_THRESHOLDS, calibrate_threshold, evaluate_groups
 from hydrafm.progress import drive
 from hydrafm.predict.predictor import resolve_model
 
@@ -69,7 +69,6 @@ if set(whole) & set(args.calibrate.split(",")):
     ap.error("a set used for calibration cannot be scored whole")
 names = args.calibrate.split(",") + args.score.split(",") + whole
 sets = {k: AFMDataset(f"{root}/{k}-heldout") for k in dict.fromkeys(names)}
-ths = (0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 out = {}
 for m in models:
     net = resolve_model(m, "cpu")
@@ -80,13 +79,9 @@ for m in models:
         net[1].provenance["ions"] = False
     if args.denoise:
         net[1].provenance["denoise"] = args.denoise
-    tot = {t: None for t in ths}
-    for k in args.calibrate.split(","):
-        ds = sets[k]; half = np.arange(len(ds) // 2)
-        res = drive(evaluate_thresholds(ds, net, half, ths, top=args.top, flips=flips, visible=vis), show=False)
-        for t in ths:
-            tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
-    t = best_threshold(tot, tuple(args.classes.split(",")))
+    t, tot = drive(calibrate_threshold([sets[k] for k in args.calibrate.split(",")], net,
+                                       args.classes.split(","), CALIBRATION_THRESHOLDS, top=args.top, flips=flips,
+                                       visible=vis), show=False)
     out[m] = {"threshold": t, "flips": bool(args.flips), "transposed": args.transposed,
               "average_with": args.average_with, "denoise": args.denoise, "ions": not args.no_ions,
               "top": args.top, "visible": vis,

@@ -93,7 +93,7 @@ def _calibrated(path: Path, kind: str, work: Path, root: str) -> Path:
     """``path`` itself when it records a threshold, else a copy in ``work`` with one chosen on the
     calibration halves (as ``scripts/compare_heldout.py`` chooses it)."""
     from hydrafm.models.checkpoint import load_checkpoint, save_checkpoint
-    from hydrafm.predict.evaluate import best_threshold, evaluate_thresholds
+    from hydrafm.predict.evaluate import calibrate_threshold
     from hydrafm.predict.predictor import resolve_model
     from hydrafm.progress import drive
     from hydrafm.simulate.dataset import AFMDataset
@@ -105,15 +105,9 @@ def _calibrated(path: Path, kind: str, work: Path, root: str) -> Path:
     sets, classes = (("ice", "water"), ("O", "H")) if kind == "water" else (("hydrates",), ("O", "Na", "K", "H"))
     if kind == "water":
         net[1].provenance["ions"] = False
-    ths = (0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
-    tot = {t: None for t in ths}
-    for k in sets:
-        ds = AFMDataset(f"{root}/{k}-heldout")
-        res = drive(evaluate_thresholds(ds, net, np.arange(len(ds) // 2), ths, top=1.5, flips=True, visible=3.0),
-                    show=False)
-        for t in ths:
-            tot[t] = res[t] if tot[t] is None else tot[t].add(res[t])
-    info.provenance["threshold"] = float(best_threshold(tot, classes))
+    t, _ = drive(calibrate_threshold([AFMDataset(f"{root}/{k}-heldout") for k in sets], net, classes, top=1.5,
+                                     flips=True, visible=3.0), show=False)
+    info.provenance["threshold"] = float(t)
     out = work / f"{path.parent.name}-{path.stem}-calibrated.pt"
     save_checkpoint(out, model, info)
     return out

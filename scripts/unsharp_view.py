@@ -15,14 +15,15 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 
 def main() -> None:
     sys.path.insert(0, os.path.dirname(__file__))
     from assembly_variants import _maps
+    from degradation_parts import unsharp_mask
 
     from hydrafm.paths import cache_dir
     from hydrafm.predict.evaluate import _predict_sample, degrade_like_experiment
@@ -40,10 +41,6 @@ def main() -> None:
     ap.add_argument("--degraded", action="store_true")
     a = ap.parse_args()
 
-    def unsharp(frames):
-        x = np.asarray(frames, np.float32)
-        return x + a.amount * (x - gaussian_filter(x, (0, a.sigma, a.sigma), mode="nearest"))
-
     net = resolve_model(a.model, "cpu")
     root = os.environ.get("HYDRAFM_EVAL", "/work/cache/eval")
     weights = [float(w) for w in a.weight.split(",")]
@@ -57,7 +54,7 @@ def main() -> None:
             frames = ds[i].stack
             if a.degraded:
                 frames = degrade_like_experiment(frames, np.random.default_rng([i, 2026]), ds.settings.pixel_size)
-            _, pu = _predict_sample(ds, i, net, "cpu", True, degrade=a.degraded, prefilter=unsharp)
+            _, pu = _predict_sample(ds, i, net, "cpu", True, degrade=a.degraded, prefilter=partial(unsharp_mask, sigma=a.sigma, amount=a.amount))
             tx, tl = truth[i]
             for name, w in ways.items():
                 m = (1 - w) * maps[i] + w * pu.maps.astype(np.float32)

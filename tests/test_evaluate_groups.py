@@ -73,3 +73,28 @@ def test_the_robustness_protocol_part_by_part():
     assert np.allclose(no_drift - stack, sum(noise), atol=1e-5)
     with pytest.raises(ValueError, match="unknown degradation parts"):
         run(parts=("blur",))
+
+
+def test_a_threshold_is_calibrated_on_the_first_halves_of_several_sets(tmp_path):
+    import pytest
+
+    from hydrafm.predict.evaluate import best_threshold, calibrate_threshold, evaluate_thresholds
+
+    pool = StructurePool.load(pool_path("ice"))
+    sub = pool.subset(default_split("ice", pool)[1].indices[::50])
+    settings = SimulationSettings(n_pixels=32, closest_distance=(2.4, 3.4))
+    sets = []
+    for seed in (3, 4):
+        drive(make_dataset(tmp_path / f"ds{seed}", 4, "ice", sub, settings, seed=seed, shard_size=2), show=False)
+        sets.append(AFMDataset(tmp_path / f"ds{seed}"))
+    model = save_checkpoint(tmp_path / "m.pt", StructureUNet(UNetConfig(base_channels=4)),
+                            ModelInfo(config=UNetConfig(base_channels=4), pixel_size=0.2))
+    ths = (0.2, 0.3, 0.5)
+    t, totals = drive(calibrate_threshold(sets, model, ("O", "H"), ths, top=1.5), show=False)
+    by_hand = [drive(evaluate_thresholds(ds, model, np.arange(2), ths, top=1.5), show=False) for ds in sets]
+    for th in ths:  # the first two stacks of each set, summed
+        assert totals[th].stacks == 4
+        assert totals[th].summary() == by_hand[0][th].add(by_hand[1][th]).summary()
+    assert t == best_threshold(totals, ("O", "H"))
+    with pytest.raises(ValueError, match="at least one dataset"):
+        drive(calibrate_threshold([], model), show=False)

@@ -14,8 +14,8 @@ from ..stack import AFMStack
 from .metrics import Scores, score_atoms
 from .predictor import Prediction, default_threshold, iter_predict_maps, resolve_model
 
-__all__ = ["evaluate_dataset", "evaluate_thresholds", "best_threshold", "evaluate_groups", "DISTANCE_REGIMES",
-           "GroupedScores"]
+__all__ = ["evaluate_dataset", "evaluate_thresholds", "best_threshold", "calibrate_threshold", "evaluate_groups",
+           "DISTANCE_REGIMES", "CALIBRATION_THRESHOLDS", "GroupedScores"]
 
 #: closest probe height above the top atom (Å): the regimes scores are reported for
 DISTANCE_REGIMES = ((2.3, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 3.8))
@@ -99,6 +99,34 @@ def best_threshold(totals: dict[float, Scores], groups: Sequence[str] = ("O", "N
         return float(np.mean(f1)) if f1 else 0.0
 
     return max(totals, key=lambda t: score(totals[t]))
+
+
+#: the thresholds a model's recommended one is chosen from on held-out calibration halves
+CALIBRATION_THRESHOLDS = (0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+
+
+def calibrate_threshold(
+    datasets: Sequence[AFMDataset],
+    model,
+    groups: Sequence[str] = ("O", "H"),
+    thresholds: Sequence[float] = CALIBRATION_THRESHOLDS,
+    device: str = "cpu",
+    top: float = 3.0,
+    flips: bool | None = None,
+    visible: float | None = 3.0,
+) -> Generator[Progress, None, tuple[float, dict[float, Scores]]]:
+    """The threshold with the best mean F1 of ``groups`` (:func:`best_threshold`) on the first half of each
+    dataset (its calibration half; the second half stays for scoring), and the scores summed over the
+    datasets at each threshold: ``(threshold, {threshold: Scores})``."""
+    net_info = resolve_model(model, device)
+    totals: dict[float, Scores] | None = None
+    for ds in datasets:
+        res = yield from evaluate_thresholds(ds, net_info, np.arange(len(ds) // 2), thresholds, device, top, flips,
+                                             True, visible)
+        totals = res if totals is None else {t: totals[t].add(res[t]) for t in totals}
+    if totals is None:
+        raise ValueError("calibrating a threshold needs at least one dataset")
+    return best_threshold(totals, tuple(groups)), totals
 
 
 @dataclass
